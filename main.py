@@ -1,0 +1,27 @@
+"""Cloud Functions entry points of retrain-trigger: parse, call the service, answer.
+
+Wiring only; the logic lives in `triggers/`. Config is validated here, at cold start.
+"""
+
+import functions_framework
+
+from triggers import entry, wiring
+from triggers.logs import configure_logging
+
+configure_logging()
+wiring.service()  # validate RETRAIN_POLICY_FILE and the environment once, loudly
+
+
+@functions_framework.cloud_event
+def on_metric_event(cloud_event):  # type: ignore[no-untyped-def]
+    entry.metric_cloud_event(cloud_event)
+
+
+@functions_framework.http
+def manual_trigger(request):  # type: ignore[no-untyped-def]
+    return entry.manual_request(request)
+
+
+@functions_framework.cloud_event
+def on_run_outcome(cloud_event):  # type: ignore[no-untyped-def]
+    entry.outcome_cloud_event(cloud_event)

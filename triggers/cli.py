@@ -1,0 +1,199 @@
+"""The `retrain-trigger` command (also `python -m triggers`): serve, publish, validate,
+decisions, schema, quickstart. Each sub-command is a thin layer over the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="retrain-trigger",
+        description="Continued model evaluation: metric events in, guarded retraining runs out.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run every entry point on one local server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--policies", help="policy file (default: $RETRAIN_POLICY_FILE)")
+    serve.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
+
+    publish = commands.add_parser("publish", help="send metric events from JSONL or CSV")
+    publish.add_argument("file", help="events: .jsonl (one event per line) or .csv")
+    target = publish.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running `serve`, e.g. http://127.0.0.1:8080")
+    target.add_argument("--topic", help="a Pub/Sub topic, projects/P/topics/T")
+    publish.add_argument("--token", default=os.environ.get("RETRAIN_MANUAL_TOKEN"))
+
+    validate = commands.add_parser("validate", help="check a policy file")
+    validate.add_argument("file")
+
+    decisions = commands.add_parser("decisions", help="print the audit trail, newest first")
+    decisions.add_argument("--model")
+    decisions.add_argument("--limit", type=int, default=30)
+    decisions.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
+    decisions.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    commands.add_parser("schema", help="print the policy file's JSON Schema")
+
+    quick = commands.add_parser(
+        "quickstart", help="start a local server, feed it a sample stream, show the decisions"
+    )
+    quick.add_argument("--workdir", default=".retrain/quickstart")
+    quick.add_argument("--keep-serving", action="store_true")
+
+    for name, issue in (("backtest", "issue 4"), ("demo", "issue 3"), ("rollback", "issue 3")):
+        stub = commands.add_parser(name, help=f"not built yet ({issue})")
+        stub.add_argument("rest", nargs="*")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "publish":
+        return _publish(args)
+    if args.command == "validate":
+        return _validate(args.file)
+    if args.command == "decisions":
+        return _decisions(args)
+    if args.command == "schema":
+        from triggers.config import schema_json
+
+        sys.stdout.write(schema_json())
+        return 0
+    if args.command == "quickstart":
+        from triggers.quickstart import run_quickstart
+
+        return int(run_quickstart(Path(args.workdir), keep_serving=args.keep_serving))
+    print(f"retrain-trigger {args.command}: not built yet; see README.md", file=sys.stderr)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.policies:
+        os.environ["RETRAIN_POLICY_FILE"] = args.policies
+    if args.state:
+        os.environ["RETRAIN_STATE"] = args.state
+    from triggers.config import Environment, load_policy_file
+    from triggers.errors import RetrainError
+    from triggers.server import serve
+
+    try:  # fail before forking workers, with the field named
+        load_policy_file(Environment.from_env().policy_file)
+    except RetrainError as exc:
+        print(f"retrain-trigger serve: {exc}", file=sys.stderr)
+        return 2
+    serve(args.host, args.port, workers=args.workers, threads=args.threads)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from triggers.publish import publish_to_topic, publish_to_url, read_events
+
+    events = list(read_events(args.file))
+    progress = _Progress(len(events), "publishing")
+    if args.url:
+        report = publish_to_url(events, args.url, token=args.token, progress=progress)
+    else:
+        report = publish_to_topic(events, args.topic, progress=progress)
+    progress.done()
+    print(
+        f"sent {report.sent}: {report.accepted} accepted, {report.rejected} rejected, "
+        f"{report.failed} failed"
+    )
+    for error in report.errors[:20]:
+        print(f"  {error}")
+    return 0 if report.failed == 0 else 1
+
+
+def _validate(path: str) -> int:
+    from triggers.config import load_policy_file
+    from triggers.errors import ConfigError, PolicyConfigError
+
+    try:
+        config = load_policy_file(path)
+    except PolicyConfigError as exc:
+        errors = getattr(exc, "errors", [exc])
+        print(f"{path}: {len(errors)} error(s)", file=sys.stderr)
+        for error in errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"{path}: {exc.reason}", file=sys.stderr)
+        return 1
+    problems = []
+    for model in config.models.values():
+        template = model.pipeline.template
+        if "://" not in template and not Path(template).exists():
+            problems.append(f"models.{model.name}.pipeline.template: {template} does not exist")
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    for model in config.models.values():
+        names = ", ".join(f"{p.name} ({p.kind})" for p in model.policies)
+        print(f"{model.name}: {len(model.policies)} policies: {names}")
+    print(f"{path}: OK")
+    return 0
+
+
+def _decisions(args: argparse.Namespace) -> int:
+    from triggers.wiring import build_store
+
+    url = args.state or os.environ.get("RETRAIN_STATE") or "sqlite:///.retrain/state.db"
+    store = build_store(url)
+    rows = store.decisions(args.model, args.limit)
+    for decision in rows:
+        if args.json:
+            print(json.dumps(decision.to_json(), default=str))
+        else:
+            print(format_decision(decision.to_json()))
+    if not rows and not args.json:
+        print("no decisions recorded yet")
+    return 0
+
+
+def format_decision(d: dict[str, Any]) -> str:
+    """One line of the audit trail for people."""
+    when = (d.get("at") or "")[:19].replace("T", " ")
+    policy = d.get("policy") or "-"
+    run = f" run={d['run_id']}" if d.get("run_id") else ""
+    return f"{when}  {d['model']:<18} {d['kind']:<18} {policy:<20} {d['reason']}{run}"
+
+
+class _Progress:
+    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total = total
+        self.label = label
+        self.count = 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, n: int = 1) -> None:
+        self.count += n
+        if self.tty and self.total:
+            width = 30
+            filled = int(width * self.count / self.total)
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{self.count}/{self.total}"
+            )
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

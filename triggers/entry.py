@@ -1,0 +1,59 @@
+"""Adapters from what Cloud Functions hands us (CloudEvents, Flask requests) to the service.
+
+`main.py` calls these; they hold no decision logic.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from triggers import ids, wiring
+from triggers.errors import InvalidEventError
+from triggers.events import Delivery, delivery_from_pubsub
+from triggers.http_api import handle, json_response
+from triggers.service import EventResult, RetrainService
+
+
+def delivery_from_cloudevent(cloud_event: Any) -> tuple[Delivery | None, InvalidEventError | None]:
+    """The Pub/Sub message inside an Eventarc CloudEvent (or a converted push body)."""
+    data = cloud_event.data
+    event_id = str(cloud_event["id"]) if cloud_event.get("id") else None
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = json.loads(bytes(data).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+    try:
+        return delivery_from_pubsub(data, fallback_id=event_id), None
+    except InvalidEventError as exc:
+        raw = json.dumps(data, default=str).encode("utf-8")
+        message_id = event_id or f"envelope-{ids.digest(raw.decode('utf-8'), length=32)}"
+        return Delivery(message_id=message_id, payload=raw, source="pubsub"), exc
+
+
+def metric_cloud_event(cloud_event: Any, service: RetrainService | None = None) -> EventResult:
+    """on_metric_event: permanent errors are stored and acknowledged; transient ones raise."""
+    service = service or wiring.service()
+    delivery, error = delivery_from_cloudevent(cloud_event)
+    assert delivery is not None
+    if error is not None:
+        return service.reject(delivery, error)
+    return service.handle_delivery(delivery)
+
+
+def outcome_cloud_event(cloud_event: Any, service: RetrainService | None = None) -> EventResult:
+    """on_run_outcome: a pipeline run's end re-arms the model's policies."""
+    service = service or wiring.service()
+    delivery, error = delivery_from_cloudevent(cloud_event)
+    assert delivery is not None
+    if error is not None:
+        return service.reject(delivery, error)
+    return service.handle_outcome_delivery(delivery)
+
+
+def manual_request(request: Any, service: RetrainService | None = None) -> Any:
+    """manual_trigger: authenticate, route, answer JSON."""
+    service = service or wiring.service()
+    body, status, headers = handle(request, service, wiring.environment())
+    return json_response(body, status, headers)

@@ -1,0 +1,174 @@
+"""The manual HTTPS trigger: authentication and routing of /events, /retrain, /models, /decisions.
+
+Framework-neutral: takes a werkzeug-style request, returns (JSON body, status, headers).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from triggers.config import Environment
+from triggers.errors import RequestError, TransientError
+from triggers.events import MAX_EVENT_BYTES, delivery_from_https
+from triggers.logs import log_event
+from triggers.service import RetrainService
+
+logger = logging.getLogger("retrain.http")
+
+MAX_BODY_BYTES = MAX_EVENT_BYTES
+Response = tuple[dict[str, Any], int, dict[str, str]]
+
+
+class Request(Protocol):
+    method: str
+    path: str
+    headers: Any
+    args: Any
+    content_length: int | None
+
+    def get_data(self, cache: bool = ..., as_text: bool = ..., parse_form_data: bool = ...) -> Any:
+        ...
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=1000)
+    dry_run: StrictBool = False
+    force: StrictBool = False
+
+
+def check_auth(request: Request, env: Environment) -> None:
+    """Default deny: a bearer token compared in constant time, or explicit IAM trust."""
+    if env.manual_token:
+        header = request.headers.get("Authorization")
+        if not header:
+            raise RequestError(401, "missing Authorization: Bearer <token>", "Authorization")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError(401, "Authorization must be 'Bearer <token>'", "Authorization")
+        if not hmac.compare_digest(token.strip().encode(), env.manual_token.encode()):
+            raise RequestError(403, "wrong token", "Authorization")
+        return
+    if env.trust_iam:
+        return
+    raise RequestError(
+        403,
+        "the manual trigger refuses every request: set RETRAIN_MANUAL_TOKEN, or "
+        "RETRAIN_TRUST_IAM=true when Cloud Run IAM authenticates callers",
+        "RETRAIN_MANUAL_TOKEN",
+    )
+
+
+def handle(request: Request, service: RetrainService, env: Environment) -> Response:
+    """Answer one request to the manual trigger; never raises for a client's mistake."""
+    try:
+        return _route(request, service, env)
+    except RequestError as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return {"error": exc.error, "field": exc.field}, exc.status, headers
+    except TransientError as exc:
+        log_event(logger, logging.WARNING, f"transient failure: {exc}", path=request.path)
+        return {"error": f"temporarily unavailable: {exc}", "field": None, "retry": True}, 503, {
+            "Retry-After": "5"
+        }
+
+
+def _route(request: Request, service: RetrainService, env: Environment) -> Response:
+    path = "/" + request.path.strip("/")
+    if path == "/healthz":
+        return {"status": "ok"}, 200, {}
+    check_auth(request, env)
+    if path == "/events":
+        _method(request, "POST")
+        result = service.handle_delivery(delivery_from_https(_body(request)))
+        status = 400 if result.status == "rejected" else 200
+        return result.to_json(), status, {}
+    if path == "/retrain":
+        _method(request, "POST")
+        retrain = _parse_retrain(_body(request))
+        answer = service.request_retrain(
+            retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force
+        )
+        status = {"fired": 202, "suppressed": 409, "launch_failed": 502}.get(
+            answer.get("status", ""), 200
+        )
+        if status >= 400:
+            answer = {"error": answer["reason"], "field": None, **answer}
+        return answer, status, {}
+    if path.startswith("/models/"):
+        _method(request, "GET")
+        return service.model_status(path[len("/models/") :]), 200, {}
+    if path == "/decisions":
+        _method(request, "GET")
+        model = request.args.get("model") or None
+        limit = _limit(request.args.get("limit"))
+        decisions = service.decisions(model, limit)
+        return {"decisions": [d.to_json() for d in decisions]}, 200, {}
+    raise RequestError(
+        404, f"no route {path}; use /events, /retrain, /models/MODEL or /decisions", "path"
+    )
+
+
+def _method(request: Request, expected: str) -> None:
+    if request.method != expected:
+        raise RequestError(405, f"{request.path} takes {expected}, not {request.method}", "method")
+
+
+def _body(request: Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise RequestError(
+            413, f"body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}", "body"
+        )
+    data: bytes = request.get_data(cache=True)
+    if len(data) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body is larger than {MAX_BODY_BYTES} bytes", "body")
+    return data
+
+
+def _parse_retrain(body: bytes) -> RetrainRequest:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {exc}", "body") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "body must be a JSON object", "body")
+    try:
+        return RetrainRequest.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        raise RequestError(400, message, field) from None
+
+
+def _limit(text: str | None) -> int:
+    if text is None or text == "":
+        return 50
+    try:
+        value = int(text)
+    except ValueError:
+        raise RequestError(400, "limit must be a whole number from 1 to 1000", "limit") from None
+    if not 1 <= value <= 1000:
+        raise RequestError(400, "limit must be a whole number from 1 to 1000", "limit")
+    return value
+
+
+def json_response(body: dict[str, Any], status: int, headers: dict[str, str]) -> Any:
+    """A Flask response for `handle`'s answer."""
+    import flask
+
+    response = flask.Response(
+        json.dumps(body, default=str, ensure_ascii=False) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    for key, value in headers.items():
+        response.headers[key] = value
+    return response

@@ -1,0 +1,49 @@
+"""One local server for every entry point, as functions-framework serves one: gunicorn.
+
+Routes: /pubsub/metrics (on_metric_event), /pubsub/outcomes (on_run_outcome), the rest
+(manual_trigger: /events, /retrain, /models/M, /decisions, /healthz).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MAIN = Path(__file__).resolve().parent.parent / "main.py"
+METRICS_PATH = "/pubsub/metrics"
+OUTCOMES_PATH = "/pubsub/outcomes"
+
+
+def create_combined_app(source: str | Path = MAIN) -> Any:
+    """A WSGI app dispatching by path to the three functions-framework apps of `main.py`."""
+    from functions_framework import create_app
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    manual = create_app("manual_trigger", str(source), "http")  # type: ignore[no-untyped-call]
+    metrics = create_app("on_metric_event", str(source), "cloudevent")  # type: ignore[no-untyped-call]
+    outcomes = create_app("on_run_outcome", str(source), "cloudevent")  # type: ignore[no-untyped-call]
+    return DispatcherMiddleware(manual, {METRICS_PATH: metrics, OUTCOMES_PATH: outcomes})
+
+
+def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
+    """Run the combined app under gunicorn; each worker builds its own app after the fork."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{host}:{port}",
+                "workers": workers,
+                "threads": threads,
+                "timeout": 0,
+                "graceful_timeout": 5,
+                "loglevel": "warning",
+                "accesslog": None,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_combined_app()
+
+    Server().run()

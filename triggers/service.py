@@ -1,0 +1,617 @@
+"""The decision path: parse ▸ dedupe ▸ record point ▸ evaluate ▸ guard ▸ launch ▸ audit.
+
+`RetrainService` is what every entry point (Pub/Sub, HTTPS, CLI, backtest) calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
+from thresholds.base import Point, Policy, Verdict
+from triggers import ids
+from triggers.config import ModelConfig, ServiceConfig
+from triggers.errors import (
+    InvalidEventError,
+    LaunchRejectedError,
+    RequestError,
+    TransientError,
+    UnknownModelError,
+)
+from triggers.events import Delivery, MetricEvent, parse_event, truncated
+from triggers.guards import check_guards, guard_window
+from triggers.logs import log_event
+from triggers.store import (
+    IN_FLIGHT,
+    Claim,
+    Decision,
+    ModelState,
+    RejectedEvent,
+    RunRecord,
+    StateStore,
+    StoredPoint,
+    iso,
+)
+
+logger = logging.getLogger("retrain.service")
+
+MAX_REEVALUATIONS = 50
+"""After a late point, at most this many later points are evaluated again."""
+
+
+@dataclass
+class EventResult:
+    """What handling one message did."""
+
+    status: Literal["recorded", "duplicate", "rejected"]
+    message_id: str
+    model: str | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    error: InvalidEventError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "status": self.status,
+            "message_id": self.message_id,
+            "model": self.model,
+            "launched": self.launched,
+            "decisions": [d.to_json() for d in self.decisions],
+        }
+        if self.error is not None:
+            data["error"] = self.error.reason
+            data["field"] = self.error.field
+        return data
+
+
+class RunOutcome(BaseModel):
+    """The message a pipeline's last step publishes when the run ends."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = Field(min_length=1)
+    run_id: str = Field(min_length=1)
+    decision: Literal["promoted", "rejected", "failed", "completed"]
+    trigger_id: str | None = None
+    champion_version: str | None = None
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+_OUTCOME_DECISION = {
+    "promoted": "promoted",
+    "rejected": "rejected_challenger",
+    "failed": "failed",
+    "completed": "completed",
+}
+
+
+class RetrainService:
+    """Turns metric events into guarded, exactly-once pipeline launches, and records why.
+
+    `clock` is injected (wall clock by default) so backtests and tests control time.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        store: StateStore,
+        launcher: PipelineLauncher,
+        clock: Callable[[], float] = time.time,
+        launch_grace: float = 60.0,
+        status_interval: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.launcher = launcher
+        self.clock = clock
+        self.launch_grace = launch_grace
+        self.status_interval = status_interval
+
+    # ------------------------------------------------------------------ events
+    def handle_delivery(self, delivery: Delivery) -> EventResult:
+        """Process one metric message. Raises TransientError when it must be redelivered."""
+        if self.store.is_processed(delivery.message_id):
+            log_event(logger, logging.INFO, "duplicate message ignored",
+                      message_id=delivery.message_id)
+            return EventResult("duplicate", delivery.message_id)
+        try:
+            event = parse_event(delivery.payload)
+            model = self.config.models.get(event.model)
+            if model is None:
+                raise UnknownModelError(event.model)
+        except InvalidEventError as exc:
+            return self.reject(delivery, exc)
+        now = self.clock()
+        self.store.record_points(
+            [
+                StoredPoint(
+                    model=event.model,
+                    slice=event.slice,
+                    metric=metric,
+                    window_end=event.window_end.timestamp(),
+                    value=float(value),
+                    examples=event.examples,
+                    model_version=event.model_version,
+                    message_id=delivery.message_id,
+                    recorded_at=now,
+                )
+                for metric, value in event.metrics.items()
+            ]
+        )
+        decisions, launched = self._evaluate_event(model, event, delivery.message_id, now)
+        self.store.mark_processed(delivery.message_id, now)
+        return EventResult("recorded", delivery.message_id, event.model, decisions, launched)
+
+    def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
+        """Store a message that can never be processed, with its reason (and log it)."""
+        now = self.clock()
+        model = _model_name(delivery.payload)
+        payload = truncated(delivery.payload)
+        log_event(
+            logger,
+            logging.ERROR,
+            f"rejected event: {error}",
+            labels={"model": model},
+            message_id=delivery.message_id,
+            field=error.field,
+            payload=payload[:256],
+        )
+        self.store.record_rejected(
+            RejectedEvent(delivery.message_id, now, delivery.source, error.field, error.reason,
+                          payload, model)
+        )
+        decision = Decision(
+            decision_id=ids.digest("rejected", delivery.message_id, length=24),
+            model=model or "",
+            kind="rejected",
+            at=now,
+            reason=f"{error.field}: {error.reason}",
+            message_id=delivery.message_id,
+            details={"field": error.field, "source": delivery.source},
+        )
+        self.store.record_decisions([decision])
+        self.store.mark_processed(delivery.message_id, now)
+        return EventResult("rejected", delivery.message_id, model, [decision], error=error)
+
+    def _evaluate_event(
+        self, model: ModelConfig, event: MetricEvent, message_id: str, now: float
+    ) -> tuple[list[Decision], list[str]]:
+        decisions: list[Decision] = []
+        state = self.store.model_state(model.name)
+        if state.champion_version is None and event.model_version is not None:
+            state = ModelState(model.name, event.model_version, state.history_start, now)
+            self.store.set_model_state(state)
+            decisions.append(self._decision(
+                "champion", model.name, now, message_id,
+                f"version {event.model_version} adopted as champion (first version seen)",
+            ))
+        if (
+            event.model_version is not None
+            and state.champion_version is not None
+            and event.model_version != state.champion_version
+        ):
+            decisions.append(self._decision(
+                "ignored", model.name, now, message_id,
+                f"model_version {event.model_version} is not the champion "
+                f"({state.champion_version}); its points are kept but not evaluated",
+                event_time=event.window_end.timestamp(),
+            ))
+            self.store.record_decisions(decisions)
+            return decisions, []
+        decisions += self.refresh_runs(model, now)
+
+        # Evaluate every policy on this metric and slice, as of the new point and (if it
+        # arrived late) as of each later point, so arrival order never changes a decision.
+        t_new = event.window_end.timestamp()
+        fired_at: dict[float, list[tuple[Policy, Verdict]]] = {}
+        for policy in model.policies:
+            if policy.metric not in event.metrics or policy.spec.slice != event.slice:
+                continue
+            series = self._series(model.name, policy, state)
+            times = [p.time for p in series if p.time >= t_new][: MAX_REEVALUATIONS + 1]
+            for as_of in times or [t_new]:
+                prefix = [p for p in series if p.time <= as_of]
+                verdict = policy.evaluate(prefix)
+                if verdict.fired:
+                    fired_at.setdefault(as_of, []).append((policy, verdict))
+                else:
+                    decisions.append(self._verdict_decision(
+                        model.name, policy, verdict, verdict.status, now, message_id, as_of,
+                        t_new))
+        launched: list[str] = []
+        for as_of in sorted(fired_at):
+            new, run = self._decide_launch(model, state, fired_at[as_of], as_of, now, message_id,
+                                           t_new)
+            decisions += new
+            if run is not None:
+                launched.append(run)
+        self.store.record_decisions(decisions)
+        return decisions, launched
+
+    def _series(self, model: str, policy: Policy, state: ModelState) -> list[Point]:
+        points = self.store.points(model, policy.spec.slice, policy.metric,
+                                   since=state.history_start)
+        return [
+            Point(p.window_end, p.value, p.examples)
+            for p in points
+            if state.champion_version is None
+            or p.model_version is None
+            or p.model_version == state.champion_version
+        ]
+
+    def _decide_launch(
+        self,
+        model: ModelConfig,
+        state: ModelState,
+        fired: Sequence[tuple[Policy, Verdict]],
+        as_of: float,
+        now: float,
+        message_id: str,
+        t_new: float,
+    ) -> tuple[list[Decision], str | None]:
+        """One degradation (all policies firing as of one point) → at most one run."""
+        policy, verdict = fired[0]
+        point_key = f"{model.name}|{policy.spec.slice}|{policy.metric}|{iso(as_of)}"
+        reason = "; ".join(f"{p.name}: {v.reason}" for p, v in fired)
+        request = self._launch_request(model, state, policy.name, point_key, reason)
+        claim, error = self._claim_and_submit(model, request, reason, now, force=False)
+        decisions = []
+        for p, v in fired:
+            if claim.status == "blocked":
+                kind, why = "suppressed", f"{v.reason} — blocked: {claim.reason}"
+            elif error is not None:
+                kind, why = "launch_failed", f"{v.reason} — launch refused: {error}"
+            else:
+                kind, why = "fired", v.reason
+            decisions.append(self._verdict_decision(
+                model.name, p, v, kind, now, message_id, as_of, t_new,
+                run_id=None if claim.status == "blocked" else request.run_id,
+                trigger_id=request.trigger_id, reason=why))
+            level = logging.WARNING if kind == "fired" else logging.INFO
+            log_event(logger, level, f"{model.name}/{p.name} {kind}: {why}",
+                      labels={"model": model.name, "policy": p.name,
+                              "trigger_id": request.trigger_id, "run_id": request.run_id})
+        launched = request.run_id if claim.status in ("claimed", "resume") and not error else None
+        return decisions, launched
+
+    def _launch_request(
+        self, model: ModelConfig, state: ModelState, policy: str, point_key: str, reason: str
+    ) -> LaunchRequest:
+        trigger = ids.trigger_id(model.name, policy, point_key)
+        pipeline = model.pipeline
+        parameters: dict[str, Any] = dict(pipeline.parameters)
+        parameters.update(
+            model=model.name,
+            trigger_id=trigger,
+            reason=reason[:1000],
+            champion_version=state.champion_version or "",
+        )
+        return LaunchRequest(
+            run_id=ids.run_id(model.name, policy, trigger),
+            model=model.name,
+            policy=policy,
+            trigger_id=trigger,
+            template=pipeline.template,
+            parameters=parameters,
+            labels={
+                "model": ids.label_value(model.name),
+                "policy": ids.label_value(policy),
+                "trigger-id": trigger,
+            },
+            service_account=pipeline.service_account,
+            pipeline_root=pipeline.pipeline_root,
+            network=pipeline.network,
+            kms_key_name=pipeline.kms_key_name,
+        )
+
+    def _claim_and_submit(
+        self, model: ModelConfig, request: LaunchRequest, reason: str, now: float, force: bool
+    ) -> tuple[Claim, str | None]:
+        """Claim (guards, one transaction) then submit; a permanent refusal is returned."""
+        run = RunRecord(
+            run_id=request.run_id,
+            model=model.name,
+            policy=request.policy,
+            trigger_id=request.trigger_id,
+            state="launching",
+            reason=reason,
+            created_at=now,
+            request=request.to_dict(),
+            forced=force,
+        )
+        claim = self.store.claim_run(run, model.guards, now, force)
+        if claim.status in ("claimed", "resume"):
+            return claim, self._submit(claim.run, now)
+        return claim, None
+
+    def _submit(self, run: RunRecord, now: float) -> str | None:
+        """Submit a claimed run (idempotent on its id). TransientError propagates (→ 5xx)."""
+        request = LaunchRequest.from_dict(run.request)
+        labels = {"model": run.model, "policy": run.policy, "trigger_id": run.trigger_id,
+                  "run_id": run.run_id}
+        try:
+            result = self.launcher.submit(request)
+        except LaunchRejectedError as exc:
+            self.store.update_run(run.run_id, frozenset({"launching"}), state="failed",
+                                  ended_at=now, message=exc.reason)
+            log_event(logger, logging.ERROR, f"launch refused: {exc.reason}", labels=labels)
+            return exc.reason
+        except TransientError as exc:
+            log_event(logger, logging.WARNING, f"launch failed, will retry: {exc}", labels=labels)
+            raise
+        self.store.update_run(run.run_id, frozenset({"launching"}), state="launched",
+                              launched_at=now, resource_name=result.resource_name)
+        log_event(logger, logging.WARNING,
+                  f"launched run {run.run_id}" + (" (already existed)" if result.already_existed
+                                                  else ""),
+                  labels=labels, resource_name=result.resource_name, launcher=self.launcher.name)
+        return None
+
+    # ------------------------------------------------------------------ runs
+    def refresh_runs(self, model: ModelConfig, now: float) -> list[Decision]:
+        """Bring the model's in-flight runs up to date: resubmit stale claims, ask the launcher
+        for runs whose outcome never arrived, time out runs past `run_timeout`."""
+        decisions: list[Decision] = []
+        for run in self.store.in_flight_runs(model.name):
+            if run.state == "launching":
+                if now - run.created_at >= self.launch_grace:
+                    try:
+                        self._submit(run, now)
+                    except TransientError:
+                        pass  # stays launching; the next event tries again
+                continue
+            started = run.launched_at or run.created_at
+            if now - started > model.guards.run_timeout.total_seconds():
+                if self.store.update_run(run.run_id, IN_FLIGHT, state="timed_out", ended_at=now,
+                                         message="run_timeout passed"):
+                    decisions.append(self._decision(
+                        "timed_out", model.name, now, None,
+                        f"run {run.run_id} still in flight after run_timeout; policies re-armed",
+                        run_id=run.run_id, trigger_id=run.trigger_id, policy=run.policy))
+                continue
+            if run.checked_at is not None and now - run.checked_at < self.status_interval:
+                continue
+            try:
+                status = self.launcher.get_status(run.run_id)
+            except TransientError:
+                continue
+            if status.state in TERMINAL_STATES:
+                if status.outcome:
+                    outcome = dict(status.outcome)
+                    outcome.setdefault("run_id", run.run_id)
+                    outcome.setdefault("model", run.model)
+                else:
+                    decision = "completed" if status.state == "succeeded" else "failed"
+                    outcome = {"model": run.model, "run_id": run.run_id, "decision": decision,
+                               "report": {"launcher_state": status.state,
+                                          "message": status.message}}
+                decisions += self.apply_outcome(outcome, now, via="launcher status")
+            else:
+                self.store.update_run(
+                    run.run_id, IN_FLIGHT, checked_at=now,
+                    state="running" if status.state == "running" else run.state)
+        return decisions
+
+    def handle_outcome_delivery(self, delivery: Delivery) -> EventResult:
+        """An outcome message from Pub/Sub (or the local launcher) ends a run."""
+        if self.store.is_processed(delivery.message_id):
+            return EventResult("duplicate", delivery.message_id)
+        try:
+            data = json.loads(delivery.payload.decode("utf-8"))
+            outcome = RunOutcome.model_validate(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            if isinstance(exc, ValidationError):
+                first = exc.errors()[0]
+                error = InvalidEventError(".".join(str(x) for x in first["loc"]) or "data",
+                                          first["msg"])
+            else:
+                error = InvalidEventError("data", f"not valid JSON: {exc}")
+            return self.reject(delivery, error)
+        if self.store.get_run(outcome.run_id) is None:
+            return self.reject(delivery, InvalidEventError(
+                "run_id", f"no run {outcome.run_id!r} is known to this service"))
+        now = self.clock()
+        decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
+                                       message_id=delivery.message_id)
+        self.store.mark_processed(delivery.message_id, now)
+        return EventResult("recorded", delivery.message_id, outcome.model, decisions)
+
+    def apply_outcome(
+        self, data: Mapping[str, Any], now: float, via: str, message_id: str | None = None
+    ) -> list[Decision]:
+        """End a run with its outcome; a promotion starts the new champion's history."""
+        outcome = RunOutcome.model_validate(dict(data))
+        state = outcome.decision
+        run = self.store.update_run(outcome.run_id, IN_FLIGHT, state=state, ended_at=now,
+                                    outcome=outcome.model_dump())
+        if run is None:
+            return []  # unknown or already ended: a duplicate outcome changes nothing
+        reason = f"run {run.run_id} ended: {state} (via {via})"
+        if outcome.report.get("summary"):
+            reason += f" — {outcome.report['summary']}"
+        decisions = [self._decision(
+            _OUTCOME_DECISION[state], run.model, now, message_id, reason, run_id=run.run_id,
+            trigger_id=run.trigger_id, policy=run.policy,
+            details={"champion_version": outcome.champion_version, "report": outcome.report})]
+        if state == "promoted":
+            previous = self.store.model_state(run.model).champion_version
+            self.store.set_model_state(
+                ModelState(run.model, outcome.champion_version, now, now))
+            decisions.append(self._decision(
+                "champion", run.model, now, message_id,
+                f"version {outcome.champion_version} promoted over {previous}; history and "
+                "baseline start fresh", run_id=run.run_id))
+        self.store.record_decisions(decisions)
+        log_event(logger, logging.WARNING, reason,
+                  labels={"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id})
+        return decisions
+
+    # ------------------------------------------------------------------ manual
+    def request_retrain(
+        self, model_name: str, reason: str, dry_run: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        """The manual trigger: report what policies and guards say; launch unless dry_run."""
+        model = self.config.models.get(model_name)
+        if model is None:
+            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+        now = self.clock()
+        decisions = [] if dry_run else self.refresh_runs(model, now)
+        state = self.store.model_state(model.name)
+        verdicts = [
+            policy.evaluate(self._series(model.name, policy, state)) for policy in model.policies
+        ]
+        recent = [
+            r for r in self.store.runs(model.name, limit=1000)
+            if r.in_flight or r.created_at > now - guard_window(model.guards)
+        ]
+        blocked = check_guards(recent, model.guards, now, force)
+        answer: dict[str, Any] = {
+            "model": model.name,
+            "dry_run": dry_run,
+            "force": force,
+            "policies": [_verdict_json(v) for v in verdicts],
+            "policies_fired": [v.policy for v in verdicts if v.fired],
+            "guard": blocked,
+            "would_launch": blocked is None,
+        }
+        if dry_run:
+            return answer
+        latest = self.store.latest_points(model.name, 1)
+        point_key = latest[0].key if latest else "no-points"
+        policy = "manual"
+        full_reason = f"manual: {reason}" + (" (forced)" if force else "")
+        request = self._launch_request(
+            model, state, policy, f"{point_key}|{reason}|{force}", full_reason)
+        claim, error = self._claim_and_submit(model, request, full_reason, now, force=force)
+        if claim.status == "blocked":
+            kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
+        elif error is not None:
+            kind, why = "launch_failed", f"{full_reason} — launch refused: {error}"
+        else:
+            kind, why = "fired", full_reason
+        decisions.append(self._decision(
+            kind, model.name, now, None, why, policy=policy,
+            run_id=None if claim.status == "blocked" else request.run_id,
+            trigger_id=request.trigger_id,
+            details={"policies_fired": answer["policies_fired"], "forced": force}))
+        self.store.record_decisions(decisions)
+        answer.update(
+            status=kind,
+            run_id=None if claim.status == "blocked" else request.run_id,
+            reason=why,
+            already_existed=claim.status == "exists",
+        )
+        return answer
+
+    # ------------------------------------------------------------------ reads
+    def model_status(self, model_name: str) -> dict[str, Any]:
+        model = self.config.models.get(model_name)
+        if model is None:
+            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+        state = self.store.model_state(model.name)
+        in_flight = self.store.in_flight_runs(model.name)
+        guards = model.guards
+        return {
+            "model": model.name,
+            "champion_version": state.champion_version,
+            "history_start": iso(state.history_start),
+            "armed": not in_flight,
+            "run_in_flight": in_flight[0].to_json() if in_flight else None,
+            "policies": [p.spec.model_dump(mode="json", exclude_none=True)
+                         for p in model.policies],
+            "guards": {
+                "cooldown_seconds": guards.cooldown.total_seconds(),
+                "max_runs": guards.max_runs,
+                "max_runs_per_seconds": guards.max_runs_per.total_seconds(),
+                "skip_if_running": guards.skip_if_running,
+                "run_timeout_seconds": guards.run_timeout.total_seconds(),
+            },
+            "latest_points": [p.to_json() for p in self.store.latest_points(model.name, 20)],
+            "recent_runs": [r.to_json() for r in self.store.runs(model.name, limit=10)],
+            "last_decisions": [d.to_json() for d in self.store.decisions(model.name, limit=20)],
+        }
+
+    def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
+        return self.store.decisions(model, limit)
+
+    # ------------------------------------------------------------------ helpers
+    def _decision(
+        self,
+        kind: str,
+        model: str,
+        now: float,
+        message_id: str | None,
+        reason: str,
+        **fields: Any,
+    ) -> Decision:
+        run_id = fields.get("run_id")
+        if message_id or run_id:  # redelivery or a repeated outcome: same id, no duplicate
+            key: tuple[object, ...] = (kind, model, message_id or "", run_id or "")
+        else:
+            key = (kind, model, reason, now)
+        return Decision(
+            decision_id=ids.digest(*key, length=24),
+            model=model, kind=kind, at=now, reason=reason, message_id=message_id, **fields)
+
+    def _verdict_decision(
+        self,
+        model: str,
+        policy: Policy,
+        verdict: Verdict,
+        kind: str,
+        now: float,
+        message_id: str,
+        as_of: float,
+        t_new: float,
+        run_id: str | None = None,
+        trigger_id: str | None = None,
+        reason: str | None = None,
+    ) -> Decision:
+        text = reason or verdict.reason
+        details: dict[str, Any] = dict(verdict.details)
+        if as_of != t_new:
+            details["reevaluated_after_late_point"] = iso(t_new)
+        return Decision(
+            decision_id=ids.digest("verdict", message_id, policy.name, as_of, length=24),
+            model=model,
+            kind=kind,
+            at=now,
+            reason=text,
+            policy=policy.name,
+            event_time=as_of,
+            statistic=verdict.statistic,
+            limit=verdict.limit,
+            run_id=run_id,
+            trigger_id=trigger_id,
+            message_id=message_id,
+            details=details,
+        )
+
+
+def _verdict_json(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "policy": verdict.policy,
+        "metric": verdict.metric,
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "statistic": verdict.statistic,
+        "limit": verdict.limit,
+        "details": dict(verdict.details),
+    }
+
+
+def _model_name(payload: bytes) -> str | None:
+    """Best effort: the model a rejected payload names, for the audit trail."""
+    try:
+        data = json.loads(payload[:65536].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model[:128] if isinstance(model, str) else None

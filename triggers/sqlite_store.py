@@ -1,0 +1,450 @@
+"""SQLite implementation of the state store: one WAL file, safe across processes and threads.
+
+The run claim is a `BEGIN IMMEDIATE` transaction; a locked database is a transient error.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from triggers.config import Guards
+from triggers.errors import ConfigError, TransientError
+from triggers.guards import check_guards, guard_window
+from triggers.store import (
+    IN_FLIGHT,
+    Claim,
+    Decision,
+    ModelState,
+    RejectedEvent,
+    RunRecord,
+    StoredPoint,
+    dumps,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    model TEXT NOT NULL, slice TEXT NOT NULL, metric TEXT NOT NULL, window_end REAL NOT NULL,
+    value REAL NOT NULL, examples INTEGER, model_version TEXT, message_id TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (model, slice, metric, window_end)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS points_by_model_time ON points (model, window_end);
+CREATE TABLE IF NOT EXISTS processed (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    message_id TEXT PRIMARY KEY, at REAL NOT NULL, source TEXT NOT NULL, field TEXT NOT NULL,
+    reason TEXT NOT NULL, payload TEXT NOT NULL, model TEXT
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id TEXT PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,
+    reason TEXT NOT NULL, policy TEXT, event_time REAL, statistic REAL, limit_value REAL,
+    run_id TEXT, trigger_id TEXT, message_id TEXT, details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (at);
+CREATE INDEX IF NOT EXISTS decisions_by_model_time ON decisions (model, at);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, model TEXT NOT NULL, policy TEXT NOT NULL, trigger_id TEXT NOT NULL,
+    state TEXT NOT NULL, reason TEXT NOT NULL, created_at REAL NOT NULL, request TEXT NOT NULL,
+    forced INTEGER NOT NULL, launched_at REAL, ended_at REAL, checked_at REAL,
+    resource_name TEXT, outcome TEXT, message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_model_time ON runs (model, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS models (
+    model TEXT PRIMARY KEY, champion_version TEXT, history_start REAL, updated_at REAL
+);
+"""
+
+_RUN_COLUMNS = (
+    "run_id model policy trigger_id state reason created_at request forced launched_at "
+    "ended_at checked_at resource_name outcome message"
+).split()
+
+
+def path_from_url(url: str) -> str:
+    """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL (':memory:' too)."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// URL")
+    path = url[len("sqlite:///") :]
+    if not path:
+        raise ConfigError("RETRAIN_STATE", "the sqlite URL names no file")
+    return path
+
+
+class SQLiteStore:
+    """The embedded default store. Use `SQLiteStore(":memory:")` for a private, fast one."""
+
+    def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._memory_lock = threading.RLock()
+        self._shared: sqlite3.Connection | None = None
+        if self.path == ":memory:":
+            self._shared = self._connect()
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        return cls(path_from_url(url))
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=self.path != ":memory:",
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.row_factory = sqlite3.Row
+            with _translate():
+                conn.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise TransientError(f"SQLite store {self.path} unavailable: {exc}") from exc
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._shared is not None:
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE so writers queue on busy_timeout, never deadlock."""
+        with self._memory_lock if self._shared is not None else _nullcontext():
+            conn = self._conn()
+            with _translate():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._memory_lock if self._shared is not None else _nullcontext():
+            conn = self._conn()
+            with _translate():
+                cursor = conn.execute(sql, tuple(args))
+                return list(cursor.fetchall())
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # processed messages
+    def is_processed(self, message_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM processed WHERE message_id = ?", (message_id,)))
+
+    def mark_processed(self, message_id: str, at: float) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO processed (message_id, at) VALUES (?, ?)", (message_id, at)
+            )
+
+    # points
+    def record_points(self, points: Sequence[StoredPoint]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO points (model, slice, metric, window_end, value, examples,"
+                " model_version, message_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (model, slice, metric, window_end) DO UPDATE SET"
+                " value = excluded.value, examples = excluded.examples,"
+                " model_version = excluded.model_version, message_id = excluded.message_id,"
+                " recorded_at = excluded.recorded_at",
+                [
+                    (
+                        p.model,
+                        p.slice,
+                        p.metric,
+                        p.window_end,
+                        p.value,
+                        p.examples,
+                        p.model_version,
+                        p.message_id,
+                        p.recorded_at,
+                    )
+                    for p in points
+                ],
+            )
+
+    def points(
+        self,
+        model: str,
+        slice_: str,
+        metric: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[StoredPoint]:
+        sql = "SELECT * FROM points WHERE model = ? AND slice = ? AND metric = ?"
+        args: list[Any] = [model, slice_, metric]
+        if since is not None:
+            sql += " AND window_end > ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND window_end <= ?"
+            args.append(until)
+        sql += " ORDER BY window_end DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._query(sql, args)
+        return [_point(row) for row in reversed(rows)]
+
+    def latest_points(self, model: str, limit: int) -> list[StoredPoint]:
+        rows = self._query(
+            "SELECT * FROM points WHERE model = ? ORDER BY window_end DESC, metric LIMIT ?",
+            (model, limit),
+        )
+        return [_point(row) for row in rows]
+
+    # rejected events
+    def record_rejected(self, event: RejectedEvent) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO rejected (message_id, at, source, field, reason, payload,"
+                " model) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.message_id,
+                    event.at,
+                    event.source,
+                    event.field,
+                    event.reason,
+                    event.payload,
+                    event.model,
+                ),
+            )
+
+    def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
+        rows = self._query("SELECT * FROM rejected ORDER BY at DESC LIMIT ?", (limit,))
+        return [RejectedEvent(**{k: row[k] for k in row.keys()}) for row in rows]
+
+    # decisions
+    def record_decisions(self, decisions: Sequence[Decision]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
+                " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        d.decision_id,
+                        d.model,
+                        d.kind,
+                        d.at,
+                        d.reason,
+                        d.policy,
+                        d.event_time,
+                        d.statistic,
+                        d.limit,
+                        d.run_id,
+                        d.trigger_id,
+                        d.message_id,
+                        dumps(d.details),
+                    )
+                    for d in decisions
+                ],
+            )
+
+    def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
+        if model is None:
+            rows = self._query(
+                "SELECT * FROM decisions ORDER BY at DESC, rowid DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM decisions WHERE model = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+                (model, limit),
+            )
+        return [_decision(row) for row in rows]
+
+    # models
+    def model_state(self, model: str) -> ModelState:
+        rows = self._query("SELECT * FROM models WHERE model = ?", (model,))
+        if not rows:
+            return ModelState(model)
+        row = rows[0]
+        return ModelState(model, row["champion_version"], row["history_start"], row["updated_at"])
+
+    def set_model_state(self, state: ModelState) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO models (model, champion_version, history_start, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (state.model, state.champion_version, state.history_start, state.updated_at),
+            )
+
+    # runs
+    def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim:
+        with self._tx() as conn:
+            existing = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            if existing is not None:
+                record = _run(existing)
+                if record.state == "launching":
+                    return Claim("resume", record, "run claimed earlier but not yet submitted")
+                return Claim("exists", record, f"run already {record.state}")
+            placeholders = ",".join("?" for _ in IN_FLIGHT)
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE model = ?"
+                f" AND (created_at > ? OR state IN ({placeholders}))",
+                (run.model, now - guard_window(guards), *sorted(IN_FLIGHT)),
+            ).fetchall()
+            blocked = check_guards((_run(r) for r in rows), guards, now, force)
+            if blocked is not None:
+                return Claim("blocked", run, blocked)
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES"
+                f" ({', '.join('?' for _ in _RUN_COLUMNS)})",
+                _run_row(run),
+            )
+            return Claim("claimed", run)
+
+    def update_run(
+        self, run_id: str, from_states: frozenset[str], **changes: Any
+    ) -> RunRecord | None:
+        unknown = set(changes) - set(_RUN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        with self._tx() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None or row["state"] not in from_states:
+                return None
+            values = {
+                key: dumps(value) if key in ("request", "outcome") and value is not None else value
+                for key, value in changes.items()
+            }
+            conn.execute(
+                f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE run_id = ?",
+                (*values.values(), run_id),
+            )
+            updated = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return _run(updated)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def runs(self, model: str | None = None, limit: int = 50) -> list[RunRecord]:
+        if model is None:
+            rows = self._query("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM runs WHERE model = ? ORDER BY created_at DESC LIMIT ?",
+                (model, limit),
+            )
+        return [_run(row) for row in rows]
+
+    def in_flight_runs(self, model: str | None = None) -> list[RunRecord]:
+        placeholders = ",".join("?" for _ in IN_FLIGHT)
+        sql = f"SELECT * FROM runs WHERE state IN ({placeholders})"
+        args: list[Any] = sorted(IN_FLIGHT)
+        if model is not None:
+            sql += " AND model = ?"
+            args.append(model)
+        return [_run(row) for row in self._query(sql + " ORDER BY created_at", args)]
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """sqlite3 errors that a retry can cure become TransientError."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise TransientError(f"SQLite store unavailable: {exc}") from exc
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+def _point(row: sqlite3.Row) -> StoredPoint:
+    return StoredPoint(
+        model=row["model"],
+        slice=row["slice"],
+        metric=row["metric"],
+        window_end=row["window_end"],
+        value=row["value"],
+        examples=row["examples"],
+        model_version=row["model_version"],
+        message_id=row["message_id"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+def _decision(row: sqlite3.Row) -> Decision:
+    return Decision(
+        decision_id=row["decision_id"],
+        model=row["model"],
+        kind=row["kind"],
+        at=row["at"],
+        reason=row["reason"],
+        policy=row["policy"],
+        event_time=row["event_time"],
+        statistic=row["statistic"],
+        limit=row["limit_value"],
+        run_id=row["run_id"],
+        trigger_id=row["trigger_id"],
+        message_id=row["message_id"],
+        details=json.loads(row["details"]),
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        model=row["model"],
+        policy=row["policy"],
+        trigger_id=row["trigger_id"],
+        state=row["state"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        request=json.loads(row["request"]),
+        forced=bool(row["forced"]),
+        launched_at=row["launched_at"],
+        ended_at=row["ended_at"],
+        checked_at=row["checked_at"],
+        resource_name=row["resource_name"],
+        outcome=json.loads(row["outcome"]) if row["outcome"] else None,
+        message=row["message"],
+    )
+
+
+def _run_row(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.run_id,
+        run.model,
+        run.policy,
+        run.trigger_id,
+        run.state,
+        run.reason,
+        run.created_at,
+        dumps(dict(run.request)),
+        int(run.forced),
+        run.launched_at,
+        run.ended_at,
+        run.checked_at,
+        run.resource_name,
+        dumps(dict(run.outcome)) if run.outcome is not None else None,
+        run.message,
+    )

@@ -1,0 +1,220 @@
+"""The state store contract: points, processed messages, decisions, runs, champions.
+
+Records are plain dataclasses; times are seconds since the epoch (floats, UTC).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from triggers.config import Guards
+
+RunStateName = Literal[
+    "launching", "launched", "running", "promoted", "rejected", "failed", "completed", "timed_out"
+]
+IN_FLIGHT: frozenset[str] = frozenset({"launching", "launched", "running"})
+"""Run states during which the model's policies are disarmed."""
+
+DecisionKind = Literal[
+    "fired",
+    "suppressed",
+    "ok",
+    "insufficient_data",
+    "ignored",
+    "rejected",
+    "champion",
+    "promoted",
+    "rejected_challenger",
+    "failed",
+    "completed",
+    "timed_out",
+    "launch_failed",
+    "dry_run",
+]
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 text (UTC, Z) of an epoch time."""
+    if ts is None:
+        return None
+    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+    return text.replace(".000000", "").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """One metric value, keyed by (model, slice, metric, window_end)."""
+
+    model: str
+    slice: str
+    metric: str
+    window_end: float
+    value: float
+    examples: int | None = None
+    model_version: str | None = None
+    message_id: str | None = None
+    recorded_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{self.slice}|{self.metric}|{iso(self.window_end)}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["window_end"] = iso(self.window_end)
+        data["recorded_at"] = iso(self.recorded_at)
+        return data
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry of the audit trail: what was decided, about what, and why."""
+
+    decision_id: str
+    model: str
+    kind: str
+    at: float
+    reason: str
+    policy: str | None = None
+    event_time: float | None = None
+    statistic: float | None = None
+    limit: float | None = None
+    run_id: str | None = None
+    trigger_id: str | None = None
+    message_id: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["at"] = iso(self.at)
+        data["event_time"] = iso(self.event_time)
+        data["details"] = dict(self.details)
+        return data
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    """A message that can never be processed, kept with its reason."""
+
+    message_id: str
+    at: float
+    source: str
+    field: str
+    reason: str
+    payload: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A pipeline run from its claim to its end."""
+
+    run_id: str
+    model: str
+    policy: str
+    trigger_id: str
+    state: str
+    reason: str
+    created_at: float
+    request: Mapping[str, Any]
+    forced: bool = False
+    launched_at: float | None = None
+    ended_at: float | None = None
+    checked_at: float | None = None
+    resource_name: str | None = None
+    outcome: Mapping[str, Any] | None = None
+    message: str = ""
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("created_at", "launched_at", "ended_at", "checked_at"):
+            data[key] = iso(data[key])
+        data["request"] = dict(self.request)
+        data["outcome"] = dict(self.outcome) if self.outcome is not None else None
+        return data
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The current champion and where its history window starts (event time)."""
+
+    model: str
+    champion_version: str | None = None
+    history_start: float | None = None
+    updated_at: float | None = None
+
+
+ClaimStatus = Literal["claimed", "resume", "exists", "blocked"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of `claim_run`: a new claim, a claim to resume, a finished one, or a block."""
+
+    status: ClaimStatus
+    run: RunRecord
+    reason: str = ""
+
+
+class StateStore(Protocol):
+    """Where the service keeps everything. Implementations: SQLite, Firestore, memory (SQLite).
+
+    `claim_run` is the one operation that must be atomic across processes: it checks the
+    guards against the model's runs and writes the new run in one transaction.
+    Unavailable backends raise `triggers.errors.TransientError`.
+    """
+
+    def is_processed(self, message_id: str) -> bool: ...
+
+    def mark_processed(self, message_id: str, at: float) -> None: ...
+
+    def record_points(self, points: Sequence[StoredPoint]) -> None: ...
+
+    def points(
+        self,
+        model: str,
+        slice_: str,
+        metric: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[StoredPoint]: ...
+
+    def latest_points(self, model: str, limit: int) -> list[StoredPoint]: ...
+
+    def record_rejected(self, event: RejectedEvent) -> None: ...
+
+    def rejected_events(self, limit: int = 100) -> list[RejectedEvent]: ...
+
+    def record_decisions(self, decisions: Sequence[Decision]) -> None: ...
+
+    def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]: ...
+
+    def model_state(self, model: str) -> ModelState: ...
+
+    def set_model_state(self, state: ModelState) -> None: ...
+
+    def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim: ...
+
+    def update_run(
+        self, run_id: str, from_states: frozenset[str], **changes: Any
+    ) -> RunRecord | None: ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def runs(self, model: str | None = None, limit: int = 50) -> list[RunRecord]: ...
+
+    def in_flight_runs(self, model: str | None = None) -> list[RunRecord]: ...
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,109 @@
+"""Builds the service from the environment once per process (store, launcher, policies).
+
+Production defaults are created here; tests build their own `RetrainService` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline_client.launcher import PipelineLauncher
+from triggers.config import Environment, load_policy_file
+from triggers.errors import ConfigError
+from triggers.events import Delivery
+from triggers.service import EventResult, RetrainService
+from triggers.store import StateStore
+
+_lock = threading.Lock()
+_service: RetrainService | None = None
+_environment: Environment | None = None
+
+
+def build_store(url: str) -> StateStore:
+    """The store a RETRAIN_STATE URL names."""
+    if url.startswith("sqlite:///"):
+        from triggers.sqlite_store import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    if url.startswith("firestore://"):
+        raise ConfigError(
+            "RETRAIN_STATE", "firestore:// is not built yet; use sqlite:///path (see README)"
+        )
+    raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
+
+
+def build_launcher(env: Environment) -> PipelineLauncher:
+    """The launcher RETRAIN_LAUNCHER names; SDKs load on first submit, not here."""
+    if env.launcher == "vertex":
+        from pipeline_client.vertex import VertexLauncher
+
+        assert env.project is not None
+        return VertexLauncher(env.project, env.location, endpoint=env.vertex_endpoint)
+    from pipeline_client.local import LocalLauncher
+
+    state_dir = _state_dir(env.state)
+    return LocalLauncher(workdir=state_dir / "runs")
+
+
+def _state_dir(url: str) -> Path:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///") :]).parent
+    return Path(".retrain")
+
+
+def environment() -> Environment:
+    global _environment
+    if _environment is None:
+        _environment = Environment.from_env()
+    return _environment
+
+
+def build_service(env: Environment | None = None) -> RetrainService:
+    env = env or Environment.from_env()
+    config = load_policy_file(env.policy_file)
+    return RetrainService(config, build_store(env.state), build_launcher(env))
+
+
+def service() -> RetrainService:
+    """The process's service, built (and its config validated) on first call."""
+    global _service
+    if _service is None:
+        with _lock:
+            if _service is None:
+                _service = build_service(environment())
+    return _service
+
+
+def reset() -> None:
+    """Forget the cached service and environment (tests change the environment)."""
+    global _service, _environment
+    with _lock:
+        _service = None
+        _environment = None
+
+
+def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:
+    """Outcome handler of the local launcher: the same path as `on_run_outcome`."""
+    payload = json.dumps(dict(outcome), sort_keys=True).encode("utf-8")
+    delivery = Delivery(
+        message_id=f"local-outcome-{outcome.get('run_id', 'unknown')}",
+        payload=payload,
+        source="local-launcher",
+    )
+    return service().handle_outcome_delivery(delivery)
+
+
+def env_summary() -> dict[str, str]:
+    env = environment()
+    return {
+        "policy_file": env.policy_file,
+        "state": env.state,
+        "launcher": env.launcher,
+        "auth": "token" if env.manual_token else ("iam" if env.trust_iam else "refuse-all"),
+        "pid": str(os.getpid()),
+    }
