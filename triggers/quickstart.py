@@ -1,0 +1,149 @@
+"""`retrain-trigger quickstart`: the service on its embedded defaults, fed a sample stream.
+
+Starts `serve` (SQLite, local kfp launcher), posts examples/sample_stream.jsonl day by day,
+waits for the triggered pipeline run to end, and prints what was decided and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "examples" / "policies.yaml"
+STREAM = ROOT / "examples" / "sample_stream.jsonl"
+MODEL = "fraud-detector"
+
+
+def call(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One JSON request to the manual trigger; returns (status, JSON answer)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        base + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(workdir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        RETRAIN_POLICY_FILE=str(POLICIES),
+        RETRAIN_STATE=f"sqlite:///{(workdir / 'state.db').resolve()}",
+        RETRAIN_LAUNCHER="local",
+        RETRAIN_MANUAL_TOKEN=token,
+    )
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    return subprocess.Popen(
+        [sys.executable, "-m", "triggers", "serve", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_healthy(base: str, server: subprocess.Popen[bytes], deadline: float = 60) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited at start; see server.log")
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not answer /healthz in time")
+
+
+def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    token = secrets.token_urlsafe(16)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    print(f"retrain-trigger quickstart: policies {POLICIES.relative_to(ROOT)}, "
+          f"state {workdir}/state.db, local kfp launcher, server {base}")
+    server = start_server(workdir, token, port)
+    try:
+        wait_healthy(base, server)
+        launched: list[str] = []
+        print("\nday         accuracy  auc     decision")
+        for line in STREAM.read_text().splitlines():
+            event = json.loads(line)
+            status, answer = call(base, token, "POST", "/events", event)
+            if status != 200:
+                print(f"  event refused ({status}): {answer}")
+                return 1
+            notable = [d for d in answer["decisions"] if d["kind"] not in ("ok",)]
+            summary = ", ".join(sorted({f"{d['policy'] or d['kind']}: {d['kind']}"
+                                        for d in notable})) or "all policies ok"
+            print(f"{event['window_end'][:10]}  {event['metrics']['accuracy']:.3f}     "
+                  f"{event['metrics']['auc']:.3f}   {summary}")
+            launched += answer["launched"]
+        if not launched:
+            print("\nno run was launched")
+            return 1
+        print(f"\nlaunched {launched[0]} with the local kfp launcher; waiting for it to end…")
+        outcome = wait_for_outcome(base, token, launched[0], server)
+        if outcome is None:
+            print("the run did not end within 5 minutes; see", workdir / "runs")
+            return 1
+        print(f"run ended: {outcome['state']}; "
+              f"champion is now {outcome['champion']} (was 7)")
+        _, trail = call(base, token, "GET", f"/decisions?model={MODEL}&limit=12")
+        print("\nlatest decisions (newest first):")
+        for d in trail["decisions"]:
+            if d["kind"] != "ok":
+                print(f"  {d['kind']:<18} {d['policy'] or '-':<18} {d['reason'][:110]}")
+        print(f"\naudit trail: python -m triggers decisions --state "
+              f"sqlite:///{(workdir / 'state.db').resolve()}")
+        if keep_serving:
+            print(f"serving on {base} (token {token}); Ctrl-C stops")
+            server.wait()
+        return 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def wait_for_outcome(
+    base: str, token: str, run_id: str, server: subprocess.Popen[bytes], deadline: float = 300
+) -> dict[str, Any] | None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end and server.poll() is None:
+        _, status = call(base, token, "GET", f"/models/{MODEL}")
+        runs = {r["run_id"]: r for r in status["recent_runs"]}
+        run = runs.get(run_id)
+        if run and run["state"] not in ("launching", "launched", "running"):
+            return {"state": run["state"], "champion": status["champion_version"]}
+        time.sleep(1)
+    return None
