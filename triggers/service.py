@@ -368,36 +368,43 @@ class RetrainService:
                         pass  # stays launching; the next event tries again
                 continue
             started = run.launched_at or run.created_at
-            if now - started > model.guards.run_timeout.total_seconds():
-                if self.store.update_run(run.run_id, IN_FLIGHT, state="timed_out", ended_at=now,
-                                         message="run_timeout passed"):
-                    decisions.append(self._decision(
-                        "timed_out", model.name, now, None,
-                        f"run {run.run_id} still in flight after run_timeout; policies re-armed",
-                        run_id=run.run_id, trigger_id=run.trigger_id, policy=run.policy))
-                continue
-            if run.checked_at is not None and now - run.checked_at < self.status_interval:
-                continue
-            try:
-                status = self.launcher.get_status(run.run_id)
-            except TransientError:
-                continue
-            if status.state in TERMINAL_STATES:
-                if status.outcome:
-                    outcome = dict(status.outcome)
-                    outcome.setdefault("run_id", run.run_id)
-                    outcome.setdefault("model", run.model)
-                else:
-                    decision = "completed" if status.state == "succeeded" else "failed"
-                    outcome = {"model": run.model, "run_id": run.run_id, "decision": decision,
-                               "report": {"launcher_state": status.state,
-                                          "message": status.message}}
-                decisions += self.apply_outcome(outcome, now, via="launcher status")
-            else:
-                self.store.update_run(
-                    run.run_id, IN_FLIGHT, checked_at=now,
-                    state="running" if status.state == "running" else run.state)
+            timed_out = now - started > model.guards.run_timeout.total_seconds()
+            due = run.checked_at is None or now - run.checked_at >= self.status_interval
+            if due or timed_out:
+                ended = self._check_status(run, now)
+                if ended is not None:
+                    decisions += ended
+                    continue
+            if timed_out and self.store.update_run(
+                run.run_id, IN_FLIGHT, state="timed_out", ended_at=now,
+                message="run_timeout passed"
+            ):
+                decisions.append(self._decision(
+                    "timed_out", model.name, now, None,
+                    f"run {run.run_id} still in flight after run_timeout; policies re-armed",
+                    run_id=run.run_id, trigger_id=run.trigger_id, policy=run.policy))
         return decisions
+
+    def _check_status(self, run: RunRecord, now: float) -> list[Decision] | None:
+        """Ask the launcher about a run; its decisions if it has ended, else None."""
+        try:
+            status = self.launcher.get_status(run.run_id)
+        except TransientError:
+            return None
+        if status.state not in TERMINAL_STATES:
+            self.store.update_run(
+                run.run_id, IN_FLIGHT, checked_at=now,
+                state="running" if status.state == "running" else run.state)
+            return None
+        if status.outcome:
+            outcome = dict(status.outcome)
+            outcome.setdefault("run_id", run.run_id)
+            outcome.setdefault("model", run.model)
+        else:
+            decision = "completed" if status.state == "succeeded" else "failed"
+            outcome = {"model": run.model, "run_id": run.run_id, "decision": decision,
+                       "report": {"launcher_state": status.state, "message": status.message}}
+        return self.apply_outcome(outcome, now, via="launcher status")
 
     def handle_outcome_delivery(self, delivery: Delivery) -> EventResult:
         """An outcome message from Pub/Sub (or the local launcher) ends a run."""
