@@ -261,11 +261,15 @@ class RetrainService:
         point_key = f"{model.name}|{policy.spec.slice}|{policy.metric}|{iso(as_of)}"
         reason = "; ".join(f"{p.name}: {v.reason}" for p, v in fired)
         request = self._launch_request(model, state, policy.name, point_key, reason)
-        claim, error = self._claim_and_submit(model, request, reason, now, force=False)
+        claim, error = self._claim_and_submit(model, request, reason, now, False, message_id)
+        if claim.status == "duplicate" and as_of != t_new:
+            return [], None  # a re-evaluation reached a point another delivery acted on
         decisions = []
         for p, v in fired:
             if claim.status == "blocked":
                 kind, why = "suppressed", f"{v.reason} — blocked: {claim.reason}"
+            elif claim.status == "duplicate":
+                kind, why = "suppressed", f"{v.reason} — already triggered: {claim.reason}"
             elif error is not None:
                 kind, why = "launch_failed", f"{v.reason} — launch refused: {error}"
             else:
@@ -312,9 +316,19 @@ class RetrainService:
         )
 
     def _claim_and_submit(
-        self, model: ModelConfig, request: LaunchRequest, reason: str, now: float, force: bool
+        self,
+        model: ModelConfig,
+        request: LaunchRequest,
+        reason: str,
+        now: float,
+        force: bool,
+        claimed_by: str,
     ) -> tuple[Claim, str | None]:
-        """Claim (guards, one transaction) then submit; a permanent refusal is returned."""
+        """Claim (guards, one transaction) then submit; a permanent refusal is returned.
+
+        A run claimed by another delivery is that delivery's to submit ("duplicate"), unless
+        its claim is older than `launch_grace` and still unsubmitted: then it is taken over.
+        """
         run = RunRecord(
             run_id=request.run_id,
             model=model.name,
@@ -325,8 +339,15 @@ class RetrainService:
             created_at=now,
             request=request.to_dict(),
             forced=force,
+            claimed_by=claimed_by,
         )
         claim = self.store.claim_run(run, model.guards, now, force)
+        if claim.status in ("resume", "exists") and claim.run.claimed_by != claimed_by:
+            stale = claim.run.state == "launching" and now - claim.run.created_at >= (
+                self.launch_grace)
+            if not stale:
+                claim = Claim("duplicate", claim.run,
+                              f"run {claim.run.run_id} ({claim.run.state}) for the same point")
         if claim.status in ("claimed", "resume"):
             return claim, self._submit(claim.run, now)
         return claim, None
@@ -496,8 +517,9 @@ class RetrainService:
         full_reason = f"manual: {reason}" + (" (forced)" if force else "")
         request = self._launch_request(
             model, state, policy, f"{point_key}|{reason}|{force}", full_reason)
-        claim, error = self._claim_and_submit(model, request, full_reason, now, force=force)
-        if claim.status == "blocked":
+        claim, error = self._claim_and_submit(
+            model, request, full_reason, now, force, f"manual:{request.trigger_id}")
+        if claim.status in ("blocked", "duplicate"):
             kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
         elif error is not None:
             kind, why = "launch_failed", f"{full_reason} — launch refused: {error}"
@@ -586,7 +608,9 @@ class RetrainService:
         if as_of != t_new:
             details["reevaluated_after_late_point"] = iso(t_new)
         return Decision(
-            decision_id=ids.digest("verdict", message_id, policy.name, as_of, length=24),
+            # one record per (policy, point, verdict): a redelivery, a re-evaluation after a
+            # late point, or a concurrent delivery restating it updates it, never repeats it
+            decision_id=ids.digest("verdict", model, policy.name, as_of, kind, length=24),
             model=model,
             kind=kind,
             at=now,

@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS decisions_by_model_time ON decisions (model, at);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, model TEXT NOT NULL, policy TEXT NOT NULL, trigger_id TEXT NOT NULL,
     state TEXT NOT NULL, reason TEXT NOT NULL, created_at REAL NOT NULL, request TEXT NOT NULL,
-    forced INTEGER NOT NULL, launched_at REAL, ended_at REAL, checked_at REAL,
+    forced INTEGER NOT NULL, claimed_by TEXT NOT NULL, launched_at REAL, ended_at REAL, checked_at REAL,
     resource_name TEXT, outcome TEXT, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_model_time ON runs (model, created_at);
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 _RUN_COLUMNS = (
-    "run_id model policy trigger_id state reason created_at request forced launched_at "
+    "run_id model policy trigger_id state reason created_at request forced claimed_by launched_at "
     "ended_at checked_at resource_name outcome message"
 ).split()
 
@@ -421,6 +421,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
         created_at=row["created_at"],
         request=json.loads(row["request"]),
         forced=bool(row["forced"]),
+        claimed_by=row["claimed_by"],
         launched_at=row["launched_at"],
         ended_at=row["ended_at"],
         checked_at=row["checked_at"],
@@ -441,6 +442,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         run.created_at,
         dumps(dict(run.request)),
         int(run.forced),
+        run.claimed_by,
         run.launched_at,
         run.ended_at,
         run.checked_at,

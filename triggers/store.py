@@ -122,6 +122,7 @@ class RunRecord:
     created_at: float
     request: Mapping[str, Any]
     forced: bool = False
+    claimed_by: str = ""
     launched_at: float | None = None
     ended_at: float | None = None
     checked_at: float | None = None
@@ -152,7 +153,7 @@ class ModelState:
     updated_at: float | None = None
 
 
-ClaimStatus = Literal["claimed", "resume", "exists", "blocked"]
+ClaimStatus = Literal["claimed", "resume", "exists", "blocked", "duplicate"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,518 @@
+"""The `publish` command: read metric events from JSONL or CSV and send them to the service,
+either over HTTP(S) to a running `manual_trigger` (`POST /events`) or to a Pub/Sub topic.
+
+Input formats (chosen by extension: `.csv` is CSV; `.jsonl`, `.ndjson`, `.json` are JSONL;
+anything else is sniffed: a first non-blank character `{` means JSONL):
+
+- JSONL: one event object per line, exactly as in the design doc; blank lines are skipped.
+  Only the syntax is checked here (a JSON object per line, no NaN/Infinity); the schema is the
+  service's job, so a bad event comes back as *rejected* with the field it names.
+- CSV (long format, header row required): `model,metric,value,window_end` and optionally
+  `examples,slice,model_version,window_start`. Rows sharing (model, slice, model_version,
+  window_end) are **merged** into one event with several metrics, whether or not they are
+  adjacent; events come out in the order of their first row, numbered by that row's line.
+  Merging is strict: the same metric twice in one event, or merged rows that disagree on
+  `examples` or `window_start`, is an error (publish a correction as a separate file).
+  Empty optional cells are omitted (so `slice` defaults to `overall` in the service).
+
+`read_events` raises `ValueError("<path>:<line>: ...")` on the first malformed line. CSV input
+is read whole before the first event is yielded; JSONL streams, so call `list(read_events(p))`
+first to validate a whole file before publishing any of it.
+
+Progress callbacks receive an increment (always 1, once per finished event), so `tqdm.update`
+or `click.progressbar(...).update` can be passed directly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import json
+import math
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+Progress = Callable[[int], None]
+NumberedEvents = Iterable["tuple[int, Mapping[str, Any]] | Mapping[str, Any]"]
+
+CSV_REQUIRED = ("model", "metric", "value", "window_end")
+CSV_OPTIONAL = ("examples", "slice", "model_version", "window_start")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+MAX_ERROR_TEXT = 500
+
+
+@dataclass
+class LineError:
+    """Why one input event was not accepted; `status` is the HTTP status, if there was one."""
+
+    line: int
+    error: str
+    status: int | None = None
+
+    def __str__(self) -> str:
+        status = f" [HTTP {self.status}]" if self.status is not None else ""
+        return f"line {self.line}{status}: {self.error}"
+
+
+@dataclass
+class PublishReport:
+    """What a publish did: `sent` attempts, each ending accepted, rejected or failed.
+
+    rejected = permanently refused (a 4xx from the service, or not serialisable as JSON);
+    failed = may succeed if retried (5xx, timeout, unreachable, Pub/Sub publish error).
+    `aborted` says why the remaining events were not sent (bad token, server unreachable).
+    `launched` collects the run ids the service reported launching (HTTP only), and
+    `message_ids` the Pub/Sub ids of published messages by input line (topic only).
+    """
+
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    aborted: str | None = None
+    launched: list[str] = field(default_factory=list)
+    message_ids: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every event was accepted and nothing was left unsent."""
+        return self.rejected == 0 and self.failed == 0 and self.aborted is None
+
+    def summary(self) -> str:
+        """One line for humans, e.g. `sent 3: 2 accepted, 1 rejected, 0 failed`."""
+        text = (
+            f"sent {self.sent}: {self.accepted} accepted, {self.rejected} rejected, "
+            f"{self.failed} failed"
+        )
+        if self.launched:
+            text += f"; launched {', '.join(self.launched)}"
+        if self.aborted:
+            text += f"; aborted: {self.aborted}"
+        return text
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_events(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, event) from a JSONL or CSV file (`-` reads JSONL/CSV from stdin).
+
+    `fmt` ("jsonl" or "csv") overrides detection by extension/content.
+    Raises ValueError("<path>:<line>: <reason>") on the first malformed line.
+    """
+    name = str(path)
+    if name == "-":
+        text = sys.stdin.read()
+        yield from _read_text(text, "<stdin>", fmt)
+        return
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            if (fmt or _detect_format(Path(path), handle)) == "csv":
+                yield from _read_csv(handle, name)
+            else:
+                yield from _read_jsonl(handle, name)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_text(text: str, name: str, fmt: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    handle = io.StringIO(text.removeprefix("\ufeff"), newline="")
+    fmt = fmt or ("jsonl" if text.lstrip("\ufeff \t\r\n").startswith("{") else "csv")
+    yield from (_read_csv(handle, name) if fmt == "csv" else _read_jsonl(handle, name))
+
+
+def _detect_format(path: Path, handle: IO[str]) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    start = handle.tell()
+    head = handle.read(4096).lstrip()
+    handle.seek(start)
+    return "jsonl" if head.startswith("{") else "csv"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (metric values must be finite numbers)")
+
+
+def _read_jsonl(handle: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{name}:{number}: invalid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+        except ValueError as exc:
+            raise ValueError(f"{name}:{number}: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"{name}:{number}: JSON nested too deeply") from None
+        if not isinstance(event, dict):
+            raise ValueError(
+                f"{name}:{number}: expected a JSON object (one event per line), "
+                f"got {type(event).__name__}"
+            )
+        yield number, event
+
+
+def _read_csv(handle: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(handle)
+    header: list[str] | None = None
+    header_line = 0
+    # (model, slice, model_version, window_end) -> (first line, event, {metric: line})
+    merged: dict[tuple[str, str, str, str], tuple[int, dict[str, Any], dict[str, int]]] = {}
+    for row in reader:
+        line = reader.line_num  # physical line where this record ends
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header, header_line = [cell.strip() for cell in row], line
+            _check_header(header, name, header_line)
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"{name}:{line}: expected {len(header)} columns ({','.join(header)}), "
+                f"got {len(row)}"
+            )
+        cells = {col: cell.strip() for col, cell in zip(header, row, strict=True)}
+        _merge_row(merged, cells, name, line)
+    if header is None:
+        raise ValueError(f"{name}:1: empty CSV: expected a header row {','.join(CSV_REQUIRED)}")
+    for first_line, event, _ in merged.values():
+        yield first_line, event
+
+
+def _check_header(header: list[str], name: str, line: int) -> None:
+    missing = [col for col in CSV_REQUIRED if col not in header]
+    if missing:
+        raise ValueError(
+            f"{name}:{line}: CSV header lacks column(s) {', '.join(missing)} "
+            f"(required: {','.join(CSV_REQUIRED)}; optional: {','.join(CSV_OPTIONAL)})"
+        )
+    unknown = [col for col in header if col not in CSV_REQUIRED + CSV_OPTIONAL]
+    if unknown:
+        raise ValueError(
+            f"{name}:{line}: unknown CSV column(s) {', '.join(map(repr, unknown))} "
+            f"(allowed: {','.join(CSV_REQUIRED + CSV_OPTIONAL)})"
+        )
+    duplicated = sorted({col for col in header if header.count(col) > 1})
+    if duplicated:
+        raise ValueError(f"{name}:{line}: duplicate CSV column(s) {', '.join(duplicated)}")
+
+
+def _merge_row(
+    merged: dict[tuple[str, str, str, str], tuple[int, dict[str, Any], dict[str, int]]],
+    cells: dict[str, str],
+    name: str,
+    line: int,
+) -> None:
+    where = f"{name}:{line}"
+    for col in CSV_REQUIRED:
+        if not cells[col]:
+            raise ValueError(f"{where}: empty {col!r}")
+    value = _number(cells["value"], where)
+    key = (
+        cells["model"],
+        cells.get("slice") or "overall",
+        cells.get("model_version", ""),
+        cells["window_end"],
+    )
+    if key not in merged:
+        event: dict[str, Any] = {"model": cells["model"], "metrics": {}}
+        if cells.get("model_version"):
+            event["model_version"] = cells["model_version"]
+        if cells.get("window_start"):
+            event["window_start"] = cells["window_start"]
+        event["window_end"] = cells["window_end"]
+        if cells.get("examples"):
+            event["examples"] = _count(cells["examples"], where)
+        if cells.get("slice"):
+            event["slice"] = cells["slice"]
+        merged[key] = (line, event, {})
+    first_line, event, metric_lines = merged[key]
+    metric = cells["metric"]
+    if metric in metric_lines:
+        raise ValueError(
+            f"{where}: metric {metric!r} repeats line {metric_lines[metric]} for the same "
+            f"(model, slice, model_version, window_end); publish corrections separately"
+        )
+    for col, parsed in (
+        ("window_start", cells.get("window_start") or None),
+        ("examples", _count(cells["examples"], where) if cells.get("examples") else None),
+    ):
+        if parsed is None:
+            continue
+        if col not in event:
+            event[col] = parsed
+        elif event[col] != parsed:
+            raise ValueError(
+                f"{where}: {col} {parsed!r} disagrees with {event[col]!r} on line {first_line} "
+                f"(rows merged into one event must agree)"
+            )
+    metric_lines[metric] = line
+    event["metrics"][metric] = value
+
+
+def _number(text: str, where: str) -> float | int:
+    try:
+        value: float | int = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{where}: value {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: value {text!r} is not a finite number")
+    return value
+
+
+def _count(text: str, where: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"{where}: examples {text!r} is not a whole number") from None
+    if count < 0:
+        raise ValueError(f"{where}: examples {count} is negative")
+    return count
+
+
+def _numbered(events: NumberedEvents) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    for index, item in enumerate(events, start=1):
+        if isinstance(item, tuple):
+            yield item
+        else:
+            yield index, item
+
+
+def _encode(event: Mapping[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+def publish_to_url(
+    events: NumberedEvents,
+    url: str,
+    token: str | None = None,
+    timeout: float = 10,
+    *,
+    progress: Progress | None = None,
+    retries: int = 2,
+    backoff: float = 0.5,
+) -> PublishReport:
+    """POST each event as bare JSON to `{url}/events`; classify answers by HTTP status.
+
+    2xx accepted; 4xx rejected (the service's `{"error", "field"}` is kept per line);
+    5xx, 408, 429, timeouts and connection errors are retried `retries` times (with
+    `backoff`, doubling; safe because the service deduplicates identical bodies) and then
+    count as failed. A 401/403 or an unreachable server aborts the rest of the run.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"url must be http(s)://host[:port][/prefix], got {url!r}")
+    endpoint = url.rstrip("/") + "/events"
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    report = PublishReport()
+    for line, event in _numbered(events):
+        try:
+            body = _encode(event)
+        except (TypeError, ValueError) as exc:
+            report.sent += 1
+            report.rejected += 1
+            report.errors.append(LineError(line, f"cannot encode as JSON: {exc}"))
+            _tick(progress)
+            continue
+        report.sent += 1
+        status, answer, error, unreachable = _post_with_retries(
+            endpoint, body, headers, timeout, retries, backoff
+        )
+        if status is not None and 200 <= status < 300:
+            report.accepted += 1
+            launched = answer.get("launched") if isinstance(answer, dict) else None
+            if isinstance(launched, list):
+                report.launched.extend(str(run) for run in launched)
+        elif status is not None and 400 <= status < 500 and status not in (408, 429):
+            report.rejected += 1
+            report.errors.append(LineError(line, error, status))
+            if status in (401, 403):
+                report.aborted = f"HTTP {status} from {endpoint}: {error}"
+        else:
+            report.failed += 1
+            report.errors.append(LineError(line, error, status))
+            if unreachable:
+                report.aborted = f"cannot reach {endpoint}: {error}"
+        _tick(progress)
+        if report.aborted:
+            break
+    return report
+
+
+def _post_with_retries(
+    endpoint: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    retries: int,
+    backoff: float,
+) -> tuple[int | None, Any, str, bool]:
+    """(status or None, parsed JSON answer, error text, unreachable) after retrying."""
+    attempt = 0
+    while True:
+        status, answer, error, unreachable = _post(endpoint, body, headers, timeout)
+        transient = status is None or status >= 500 or status in (408, 429)
+        if not transient or attempt >= retries:
+            return status, answer, error, unreachable
+        time.sleep(backoff * 2**attempt)
+        attempt += 1
+
+
+def _post(
+    endpoint: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int | None, Any, str, bool]:
+    request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, _json_or_none(response.read()), "", False
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        exc.close()
+        answer = _json_or_none(raw)
+        return exc.code, answer, _error_text(answer, raw, exc.reason), False
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return None, None, f"timed out after {timeout:g}s", False
+        return None, None, f"{reason}", True
+    except TimeoutError:
+        return None, None, f"timed out after {timeout:g}s", False
+    except (ConnectionError, OSError) as exc:  # reset mid-answer, etc.
+        return None, None, f"{type(exc).__name__}: {exc}", False
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _error_text(answer: Any, raw: bytes, reason: Any) -> str:
+    if isinstance(answer, dict) and answer.get("error"):
+        text = str(answer["error"])
+        if answer.get("field"):
+            text = f"{answer['field']}: {text}"
+    else:
+        text = raw.decode("utf-8", errors="replace").strip() or str(reason)
+    return text[:MAX_ERROR_TEXT]
+
+
+def _tick(progress: Progress | None) -> None:
+    if progress is not None:
+        progress(1)
+
+
+# -- Pub/Sub ----------------------------------------------------------------------------------
+
+
+def publish_to_topic(
+    events: NumberedEvents,
+    topic_path: str,
+    ordering: bool = False,
+    *,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+    publisher: Any = None,
+) -> PublishReport:
+    """Publish each event to `topic_path` (`projects/P/topics/T`) and wait for every ack.
+
+    data = the event as compact UTF-8 JSON; attributes `model=<model>`. With `ordering`,
+    messages carry `ordering_key=<model>` so one model's events are delivered in file order
+    (the subscription must enable ordering too). Honours PUBSUB_EMULATOR_HOST. `publisher`
+    (a PublisherClient) is for callers that manage their own; otherwise one is created and
+    stopped here. Pub/Sub does not judge the content, so a bad event still counts as
+    accepted here; it will be rejected by the service.
+    """
+    if not topic_path.startswith("projects/") or "/topics/" not in topic_path:
+        raise ValueError(f"topic must be projects/PROJECT/topics/TOPIC, got {topic_path!r}")
+    own = publisher is None
+    if own:
+        from google.cloud import pubsub_v1
+
+        options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordering)
+        publisher = pubsub_v1.PublisherClient(publisher_options=options)
+    report = PublishReport()
+    pending: dict[concurrent.futures.Future[str], int] = {}
+    try:
+        for line, event in _numbered(events):
+            report.sent += 1
+            try:
+                data = _encode(event)
+            except (TypeError, ValueError) as exc:
+                report.rejected += 1
+                report.errors.append(LineError(line, f"cannot encode as JSON: {exc}"))
+                _tick(progress)
+                continue
+            model = event.get("model")
+            attributes = {"model": model} if isinstance(model, str) and model else {}
+            kwargs: dict[str, Any] = dict(attributes)
+            if ordering and attributes:
+                kwargs["ordering_key"] = model
+            try:
+                future = publisher.publish(topic_path, data, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - e.g. PublishToPausedOrderingKeyException
+                report.failed += 1
+                report.errors.append(LineError(line, f"{type(exc).__name__}: {exc}"))
+                _tick(progress)
+                continue
+            pending[future] = line
+        _collect(pending, report, timeout, progress)
+    finally:
+        if own:
+            publisher.stop()
+            publisher.transport.close()
+    return report
+
+
+def _collect(
+    pending: dict[concurrent.futures.Future[str], int],
+    report: PublishReport,
+    timeout: float,
+    progress: Progress | None,
+) -> None:
+    done: set[concurrent.futures.Future[str]] = set()
+    try:
+        for future in concurrent.futures.as_completed(pending, timeout=timeout):
+            done.add(future)
+            line = pending[future]
+            try:
+                report.message_ids[line] = future.result()
+                report.accepted += 1
+            except Exception as exc:  # noqa: BLE001 - any publish error fails that event
+                report.failed += 1
+                report.errors.append(LineError(line, f"{type(exc).__name__}: {exc}"))
+            _tick(progress)
+    except TimeoutError:
+        for future, line in pending.items():
+            if future not in done:
+                future.cancel()
+                report.failed += 1
+                report.errors.append(LineError(line, f"no publish ack within {timeout:g}s"))
+                _tick(progress)
+    report.errors.sort(key=lambda error: error.line)
+    report.message_ids = dict(sorted(report.message_ids.items()))
