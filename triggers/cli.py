@@ -106,13 +106,11 @@ def _publish(args: argparse.Namespace) -> int:
     else:
         report = publish_to_topic(events, args.topic, progress=progress)
     progress.done()
-    print(
-        f"sent {report.sent}: {report.accepted} accepted, {report.rejected} rejected, "
-        f"{report.failed} failed"
-    )
+    print(report.summary())
     for error in report.errors[:20]:
-        print(f"  {error}")
-    return 0 if report.failed == 0 else 1
+        status = f" (HTTP {error.status})" if error.status else ""
+        print(f"  line {error.line}{status}: {error.error}")
+    return 0 if report.ok else 1
 
 
 def _validate(path: str) -> int:

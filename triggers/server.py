@@ -17,12 +17,27 @@ OUTCOMES_PATH = "/pubsub/outcomes"
 def create_combined_app(source: str | Path = MAIN) -> Any:
     """A WSGI app dispatching by path to the three functions-framework apps of `main.py`."""
     from functions_framework import create_app
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     manual = create_app("manual_trigger", str(source), "http")  # type: ignore[no-untyped-call]
-    metrics = create_app("on_metric_event", str(source), "cloudevent")  # type: ignore[no-untyped-call]
-    outcomes = create_app("on_run_outcome", str(source), "cloudevent")  # type: ignore[no-untyped-call]
-    return DispatcherMiddleware(manual, {METRICS_PATH: metrics, OUTCOMES_PATH: outcomes})
+    mounts = {
+        METRICS_PATH: create_app(  # type: ignore[no-untyped-call]
+            "on_metric_event", str(source), "cloudevent"
+        ),
+        OUTCOMES_PATH: create_app(  # type: ignore[no-untyped-call]
+            "on_run_outcome", str(source), "cloudevent"
+        ),
+    }
+
+    def dispatch(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        for prefix, app in mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+                environ["PATH_INFO"] = path[len(prefix) :] or "/"
+                return app(environ, start_response)
+        return manual(environ, start_response)
+
+    return dispatch
 
 
 def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
