@@ -1,0 +1,275 @@
+"""Vertex AI Pipelines launcher: creates PipelineJobs with the low-level GAPIC client (REST).
+
+The SDK (`google.cloud.aiplatform_v1`, ~1 s and ~100 MiB) is imported on first use, never here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pipeline_client.launcher import LaunchRequest, LaunchResult, RunState, RunStatus
+from pipeline_client.templates import PipelineTemplate, TemplateError, fetch_template
+from triggers.errors import LaunchRejectedError, TransientError
+
+if TYPE_CHECKING:
+    from google.cloud.aiplatform_v1 import PipelineJob, PipelineServiceClient
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+RUN_ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,127}")
+
+_STATES: dict[str, RunState] = {
+    "PIPELINE_STATE_QUEUED": "pending",
+    "PIPELINE_STATE_PENDING": "pending",
+    "PIPELINE_STATE_RUNNING": "running",
+    "PIPELINE_STATE_CANCELLING": "running",
+    "PIPELINE_STATE_PAUSED": "running",
+    "PIPELINE_STATE_SUCCEEDED": "succeeded",
+    "PIPELINE_STATE_FAILED": "failed",
+    "PIPELINE_STATE_CANCELLED": "cancelled",
+}
+# google.rpc.Code names for which a later retry (a Pub/Sub redelivery) may succeed.
+_TRANSIENT_CODES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN"}
+)
+_TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class VertexLauncher:
+    """Submits runs to Vertex AI Pipelines under the run id; "already exists" is success.
+
+    `endpoint` overrides `{location}-aiplatform.googleapis.com`; an `http://` endpoint means
+    anonymous credentials (local fakes only). `client` replaces the PipelineServiceClient.
+    Every call uses the REST transport with a bounded `timeout` and no client-side retries:
+    a `TransientError` goes back to Pub/Sub, whose redelivery re-submits the same run id.
+    """
+
+    name = "vertex"
+
+    def __init__(
+        self,
+        project: str,
+        location: str,
+        endpoint: str | None = None,
+        client: Any = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        storage_endpoint: str | None = None,
+    ) -> None:
+        if not project or not location:
+            raise ValueError("VertexLauncher needs a project and a location")
+        self.project = project
+        self.location = location
+        self.parent = f"projects/{project}/locations/{location}"
+        self.endpoint = (endpoint or f"{location}-aiplatform.googleapis.com").rstrip("/")
+        self.timeout = timeout
+        self.storage_endpoint = storage_endpoint
+        self._client: Any = client
+        self._lock = threading.Lock()
+
+    def job_name(self, run_id: str) -> str:
+        """The PipelineJob resource name of a run."""
+        return f"{self.parent}/pipelineJobs/{run_id}"
+
+    def submit(self, request: LaunchRequest) -> LaunchResult:
+        run_id = request.run_id
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            raise LaunchRejectedError(run_id, "run id is not a valid PipelineJob id")
+        try:
+            template = fetch_template(request.template, storage_endpoint=self.storage_endpoint)
+        except TemplateError as exc:
+            raise LaunchRejectedError(run_id, str(exc)) from exc
+        job = self.build_pipeline_job(request, template)
+        try:
+            created = self._get_client().create_pipeline_job(
+                parent=self.parent,
+                pipeline_job=job,
+                pipeline_job_id=run_id,
+                retry=None,
+                timeout=self.timeout,
+            )
+        except Exception as exc:
+            kind, detail = _classify(exc)
+            if kind == "already_exists":
+                return LaunchResult(run_id, self.job_name(run_id), already_existed=True)
+            if kind == "transient":
+                raise TransientError(f"run {run_id}: Vertex AI unavailable: {detail}") from exc
+            if kind in ("permanent", "not_found"):
+                raise LaunchRejectedError(run_id, f"Vertex AI refused the job: {detail}") from exc
+            raise
+        return LaunchResult(run_id, created.name or self.job_name(run_id), already_existed=False)
+
+    def get_status(self, run_id: str) -> RunStatus:
+        """The run's state; `unknown` (why: `message`) when Vertex has no such job or won't say."""
+        try:
+            job = self._get_client().get_pipeline_job(
+                name=self.job_name(run_id), retry=None, timeout=self.timeout
+            )
+        except Exception as exc:
+            kind, detail = _classify(exc)
+            if kind == "transient":
+                raise TransientError(f"run {run_id}: Vertex AI unavailable: {detail}") from exc
+            if kind in ("not_found", "permanent", "already_exists"):
+                return RunStatus("unknown", message=detail)
+            raise
+        state_name = getattr(job.state, "name", str(job.state))
+        message = job.error.message if job.error and job.error.message else state_name
+        return RunStatus(_STATES.get(state_name, "unknown"), message=message)
+
+    def build_pipeline_job(self, request: LaunchRequest, template: PipelineTemplate) -> PipelineJob:
+        """The PipelineJob message for a request (no network; raises LaunchRejectedError)."""
+        from google.cloud.aiplatform_v1 import EncryptionSpec, PipelineJob
+
+        run_id = request.run_id
+        pipeline_root = (
+            request.pipeline_root
+            or template.runtime_config.get("gcsOutputDirectory")
+            or template.default_pipeline_root
+        )
+        if not pipeline_root:
+            raise LaunchRejectedError(
+                run_id,
+                "no pipeline root: set pipeline.pipeline_root in the policy file "
+                "(or compile the pipeline with a default pipeline_root)",
+            )
+        job = PipelineJob(
+            display_name=run_id,
+            labels=dict(request.labels),
+            pipeline_spec=template.pipeline_spec,
+            runtime_config=PipelineJob.RuntimeConfig(
+                gcs_output_directory=pipeline_root,
+                parameter_values=_parameter_values(request, template),
+            ),
+        )
+        if request.service_account:
+            job.service_account = request.service_account
+        if request.network:
+            job.network = request.network
+        if request.kms_key_name:
+            job.encryption_spec = EncryptionSpec(kms_key_name=request.kms_key_name)
+        if template.template_uri:
+            job.template_uri = template.template_uri
+        return job
+
+    def _get_client(self) -> PipelineServiceClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._create_client()
+            client: PipelineServiceClient = self._client
+            return client
+
+    def _create_client(self) -> PipelineServiceClient:
+        # The package __init__ runs whichever submodule is named, so this is as light as it gets.
+        from google.cloud.aiplatform_v1 import PipelineServiceClient
+
+        options = {"api_endpoint": self.endpoint}
+        if self.endpoint.startswith("http://"):
+            from google.auth.credentials import AnonymousCredentials
+
+            return PipelineServiceClient(
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call,unused-ignore]
+                transport="rest",
+                client_options=options,
+            )
+        return PipelineServiceClient(transport="rest", client_options=options)
+
+
+def _parameter_values(request: LaunchRequest, template: PipelineTemplate) -> dict[str, Any]:
+    """Template defaults from a job spec, then the request's values; None means "use default"."""
+    values: dict[str, Any] = dict(template.runtime_config.get("parameterValues") or {})
+    values.update(request.parameters)
+    values = {name: value for name, value in values.items() if value is not None}
+    declared = template.input_parameters
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise LaunchRejectedError(
+            request.run_id,
+            f"parameters {unknown} are not inputs of pipeline {template.name!r} "
+            f"(inputs: {sorted(declared)})",
+        )
+    missing = sorted(template.required_parameters - set(values))
+    if missing:
+        raise LaunchRejectedError(
+            request.run_id, f"pipeline {template.name!r} needs parameters {missing}"
+        )
+    for name, value in values.items():
+        _check_json_value(value, name, request.run_id)
+    return values
+
+
+def _check_json_value(value: Any, path: str, run_id: str) -> None:
+    """Only what a protobuf Value holds: str, finite number, bool, None, list, str-keyed dict."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise LaunchRejectedError(run_id, f"parameter {path} is not a finite number")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]", run_id)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise LaunchRejectedError(run_id, f"parameter {path} has a non-string key {key!r}")
+            _check_json_value(item, f"{path}.{key}", run_id)
+        return
+    raise LaunchRejectedError(
+        run_id, f"parameter {path} has unsupported type {type(value).__name__}"
+    )
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """("already_exists" | "not_found" | "transient" | "permanent" | "other", detail)."""
+    import requests
+    from google.api_core import exceptions as api_exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        code = _rpc_code(exc)
+        detail = f"{code or exc.code}: {exc.message}"
+        if code == "ALREADY_EXISTS":
+            return "already_exists", detail
+        if code == "NOT_FOUND":
+            return "not_found", detail
+        if code in _TRANSIENT_CODES or exc.code in _TRANSIENT_HTTP_STATUSES:
+            return "transient", detail
+        return "permanent", detail
+    if isinstance(exc, api_exceptions.RetryError):
+        return "transient", str(exc)
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return "transient", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, auth_exceptions.DefaultCredentialsError):
+        return "permanent", f"Google credentials unusable: {exc}"
+    if isinstance(exc, auth_exceptions.RefreshError):
+        retryable = getattr(exc, "retryable", False)
+        return ("transient" if retryable else "permanent"), f"credentials refresh failed: {exc}"
+    if isinstance(exc, auth_exceptions.TransportError):
+        return "transient", f"credentials transport failed: {exc}"
+    return "other", str(exc)
+
+
+def _rpc_code(exc: Any) -> str | None:
+    """The google.rpc.Code name of an API error.
+
+    Over REST the exception class follows the HTTP status only (409 is `Conflict` for both
+    ALREADY_EXISTS and ABORTED), so the JSON error's `status` decides when present.
+    """
+    response = getattr(exc, "response", None)
+    if response is not None and hasattr(response, "json"):
+        try:
+            status = response.json()["error"]["status"]
+        except (ValueError, KeyError, TypeError):
+            status = None
+        if isinstance(status, str) and status:
+            return status
+    grpc_code = getattr(exc, "grpc_status_code", None)
+    if grpc_code is not None:
+        return str(getattr(grpc_code, "name", grpc_code))
+    if getattr(exc, "code", None) == 409:  # a bare 409 on create: the id is taken
+        return "ALREADY_EXISTS"
+    return None

@@ -1,0 +1,495 @@
+"""Wire-level fakes of the Vertex AI Pipelines REST API and of GCS object downloads, for tests.
+
+Real HTTP servers on 127.0.0.1 (threads); `python -m tests.fakes.vertex_server` runs one alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+# PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
+PIPELINE_STATES = (
+    "PIPELINE_STATE_UNSPECIFIED",
+    "PIPELINE_STATE_QUEUED",
+    "PIPELINE_STATE_PENDING",
+    "PIPELINE_STATE_RUNNING",
+    "PIPELINE_STATE_SUCCEEDED",
+    "PIPELINE_STATE_FAILED",
+    "PIPELINE_STATE_CANCELLING",
+    "PIPELINE_STATE_CANCELLED",
+    "PIPELINE_STATE_PAUSED",
+)
+# google.rpc.Code name -> HTTP status, as Google's JSON APIs map them.
+RPC_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+# HTTP status -> the code a fault with that status reports (409 as a fault means ABORTED).
+HTTP_RPC_CODE = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_TERMINAL_STATES = frozenset(PIPELINE_STATES[i] for i in (4, 5, 7))
+JOB_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,127}$")
+_LOCATION = r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+_JOBS_PATH = re.compile(_LOCATION + r"/pipelineJobs$")
+_JOB_PATH = re.compile(_LOCATION + r"/pipelineJobs/(?P<job>[^/:]+)$")
+_GCS_MEDIA_PATH = re.compile(r"^(?:/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>[^/]+)$")
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+
+Reply = tuple[int, dict[str, str], bytes]
+Answer = tuple[int, dict[str, str], bytes, float]  # a reply and the seconds to wait before it
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as it reached a fake: `query` keeps the last value of each parameter."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any  # parsed JSON, the raw text when not JSON, None when empty
+    headers: dict[str, str]  # lower-case names
+
+
+@dataclass
+class _Fault:
+    op: str  # "create" | "get" | "any"
+    remaining: int
+    status: int = 0  # 0: answer normally (after `delay`)
+    code: str = ""
+    message: str = ""
+    delay: float = 0.0
+
+
+def google_error(status: int, code: str, message: str) -> Reply:
+    """A reply in Google's JSON error format."""
+    body = {"error": {"code": status, "message": message, "status": code}}
+    return status, {"Content-Type": "application/json"}, json.dumps(body).encode("utf-8")
+
+
+def json_reply(payload: Any, status: int = 200) -> Reply:
+    return status, {"Content-Type": "application/json"}, json.dumps(payload).encode("utf-8")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 that hands every request to `self._handle`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.RLock()
+        self._faults: list[_Fault] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                owner._serve(self)
+
+            def do_POST(self) -> None:
+                owner._serve(self)
+
+            def do_PATCH(self) -> None:
+                owner._serve(self)
+
+            def do_DELETE(self) -> None:
+                owner._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                args=(0.05,),
+                name=type(self).__name__,
+                daemon=True,
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> Any:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def fail_next(
+        self, n: int = 1, status: int | str = 503, *, op: str = "create", message: str = ""
+    ) -> None:
+        """Answers the next `n` requests of `op` ("create", "get", "any") with an error.
+
+        `status` is an HTTP status (503) or a google.rpc.Code name ("FAILED_PRECONDITION").
+        """
+        if isinstance(status, str):
+            code, http_status = status, RPC_HTTP_STATUS[status]
+        else:
+            code, http_status = HTTP_RPC_CODE.get(status, "UNKNOWN"), status
+        text = message or f"fake {code} (injected)"
+        with self._lock:
+            self._faults.append(_Fault(op, n, http_status, code, text))
+
+    def delay_next(self, n: int, seconds: float, *, op: str = "create") -> None:
+        """Handles the next `n` requests of `op` normally but answers only after `seconds`.
+
+        Models a response lost to a client timeout: the work is done, the caller never hears.
+        """
+        with self._lock:
+            self._faults.append(_Fault(op, n, delay=seconds))
+
+    def _take_fault(self, op: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.op in (op, "any") and fault.remaining > 0:
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        body: Any = None
+        if raw:
+            text = raw.decode("utf-8", errors="replace")
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        recorded = RecordedRequest(
+            method=handler.command,
+            path=unquote(split.path),
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            body=body,
+            headers={name.lower(): value for name, value in handler.headers.items()},
+        )
+        with self._lock:
+            self.requests.append(recorded)
+        try:
+            status, headers, payload, delay = self._dispatch(recorded, split.path)
+        except Exception as exc:  # a bug in the fake: say so instead of hanging the client
+            status, headers, payload = google_error(500, "INTERNAL", f"fake crashed: {exc!r}")
+            delay = 0.0
+        if delay:
+            time.sleep(delay)
+        try:
+            handler.send_response(status)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): the work stays done
+
+    def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
+        raise NotImplementedError
+
+
+class FakeVertexServer(_LocalServer):
+    """The PipelineService REST surface the launcher uses: create and get PipelineJobs.
+
+    `created` maps each distinct created run id to the exact create body; `create_calls` counts
+    every create attempt (retries, duplicates and faults included). With `record`, each created
+    job is appended to that file as a JSON line, so another process can count creates.
+    Test hooks are also reachable over HTTP under `/__fake__/` (see `_control`).
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, record: str | Path | None = None
+    ) -> None:
+        super().__init__(host, port)
+        self.created: dict[str, Any] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.create_calls = 0
+        self.record_path = Path(record) if record else None
+
+    def __enter__(self) -> FakeVertexServer:
+        self.start()
+        return self
+
+    @property
+    def create_requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.method == "POST" and _JOBS_PATH.match(r.path)]
+
+    def set_state(self, run_id: str, state: str, error_message: str | None = None) -> None:
+        """Moves a job to `state` ("PIPELINE_STATE_SUCCEEDED", or just "SUCCEEDED")."""
+        if not state.startswith("PIPELINE_STATE_"):
+            state = "PIPELINE_STATE_" + state.upper()
+        if state not in PIPELINE_STATES:
+            raise ValueError(f"unknown pipeline state {state}")
+        with self._lock:
+            job = self.jobs[run_id]
+            job["state"] = state
+            job["updateTime"] = _now()
+            if state in _TERMINAL_STATES:
+                job["endTime"] = job["updateTime"]
+            if error_message is not None:
+                job["error"] = {"code": 2, "message": error_message}
+
+    def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
+        path = request.path
+        if path.startswith("/__fake__/"):
+            return (*self._control(request), 0.0)
+        if request.method == "POST" and (match := _JOBS_PATH.match(path)):
+            return self._create(request, match["project"], match["location"])
+        if request.method == "GET" and (match := _JOB_PATH.match(path)):
+            return self._get(request, match["project"], match["location"], match["job"])
+        message = f"fake Vertex: no route {request.method} {path}"
+        return (*google_error(404, "NOT_FOUND", message), 0.0)
+
+    def _create(self, request: RecordedRequest, project: str, location: str) -> Answer:
+        with self._lock:
+            self.create_calls += 1
+        fault = self._take_fault("create")
+        if fault is not None and fault.status:
+            return (*google_error(fault.status, fault.code, fault.message), 0.0)
+        delay = fault.delay if fault is not None else 0.0
+        body = request.body
+        if not isinstance(body, dict):
+            return (*google_error(400, "INVALID_ARGUMENT", "the body is not a PipelineJob"), delay)
+        job_id = request.query.get("pipelineJobId") or f"fake-{uuid.uuid4().hex[:12]}"
+        problem = _invalid_job(job_id, body)
+        if problem:
+            return (*google_error(400, "INVALID_ARGUMENT", problem), delay)
+        name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
+        with self._lock:
+            if job_id in self.jobs:
+                message = f"PipelineJob {name} already exists."
+                return (*google_error(409, "ALREADY_EXISTS", message), delay)
+            now = _now()
+            job = {
+                **body,
+                "name": name,
+                "state": "PIPELINE_STATE_PENDING",
+                "createTime": now,
+                "updateTime": now,
+            }
+            self.jobs[job_id] = job
+            self.created[job_id] = body
+            if self.record_path is not None:
+                line = json.dumps({"run_id": job_id, "name": name, "time": now, "body": body})
+                with self.record_path.open("a", encoding="utf-8") as handle:
+                    handle.write(line + "\n")
+            return (*self._job_reply(job, request), delay)
+
+    def _get(self, request: RecordedRequest, project: str, location: str, job_id: str) -> Answer:
+        fault = self._take_fault("get")
+        if fault is not None and fault.status:
+            return (*google_error(fault.status, fault.code, fault.message), 0.0)
+        delay = fault.delay if fault is not None else 0.0
+        name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job["name"] != name:
+                return (*google_error(404, "NOT_FOUND", f"PipelineJob {name} not found."), delay)
+            return (*self._job_reply(job, request), delay)
+
+    @staticmethod
+    def _job_reply(job: dict[str, Any], request: RecordedRequest) -> Reply:
+        payload = dict(job)
+        # GAPIC REST clients ask `$alt=json;enum-encoding=int`: answer enums as numbers then.
+        if "enum-encoding=int" in request.query.get("$alt", ""):
+            payload["state"] = PIPELINE_STATES.index(job["state"])
+        return json_reply(payload)
+
+    def _control(self, request: RecordedRequest) -> Reply:
+        """`GET /__fake__/created`; `POST /__fake__/fail_next {n, status, op}`;
+        `POST /__fake__/delay_next {n, seconds, op}`; `POST /__fake__/state {run_id, state}`."""
+        action = request.path.removeprefix("/__fake__/")
+        args = request.body if isinstance(request.body, dict) else {}
+        if action == "created":
+            with self._lock:
+                return json_reply(
+                    {
+                        "created": sorted(self.created),
+                        "create_calls": self.create_calls,
+                        "states": {run_id: job["state"] for run_id, job in self.jobs.items()},
+                    }
+                )
+        n, op = int(args.get("n", 1)), str(args.get("op", "create"))
+        if action == "fail_next":
+            self.fail_next(n, args.get("status", 503), op=op)
+        elif action == "delay_next":
+            self.delay_next(n, float(args["seconds"]), op=op)
+        elif action == "state":
+            try:
+                self.set_state(str(args["run_id"]), str(args["state"]), args.get("error_message"))
+            except KeyError as exc:
+                return google_error(404, "NOT_FOUND", f"no job {exc}")
+        else:
+            return google_error(404, "NOT_FOUND", f"no control action {action}")
+        return json_reply({"ok": True})
+
+
+def _invalid_job(job_id: str, body: dict[str, Any]) -> str | None:
+    """What the real service would reject with INVALID_ARGUMENT (the checks that matter here)."""
+    if not JOB_ID_PATTERN.match(job_id):
+        return f"pipelineJobId {job_id!r} must match [a-z][a-z0-9-]{{0,127}}"
+    spec = body.get("pipelineSpec")
+    if not isinstance(spec, dict) and not body.get("templateUri"):
+        return "pipelineSpec or templateUri is required"
+    runtime = body.get("runtimeConfig") or {}
+    if not runtime.get("gcsOutputDirectory"):
+        return "runtimeConfig.gcsOutputDirectory is required"
+    if isinstance(spec, dict):
+        declared = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
+        unknown = sorted(set(runtime.get("parameterValues") or {}) - set(declared))
+        if unknown:
+            return f"runtime parameters {unknown} are not declared by the pipeline"
+    for key, value in (body.get("labels") or {}).items():
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(str(value)):
+            return f"invalid label {key}={value}"
+    return None
+
+
+class FakeGcsServer(_LocalServer):
+    """GCS JSON API media downloads (`GET /storage/v1/b/B/o/O?alt=media`) plus raw paths.
+
+    `put(bucket, name, data)` stores an object; `put_path(path, data)` serves any other path
+    (for Artifact Registry style downloads reached through a redirecting session).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.paths: dict[str, bytes] = {}
+
+    def __enter__(self) -> FakeGcsServer:
+        self.start()
+        return self
+
+    def put(self, bucket: str, name: str, data: bytes | str) -> None:
+        with self._lock:
+            self.objects[(bucket, name)] = data.encode("utf-8") if isinstance(data, str) else data
+
+    def put_path(self, path: str, data: bytes | str) -> None:
+        with self._lock:
+            self.paths[path] = data.encode("utf-8") if isinstance(data, str) else data
+
+    def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
+        fault = self._take_fault("get")
+        if fault is not None and fault.status:
+            return (*google_error(fault.status, fault.code, fault.message), 0.0)
+        delay = fault.delay if fault is not None else 0.0
+        with self._lock:
+            match = _GCS_MEDIA_PATH.match(raw_path)
+            if request.method == "GET" and match:
+                bucket, name = unquote(match["bucket"]), unquote(match["object"])
+                data = self.objects.get((bucket, name))
+                if data is None:
+                    message = f"No such object: {bucket}/{name}"
+                    return (*google_error(404, "NOT_FOUND", message), delay)
+                if request.query.get("alt") == "media":
+                    return 200, {"Content-Type": "application/octet-stream"}, data, delay
+                meta = {"kind": "storage#object", "bucket": bucket, "name": name}
+                meta["size"] = str(len(data))
+                return (*json_reply(meta), delay)
+            data = self.paths.get(request.path)
+            if request.method == "GET" and data is not None:
+                return 200, {"Content-Type": "application/octet-stream"}, data, delay
+        return (*google_error(404, "NOT_FOUND", f"not found: {request.path}"), delay)
+
+
+def read_record(path: str | Path) -> list[dict[str, Any]]:
+    """The created jobs a `--record` file holds so far (one JSON object per line)."""
+    file = Path(path)
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fake Vertex AI Pipelines REST API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--record", help="append each created job to this file (JSON lines)")
+    args = parser.parse_args(argv)
+    server = FakeVertexServer(args.host, args.port, record=args.record)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    # The first line of stdout tells a parent process where to connect.
+    print(json.dumps({"endpoint": server.endpoint, "port": server.port}), flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The policy file and environment: errors name the field or variable; `validate` and the
+shipped JSON Schema agree with the models; the import path stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
+from triggers.config import Environment, parse_policy_file, schema_json
+from triggers.errors import ConfigError, PolicyConfigError
+
+
+def good_yaml() -> str:
+    return POLICY_YAML % {"template": EXAMPLE_TEMPLATE}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("direction: lower_is_better", "direction: down", "models.churn.policies.0.direction"),
+        ("absolute: {threshold: 0.30}", "absolute: {threshold: .inf}",
+         "models.churn.policies.0.absolute.threshold"),
+        ("breaches_to_trigger: 3", "breaches_to_trigger: 6",
+         "models.fraud-detector.policies.0"),
+        ("cooldown: 72h", "cooldown: 3 days", "models.fraud-detector.guards.cooldown"),
+        ("parameters: {training_days: 30}", "parameters: {model: other}",
+         "models.fraud-detector.pipeline.parameters"),
+        ("min_examples: 500", "min_examples: 500, colour: red",
+         "models.fraud-detector.policies.0.colour"),
+        ("absolute: {threshold: 0.30}", "absolute: {threshold: 0.30}, trend: {lookback: 7d, "
+         "max_decline_per_day: 0.01}", "models.churn.policies.0"),
+    ],
+    ids=["direction", "inf", "m-greater-than-n", "duration", "reserved-parameter",
+         "unknown-key", "two-rules"],
+)
+def test_policy_errors_name_the_field(old: str, new: str, field: str) -> None:
+    text = good_yaml()
+    assert old in text
+    with pytest.raises(PolicyConfigError) as info:
+        parse_policy_file(text.replace(old, new))
+    assert info.value.field == field
+
+
+def test_environment_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="RETRAIN_POLICY_FILE: is not set"):
+        Environment.from_env({})
+    with pytest.raises(ConfigError) as info:
+        Environment.from_env({"RETRAIN_POLICY_FILE": "p.yaml", "RETRAIN_STATE": "postgres://x"})
+    assert info.value.variable == "RETRAIN_STATE"
+    with pytest.raises(ConfigError) as info:
+        Environment.from_env({"RETRAIN_POLICY_FILE": "p.yaml", "RETRAIN_LAUNCHER": "vertex"})
+    assert info.value.variable == "GOOGLE_CLOUD_PROJECT"
+    env = Environment.from_env({"RETRAIN_POLICY_FILE": "p.yaml"})
+    assert (env.state, env.launcher, env.trust_iam) == ("sqlite:///.retrain/state.db", "local",
+                                                        False)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "triggers", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    ok = run_cli("validate", "examples/policies.yaml")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good_yaml().replace("direction: lower_is_better", "direction: down")
+                   .replace("cooldown: 72h", "cooldown: soon"))
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 1
+    assert "2 error(s)" in result.stderr
+    assert "models.churn.policies.0.direction" in result.stderr
+    assert "models.fraud-detector.guards.cooldown" in result.stderr
+    missing = tmp_path / "missing-template.yaml"
+    missing.write_text(POLICY_YAML % {"template": "nowhere.yaml"})
+    result = run_cli("validate", str(missing))
+    assert result.returncode == 1 and "pipeline.template" in result.stderr
+
+
+def test_shipped_schema_is_current_and_checks_the_example() -> None:
+    shipped = (ROOT / "policy.schema.json").read_text()
+    assert shipped == schema_json(), "run: python -m triggers schema > policy.schema.json"
+    schema = json.loads(shipped)
+    policy = schema["$defs"]["PolicySpec"]
+    assert policy["required"] == ["name", "metric", "direction"]
+    assert set(policy["properties"]["direction"]["enum"]) == {"higher_is_better",
+                                                             "lower_is_better"}
+
+
+def test_importing_main_loads_no_heavy_package(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(good_yaml())
+    code = (
+        "import sys, main; heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('scipy', 'kfp', 'numpy', 'pandas', 'grpc', 'requests') or "
+        "m.startswith(('google.cloud.aiplatform', 'google.cloud.pubsub', "
+        "'google.cloud.firestore', 'google.api_core'))]; print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "RETRAIN_POLICY_FILE": str(policy),
+             "RETRAIN_STATE": f"sqlite:///{tmp_path}/s.db", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
