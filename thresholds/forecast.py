@@ -1,0 +1,90 @@
+"""`forecast`: the robust trend line, projected `horizon` ahead, crosses `threshold`.
+
+Like Prometheus `predict_linear`, but with a Theil–Sen fit: retrain before the floor is hit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from thresholds.base import Point, Policy, Verdict
+from thresholds.durations import format_duration
+from thresholds.spec import ForecastSpec, PolicySpec
+from thresholds.trend import DAY, recent_usable, theil_sen, window_problem
+
+#: Only the fit's slope and level are used; the CI level is irrelevant here.
+_CONFIDENCE = 0.95
+
+
+def _when(time: float) -> str:
+    try:
+        return datetime.fromtimestamp(time, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+    except (OverflowError, OSError, ValueError):
+        return "far from now"
+
+
+class ForecastPolicy(Policy):
+    """Fires when the Theil–Sen line fitted over `lookback`, projected to the latest point's
+    time + `horizon`, is strictly worse than `threshold` (it crosses within the horizon, or has
+    already crossed)."""
+
+    kind = "forecast"
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__(spec)
+        assert spec.forecast is not None  # Policy.__init__ checked the kind
+        self.rule: ForecastSpec = spec.forecast
+
+    @property
+    def lookback(self) -> timedelta:
+        return self.rule.lookback
+
+    def evaluate(self, points: Sequence[Point]) -> Verdict:
+        # Only the lookback window matters: walk back from the end, not over the whole series.
+        return self._evaluate(recent_usable(self, points, self.rule.lookback))
+
+    def _evaluate(self, points: Sequence[Point]) -> Verdict:
+        rule, threshold = self.rule, self.rule.threshold
+        window = recent_usable(self, points, rule.lookback)
+        problem = window_problem(self, window, rule.min_points, rule.lookback)
+        if problem:
+            return self.verdict("insufficient_data", problem, limit=threshold, points=len(window))
+        fit = theil_sen(window, _CONFIDENCE)
+        latest = window[-1].time
+        target = latest + rule.horizon.total_seconds()
+        projected = fit.at(target)
+        # When the line reaches the threshold heading the bad way (None if it never does).
+        crossing: float | None = None
+        if self.is_worse(fit.slope, 0.0):
+            crossing = latest + (threshold - fit.level) / fit.slope * DAY
+            if not math.isfinite(crossing):
+                crossing = None
+        fired = self.is_worse(projected, threshold)
+        side = "below" if self.higher_is_better else "above"
+        horizon = format_duration(rule.horizon)
+        reason = (
+            f"{self.metric} is projected at {projected:.6g} in {horizon}, "
+            f"{'' if fired else 'not '}{side} {threshold:g} "
+            f"(slope {fit.slope:+.3g}/day over {len(window)} points in "
+            f"{format_duration(rule.lookback)}"
+        )
+        if crossing is None:
+            reason += ", not heading towards the threshold)"
+        elif crossing <= latest:
+            reason += f"; the fitted line crossed it at {_when(crossing)})"
+        else:
+            reason += f"; the fitted line crosses it at {_when(crossing)})"
+        return self.verdict(
+            "fired" if fired else "ok",
+            reason,
+            projected,
+            threshold,
+            points=len(window),
+            slope=fit.slope,
+            level=fit.level,
+            projected_time=target,
+            crossing_time=crossing,
+            horizon_days=rule.horizon.total_seconds() / DAY,
+        )
