@@ -51,9 +51,8 @@ def test_two_processes_one_run_one_suppressed(tmp_path: Path, attempt: int) -> N
     policy = tmp_path / "policies.yaml"
     policy.write_text(POLICY_YAML % {"template": EXAMPLE_TEMPLATE})
     db = tmp_path / "state.db"
-    from tests.test_service import DEGRADING, FIRST_FIRE
-
     from pipeline_client.launcher import FakeLauncher
+    from tests.test_service import DEGRADING, FIRST_FIRE
     from triggers.config import load_policy_file
     from triggers.events import Delivery
     from triggers.service import RetrainService

@@ -331,17 +331,17 @@ def test_trend_higher_confidence_needs_more_evidence() -> None:
 
 
 def test_trend_needs_kendall_significance_too() -> None:
-    # A perfect decline of 0.01/day: every pair slope is -0.01, so with 3 or 4 points Sen's
-    # interval (all the slopes, at these sizes) lies entirely below -0.002. Kendall's exact
-    # one-sided p of a perfect ordering is 1/n!: 1/6 with 3 points (not < 0.05), 1/24 with 4.
-    policy = make("trend", {**TREND, "min_points": 3})
-    values = [0.97 - 0.01 * day for day in range(4)]
-    three = policy.evaluate(series(values[:3]))
-    assert three.status == "ok" and three.details["high_slope"] == pytest.approx(-0.01)
-    assert three.details["p_value"] == pytest.approx(1 / 6)
-    assert "p=0.17 >= 0.05" in three.reason
-    four = policy.evaluate(series(values))
-    assert four.status == "fired" and four.details["p_value"] == pytest.approx(1 / 24)
+    # A perfect decline of 0.01/day: every pair slope is -0.01, so Sen's interval lies
+    # entirely below -0.002 at any size. Kendall's exact one-sided p of a perfect ordering is
+    # 1/n!: 1/24 with 4 points (not < 0.01 at 99% confidence), 1/120 with 5.
+    policy = make("trend", {**TREND, "min_points": 4, "confidence": 0.99})
+    values = [0.97 - 0.01 * day for day in range(5)]
+    four = policy.evaluate(series(values[:4]))
+    assert four.status == "ok" and four.details["high_slope"] == pytest.approx(-0.01)
+    assert four.details["p_value"] == pytest.approx(1 / 24)
+    assert "p=0.042 >= 0.01" in four.reason
+    five = policy.evaluate(series(values))
+    assert five.status == "fired" and five.details["p_value"] == pytest.approx(1 / 120)
 
 
 def test_trend_lower_is_better_mirrors_higher() -> None:
@@ -646,7 +646,7 @@ def test_a_policy_refuses_another_kind_of_spec() -> None:
     spec = PolicySpec.model_validate(
         {"name": "x", "metric": "m", "direction": "higher_is_better", "trend": TREND}
     )
-    with pytest.raises(ValueError, match="AbsolutePolicy needs a absolute policy, got trend"):
+    with pytest.raises(ValueError, match="AbsolutePolicy evaluates absolute policies, not trend"):
         AbsolutePolicy(spec)
 
 

@@ -49,7 +49,9 @@ class Policy(ABC):
 
     def __init__(self, spec: PolicySpec) -> None:
         if spec.kind != self.kind:
-            raise ValueError(f"{type(self).__name__} needs a {self.kind} policy, got {spec.kind}")
+            raise ValueError(
+                f"{type(self).__name__} evaluates {self.kind} policies, not {spec.kind}"
+            )
         self.spec = spec
         self.name = spec.name
         self.metric = spec.metric

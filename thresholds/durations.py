@@ -24,7 +24,9 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
         return timedelta(seconds=float(text))
     match = _PATTERN.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration; write e.g. '90s', '30m', '24h', '7d' or '2w'")
+        raise ValueError(
+            f"{text!r} is not a duration; write e.g. '90s', '30m', '24h', '7d' or '2w'"
+        )
     number, unit = match.groups()
     return timedelta(seconds=float(number) * _UNITS[unit or "s"])
 

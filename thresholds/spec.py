@@ -71,7 +71,7 @@ class TrendSpec(StrictModel):
     """Breach when the robust slope is significantly worse than `max_decline_per_day`."""
 
     lookback: Duration
-    min_points: int = Field(default=8, ge=3, le=100_000)
+    min_points: int = Field(default=8, ge=4, le=100_000)  # below 4, Kendall never reaches 95%
     max_decline_per_day: float = Field(ge=0, allow_inf_nan=False)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
 
@@ -128,6 +128,13 @@ class PolicySpec(StrictModel):
             raise ValueError(
                 "breaches_to_trigger and evaluation_points apply to absolute policies only"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _positive_lookback(self) -> PolicySpec:
+        rule = self.trend or self.forecast
+        if rule is not None and rule.lookback.total_seconds() <= 0:
+            raise ValueError("lookback must be longer than zero")
         return self
 
     @property

@@ -452,7 +452,7 @@ def publish_to_topic(
         raise ValueError(f"topic must be projects/PROJECT/topics/TOPIC, got {topic_path!r}")
     own = publisher is None
     if own:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
         options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordering)
         publisher = pubsub_v1.PublisherClient(publisher_options=options)

@@ -50,8 +50,8 @@ CREATE INDEX IF NOT EXISTS decisions_by_model_time ON decisions (model, at);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, model TEXT NOT NULL, policy TEXT NOT NULL, trigger_id TEXT NOT NULL,
     state TEXT NOT NULL, reason TEXT NOT NULL, created_at REAL NOT NULL, request TEXT NOT NULL,
-    forced INTEGER NOT NULL, claimed_by TEXT NOT NULL, launched_at REAL, ended_at REAL, checked_at REAL,
-    resource_name TEXT, outcome TEXT, message TEXT NOT NULL
+    forced INTEGER NOT NULL, claimed_by TEXT NOT NULL, launched_at REAL, ended_at REAL,
+    checked_at REAL, resource_name TEXT, outcome TEXT, message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_model_time ON runs (model, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
