@@ -4,12 +4,14 @@ run lifecycle (outcomes, fallback status, timeouts), and arrival order independe
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 
 from pipeline_client.launcher import FakeLauncher, RunStatus
-from tests.conftest import Harness
+from tests.conftest import T0, Harness
 from triggers.errors import TransientError
 from triggers.events import Delivery
 from triggers.ids import RUN_ID_PATTERN
@@ -123,23 +125,46 @@ def test_permanent_launch_refusal_is_recorded_and_acked(
     assert [r.state for r in h.store.runs("fraud-detector")] == ["failed"]
 
 
+def windowed(h: Harness, day: int) -> dict[str, object]:
+    start = (T0 + timedelta(days=day - 1)).isoformat().replace("+00:00", "Z")
+    return h.event(day, DEGRADING[day], window_start=start)
+
+
+def test_a_missing_window_is_awaited_then_passed(harness: Harness) -> None:
+    for day in (0, 1, 2, 3, 4, 5, 6):
+        harness.send(windowed(harness, day))
+    late = harness.send(windowed(harness, 8))  # day 7 is missing
+    assert kinds(late) == ["insufficient_data"]
+    assert "waiting for the accuracy window ending 2026-11-08T00:00:00Z" in (
+        late.decisions[0].reason)
+    harness.clock.advance(hours=2)  # past the default lateness of 1h: judge without day 7
+    result = harness.send(windowed(harness, 9))
+    assert kinds(result) == ["fired"] and result.launched
+
+
 ADJACENT_SWAPS = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]
 LATE_PAIR = [0, 1, 2, 3, 4, 5, 7, 6, 8, 9]
 EARLY_HISTORY = [3, 4, 0, 1, 2, 5, 6, 7, 8, 9]
+LATE_BURST = [0, 1, 2, 3, 4, 9, 8, 7, 6, 5]
+# Any order once the first window is in (nothing says that windows before it exist).
+SHUFFLED = [[0, *random.Random(seed).sample(range(1, 10), 9)] for seed in range(8)]
 
 
-@pytest.mark.parametrize("order", [ADJACENT_SWAPS, LATE_PAIR, EARLY_HISTORY],
-                         ids=["adjacent-swaps", "late-pair", "early-history"])
+@pytest.mark.parametrize("order", [ADJACENT_SWAPS, LATE_PAIR, EARLY_HISTORY, LATE_BURST,
+                                   *SHUFFLED],
+                         ids=["adjacent-swaps", "late-pair", "early-history", "late-burst",
+                              *(f"shuffled-{seed}" for seed in range(len(SHUFFLED)))])
 def test_out_of_order_arrival_gives_the_same_decisions(
     make_harness: Callable[..., Harness], order: list[int]
 ) -> None:
-    """Points are evaluated by event time, and a late point re-evaluates the points after it,
-    so a reordered delivery fires on the same point and launches the same run."""
+    """Points are evaluated by event time; a gap in the windows (window_start) waits for the
+    late point, which re-evaluates the points after it: the same point fires, the same run."""
     in_order = make_harness()
-    feed(in_order, DEGRADING)
+    for day in range(len(DEGRADING)):
+        in_order.send(windowed(in_order, day))
     shuffled = make_harness()
     for day in order:
-        shuffled.send(shuffled.event(day, DEGRADING[day]))
+        shuffled.send(windowed(shuffled, day))
 
     def fired(h: Harness) -> set[tuple[str | None, float | None, str | None]]:
         return {(d.policy, d.event_time, d.run_id) for d in h.store.decisions(limit=1000)

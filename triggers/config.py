@@ -91,10 +91,18 @@ class PromotionSpec(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+DEFAULT_LATENESS = timedelta(hours=1)
+
+
 class ModelSpec(StrictModel):
     pipeline: PipelineSpec
     policies: list[PolicySpec] = Field(min_length=1)
     guards: GuardsSpec | None = None
+    lateness: Duration | None = Field(
+        default=None,
+        description="how long to wait for a missing evaluation window (events with "
+        "window_start) before evaluating past the gap",
+    )
     promotion: PromotionSpec | None = None
 
     @model_validator(mode="after")
@@ -109,6 +117,7 @@ class ModelSpec(StrictModel):
 
 class DefaultsSpec(StrictModel):
     guards: GuardsSpec | None = None
+    lateness: Duration | None = None
 
 
 class PolicyFile(StrictModel):
@@ -139,6 +148,7 @@ class ModelConfig:
     policies: tuple[Policy, ...]
     guards: Guards
     promotion: PromotionSpec | None
+    lateness: timedelta = DEFAULT_LATENESS
 
     def policy(self, name: str) -> Policy | None:
         return next((p for p in self.policies if p.name == name), None)
@@ -167,6 +177,10 @@ class ServiceConfig:
                 policies=tuple(build_policy(p) for p in model.policies),
                 guards=defaults.merged(model.guards),
                 promotion=model.promotion,
+                lateness=next(
+                    (x for x in (model.lateness, spec.defaults.lateness) if x is not None),
+                    DEFAULT_LATENESS,
+                ),
             )
         return cls(models=models, source=source)
 

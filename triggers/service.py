@@ -10,12 +10,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
 from thresholds.base import Point, Policy, Verdict
+from thresholds.durations import format_duration
 from triggers import ids
 from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import (
@@ -141,6 +143,7 @@ class RetrainService:
                     model_version=event.model_version,
                     message_id=delivery.message_id,
                     recorded_at=now,
+                    window_start=event.window_start.timestamp() if event.window_start else None,
                 )
                 for metric, value in event.metrics.items()
             ]
@@ -215,10 +218,10 @@ class RetrainService:
             if policy.metric not in event.metrics or policy.spec.slice != event.slice:
                 continue
             series = self._series(model.name, policy, state)
-            times = [p.time for p in series if p.time >= t_new][: MAX_REEVALUATIONS + 1]
-            for as_of in times or [t_new]:
-                prefix = [p for p in series if p.time <= as_of]
-                verdict = policy.evaluate(prefix)
+            times = [p.window_end for p in series if p.window_end >= t_new]
+            for as_of in times[: MAX_REEVALUATIONS + 1] or [t_new]:
+                prefix = [p for p in series if p.window_end <= as_of]
+                verdict = self._evaluate_as_of(policy, prefix, model.lateness, now)
                 if verdict.fired:
                     fired_at.setdefault(as_of, []).append((policy, verdict))
                 else:
@@ -235,16 +238,35 @@ class RetrainService:
         self.store.record_decisions(decisions)
         return decisions, launched
 
-    def _series(self, model: str, policy: Policy, state: ModelState) -> list[Point]:
+    def _series(self, model: str, policy: Policy, state: ModelState) -> list[StoredPoint]:
+        """The champion's points of this policy's metric and slice, oldest first."""
         points = self.store.points(model, policy.spec.slice, policy.metric,
                                    since=state.history_start)
         return [
-            Point(p.window_end, p.value, p.examples)
+            p
             for p in points
             if state.champion_version is None
             or p.model_version is None
             or p.model_version == state.champion_version
         ]
+
+    def _evaluate_as_of(
+        self, policy: Policy, prefix: Sequence[StoredPoint], lateness: timedelta, now: float
+    ) -> Verdict:
+        """The policy's verdict on `prefix`, unless a window it needs is still expected.
+
+        Events with `window_start` tile time; a point whose window starts after its
+        predecessor's end leaves a gap. Within `lateness` of that point's arrival the gap is
+        a late point on its way, and judging without it could fire on the wrong point.
+        """
+        gap = unsettled_gap(prefix, lateness.total_seconds(), now)
+        if gap is not None:
+            return Verdict(
+                policy.name, policy.metric, "insufficient_data",
+                f"waiting for the {policy.metric} window ending {iso(gap)}: it is late or "
+                f"missing (waiting up to {format_duration(lateness)} after the next one)",
+                details={"missing_window_end": iso(gap)})
+        return policy.evaluate([Point(p.window_end, p.value, p.examples) for p in prefix])
 
     def _decide_launch(
         self,
@@ -369,7 +391,7 @@ class RetrainService:
             raise
         self.store.update_run(run.run_id, frozenset({"launching"}), state="launched",
                               launched_at=now, resource_name=result.resource_name)
-        log_event(logger, logging.WARNING,
+        log_event(logger, logging.INFO,
                   f"launched run {run.run_id}" + (" (already existed)" if result.already_existed
                                                   else ""),
                   labels=labels, resource_name=result.resource_name, launcher=self.launcher.name)
@@ -477,7 +499,7 @@ class RetrainService:
                 f"version {outcome.champion_version} promoted over {previous}; history and "
                 "baseline start fresh", run_id=run.run_id))
         self.store.record_decisions(decisions)
-        log_event(logger, logging.WARNING, reason,
+        log_event(logger, logging.INFO, reason,
                   labels={"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id})
         return decisions
 
@@ -493,7 +515,9 @@ class RetrainService:
         decisions = [] if dry_run else self.refresh_runs(model, now)
         state = self.store.model_state(model.name)
         verdicts = [
-            policy.evaluate(self._series(model.name, policy, state)) for policy in model.policies
+            self._evaluate_as_of(policy, self._series(model.name, policy, state), model.lateness,
+                                 now)
+            for policy in model.policies
         ]
         recent = [
             r for r in self.store.runs(model.name, limit=1000)
@@ -624,6 +648,23 @@ class RetrainService:
             message_id=message_id,
             details=details,
         )
+
+
+def unsettled_gap(prefix: Sequence[StoredPoint], lateness: float, now: float) -> float | None:
+    """The end of the first missing window in `prefix` that may still arrive, if any.
+
+    Points are judged in event-time order up to that gap, as if they had arrived in order.
+    """
+    if lateness <= 0:
+        return None
+    for before, after in zip(prefix, prefix[1:], strict=False):
+        if (
+            after.window_start is not None
+            and after.window_start > before.window_end + 1e-6
+            and now - after.recorded_at < lateness
+        ):
+            return after.window_start
+    return None
 
 
 def _verdict_json(verdict: Verdict) -> dict[str, Any]:

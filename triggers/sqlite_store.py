@@ -31,7 +31,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
     model TEXT NOT NULL, slice TEXT NOT NULL, metric TEXT NOT NULL, window_end REAL NOT NULL,
     value REAL NOT NULL, examples INTEGER, model_version TEXT, message_id TEXT,
-    recorded_at REAL NOT NULL,
+    recorded_at REAL NOT NULL, window_start REAL,
     PRIMARY KEY (model, slice, metric, window_end)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_by_model_time ON points (model, window_end);
@@ -165,11 +165,12 @@ class SQLiteStore:
         with self._tx() as conn:
             conn.executemany(
                 "INSERT INTO points (model, slice, metric, window_end, value, examples,"
-                " model_version, message_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " model_version, message_id, recorded_at, window_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (model, slice, metric, window_end) DO UPDATE SET"
                 " value = excluded.value, examples = excluded.examples,"
                 " model_version = excluded.model_version, message_id = excluded.message_id,"
-                " recorded_at = excluded.recorded_at",
+                " recorded_at = excluded.recorded_at, window_start = excluded.window_start",
                 [
                     (
                         p.model,
@@ -181,6 +182,7 @@ class SQLiteStore:
                         p.model_version,
                         p.message_id,
                         p.recorded_at,
+                        p.window_start,
                     )
                     for p in points
                 ],
@@ -389,6 +391,7 @@ def _point(row: sqlite3.Row) -> StoredPoint:
         model_version=row["model_version"],
         message_id=row["message_id"],
         recorded_at=row["recorded_at"],
+        window_start=row["window_start"],
     )
 
 

@@ -58,6 +58,7 @@ class StoredPoint:
     model_version: str | None = None
     message_id: str | None = None
     recorded_at: float = 0.0
+    window_start: float | None = None
 
     @property
     def key(self) -> str:
@@ -66,6 +67,7 @@ class StoredPoint:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["window_end"] = iso(self.window_end)
+        data["window_start"] = iso(self.window_start)
         data["recorded_at"] = iso(self.recorded_at)
         return data
 
