@@ -5,12 +5,7 @@ server; the first create fails (503 → 5xx → redelivery) and exactly one run 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +14,8 @@ import pytest
 
 from tests.conftest import EXAMPLE_TEMPLATE
 from tests.fakes.vertex_server import FakeVertexServer
-from tests.support.emulators import PubSubEmulator, free_port
+from tests.support.emulators import PubSubEmulator
+from tests.support.serve import serve_process
 from triggers.quickstart import call
 
 TOKEN = "e2e-token"
@@ -47,35 +43,14 @@ def vertex() -> Iterator[FakeVertexServer]:
 def served(tmp_path: Path, vertex: FakeVertexServer) -> Iterator[tuple[str, dict[str, str]]]:
     policy = tmp_path / "policies.yaml"
     policy.write_text(POLICIES % {"template": EXAMPLE_TEMPLATE})
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
+    env = dict(
         RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=f"sqlite:///{tmp_path}/state.db",
         RETRAIN_LAUNCHER="vertex", RETRAIN_VERTEX_ENDPOINT=vertex.endpoint,
         GOOGLE_CLOUD_PROJECT="test-project", RETRAIN_LOCATION="us-central1",
         RETRAIN_MANUAL_TOKEN=TOKEN,
     )
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triggers", "serve", "--port", str(port), "--workers", "2"],
-        cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    yield base, env
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with serve_process(tmp_path, env, workers=2) as base:
+        yield base, env
 
 
 def wait_for(predicate: Any, timeout: float = 60, what: str = "") -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,16 +17,15 @@ import pytest
 
 from pipelines.example import champion_version_for
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
-from tests.support.emulators import free_port
+from tests.support.serve import serve_process
 from triggers.quickstart import call
 
 TOKEN = "serve-test-token"
 
 
 class Server:
-    def __init__(self, base: str, proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    def __init__(self, base: str, env: dict[str, str]) -> None:
         self.base = base
-        self.proc = proc
         self.env = env
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -38,32 +36,10 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     policy = tmp_path / "policies.yaml"
     policy.write_text(POLICY_YAML % {"template": EXAMPLE_TEMPLATE})
-    port = free_port()
-    env = dict(os.environ)
-    env.update(RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=f"sqlite:///{tmp_path}/state.db",
+    env = dict(RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=f"sqlite:///{tmp_path}/state.db",
                RETRAIN_LAUNCHER="local", RETRAIN_MANUAL_TOKEN=TOKEN)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triggers", "serve", "--port", str(port), "--workers", "2",
-         "--threads", "4"],
-        cwd=tmp_path, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
-    yield Server(base, proc, env)
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with serve_process(tmp_path, env, workers=2, threads=4) as base:
+        yield Server(base, {**os.environ, **env})
 
 
 def event(day: int, value: float, version: str = "7") -> dict[str, Any]:
