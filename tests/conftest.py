@@ -34,6 +34,7 @@ models:
     pipeline:
       template: %(template)s
       parameters: {training_days: 30}
+      pipeline_root: gs://test-bucket/root
     policies:
       - {name: accuracy-floor, metric: accuracy, direction: higher_is_better,
          absolute: {threshold: 0.95}, breaches_to_trigger: 3, evaluation_points: 5,
@@ -42,6 +43,7 @@ models:
   churn:
     pipeline:
       template: %(template)s
+      pipeline_root: gs://test-bucket/root
     policies:
       - {name: logloss-ceiling, metric: logloss, direction: lower_is_better,
          absolute: {threshold: 0.30}}

@@ -14,6 +14,7 @@ import pytest
 from functions_framework import create_app
 
 from tests.conftest import EXAMPLE_TEMPLATE, FIXTURES, POLICY_YAML, ROOT
+from tests.fakes.vertex_server import FakeVertexServer
 from triggers import wiring
 from triggers.sqlite_store import SQLiteStore
 
@@ -233,7 +234,19 @@ def test_manual_trigger_refuses_everything_without_an_auth_mode(
     assert c.get("/decisions").status_code == 200
 
 
-def test_outcome_cloudevent_re_arms_the_model(env: Path) -> None:
+def test_outcome_cloudevent_re_arms_the_model(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeVertexServer() as vertex:
+        monkeypatch.setenv("RETRAIN_LAUNCHER", "vertex")
+        monkeypatch.setenv("RETRAIN_VERTEX_ENDPOINT", vertex.endpoint)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+        wiring.reset()
+        run_id = _retrain_then_reject(env)
+        assert list(vertex.created) == [run_id]
+
+
+def _retrain_then_reject(env: Path) -> str:
     c = client("manual_trigger", "http")
     r = c.post("/retrain", json={"model": "churn", "reason": "first"}, headers=auth())
     assert r.status_code == 202, r.get_json()
@@ -245,9 +258,15 @@ def test_outcome_cloudevent_re_arms_the_model(env: Path) -> None:
     assert post_structured(oc, ce).status_code == 200
     store = SQLiteStore(env)
     run = store.get_run(run_id)
-    assert run is not None and run.state in ("rejected", "completed", "promoted")
-    # the local run may also have reported; either way the run is over and the model armed
+    assert run is not None and run.state == "rejected"
+    assert run.outcome is not None and run.outcome["report"] == {"summary": "challenger lost"}
     assert store.in_flight_runs("churn") == []
+    kinds = [d.kind for d in store.decisions("churn")]
+    assert kinds == ["rejected_challenger", "fired"]
+    # the same outcome message again changes nothing
+    assert post_structured(oc, ce).status_code == 200
+    assert [d.kind for d in store.decisions("churn")] == kinds
+    return run_id
 
 
 def test_bad_policy_file_fails_at_cold_start_naming_the_field(

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from triggers import ids, wiring
@@ -15,7 +16,7 @@ from triggers.http_api import handle, json_response
 from triggers.service import EventResult, RetrainService
 
 
-def delivery_from_cloudevent(cloud_event: Any) -> tuple[Delivery | None, InvalidEventError | None]:
+def delivery_from_cloudevent(cloud_event: Any) -> tuple[Delivery, InvalidEventError | None]:
     """The Pub/Sub message inside an Eventarc CloudEvent (or a converted push body)."""
     data = cloud_event.data
     event_id = str(cloud_event["id"]) if cloud_event.get("id") else None
@@ -35,21 +36,22 @@ def delivery_from_cloudevent(cloud_event: Any) -> tuple[Delivery | None, Invalid
 def metric_cloud_event(cloud_event: Any, service: RetrainService | None = None) -> EventResult:
     """on_metric_event: permanent errors are stored and acknowledged; transient ones raise."""
     service = service or wiring.service()
-    delivery, error = delivery_from_cloudevent(cloud_event)
-    assert delivery is not None
-    if error is not None:
-        return service.reject(delivery, error)
-    return service.handle_delivery(delivery)
+    return _dispatch(cloud_event, service, service.handle_delivery)
 
 
 def outcome_cloud_event(cloud_event: Any, service: RetrainService | None = None) -> EventResult:
     """on_run_outcome: a pipeline run's end re-arms the model's policies."""
     service = service or wiring.service()
+    return _dispatch(cloud_event, service, service.handle_outcome_delivery)
+
+
+def _dispatch(
+    cloud_event: Any, service: RetrainService, handler: Callable[[Delivery], EventResult]
+) -> EventResult:
     delivery, error = delivery_from_cloudevent(cloud_event)
-    assert delivery is not None
     if error is not None:
         return service.reject(delivery, error)
-    return service.handle_outcome_delivery(delivery)
+    return handler(delivery)
 
 
 def manual_request(request: Any, service: RetrainService | None = None) -> Any:
