@@ -1,0 +1,131 @@
+"""The StateStore contract, run against every implementation (SQLite file, SQLite in memory;
+Firestore joins when it is built): what the service relies on, checked the same way."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from triggers.config import Guards
+from triggers.sqlite_store import SQLiteStore
+from triggers.store import (
+    IN_FLIGHT,
+    Decision,
+    ModelState,
+    RejectedEvent,
+    RunRecord,
+    StateStore,
+    StoredPoint,
+)
+
+NOW = 1_800_000_000.0
+GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(days=1))
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    factories: dict[str, Callable[[], SQLiteStore]] = {
+        "sqlite-file": lambda: SQLiteStore(tmp_path / "state.db"),
+        "sqlite-memory": lambda: SQLiteStore(":memory:"),
+    }
+    made = factories[request.param]()
+    yield made
+    made.close()
+
+
+def point(t: float, value: float, metric: str = "accuracy", **extra: object) -> StoredPoint:
+    return StoredPoint("m", "overall", metric, t, value, recorded_at=NOW, **extra)  # type: ignore[arg-type]
+
+
+def run(run_id: str, created: float, state: str = "launching") -> RunRecord:
+    return RunRecord(run_id, "m", "p", run_id[-4:], state, "why", created, {"run_id": run_id},
+                     claimed_by="msg")
+
+
+def test_points_upsert_by_key_and_come_back_in_event_time_order(store: StateStore) -> None:
+    store.record_points([point(30, 0.3), point(10, 0.1), point(20, 0.2)])
+    store.record_points([point(20, 0.25, examples=9)])
+    got = store.points("m", "overall", "accuracy")
+    assert [(p.window_end, p.value) for p in got] == [(10, 0.1), (20, 0.25), (30, 0.3)]
+    assert got[1].examples == 9
+    assert [p.window_end for p in store.points("m", "overall", "accuracy", since=10)] == [20, 30]
+    assert [p.window_end for p in store.points("m", "overall", "accuracy", until=20)] == [10, 20]
+    assert [p.window_end for p in store.points("m", "overall", "accuracy", limit=2)] == [20, 30]
+    assert store.points("m", "other", "accuracy") == []
+
+
+def test_processed_and_rejected_are_idempotent(store: StateStore) -> None:
+    assert not store.is_processed("a")
+    store.mark_processed("a", NOW)
+    store.mark_processed("a", NOW + 1)
+    assert store.is_processed("a")
+    event = RejectedEvent("a", NOW, "pubsub", "data", "bad", "{", None)
+    store.record_rejected(event)
+    store.record_rejected(event)
+    assert store.rejected_events() == [event]
+
+
+def test_decisions_newest_first_filtered_and_replaced_by_id(store: StateStore) -> None:
+    store.record_decisions([
+        Decision(f"d{i}", "m" if i % 2 else "n", "ok", NOW + i, f"r{i}") for i in range(6)])
+    store.record_decisions([Decision("d5", "m", "fired", NOW + 5, "changed")])
+    assert [d.decision_id for d in store.decisions(limit=3)] == ["d5", "d4", "d3"]
+    assert [d.decision_id for d in store.decisions("m")] == ["d5", "d3", "d1"]
+    assert store.decisions("m", limit=1)[0].reason == "changed"
+
+
+def test_model_state_round_trips(store: StateStore) -> None:
+    assert store.model_state("m") == ModelState("m")
+    store.set_model_state(ModelState("m", "7", 5.0, NOW))
+    assert store.model_state("m") == ModelState("m", "7", 5.0, NOW)
+
+
+def test_claim_checks_guards_in_one_step(store: StateStore) -> None:
+    assert store.claim_run(run("run-1", NOW), GUARDS, NOW, False).status == "claimed"
+    again = store.claim_run(run("run-1", NOW), GUARDS, NOW, False)
+    assert again.status == "resume"  # same id, still launching
+    blocked = store.claim_run(run("run-2", NOW), GUARDS, NOW, False)
+    assert blocked.status == "blocked" and "in flight" in blocked.reason
+    assert store.claim_run(run("run-2", NOW), GUARDS, NOW, True).status == "blocked"
+    store.update_run("run-1", IN_FLIGHT, state="rejected", ended_at=NOW)
+    assert store.claim_run(run("run-1", NOW), GUARDS, NOW, False).status == "exists"
+    cooldown = store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, False)
+    assert cooldown.status == "blocked" and cooldown.reason.startswith("cooldown")
+    assert store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, True).status == "claimed"
+    store.update_run("run-2", IN_FLIGHT, state="failed")
+    budget = store.claim_run(run("run-3", NOW + 7200), GUARDS, NOW + 7200, False)
+    assert budget.status == "blocked" and budget.reason.startswith("budget")
+    later = NOW + 86400 + 61
+    assert store.claim_run(run("run-3", later), GUARDS, later, False).status == "claimed"
+
+
+def test_update_run_only_from_the_given_states(store: StateStore) -> None:
+    store.claim_run(run("run-1", NOW), GUARDS, NOW, False)
+    updated = store.update_run("run-1", frozenset({"launching"}), state="launched",
+                               launched_at=NOW, outcome={"a": 1})
+    assert updated is not None and updated.state == "launched" and updated.outcome == {"a": 1}
+    assert store.update_run("run-1", frozenset({"launching"}), state="failed") is None
+    assert store.update_run("missing", IN_FLIGHT, state="failed") is None
+    assert [r.run_id for r in store.in_flight_runs("m")] == ["run-1"]
+    assert store.get_run("run-1") == updated
+
+
+def test_concurrent_claims_from_threads_give_one_run(store: StateStore) -> None:
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        results.append(store.claim_run(run(f"run-{i}", NOW), GUARDS, NOW, False).status)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["blocked"] * 7 + ["claimed"]
+    assert len(store.runs("m")) == 1
