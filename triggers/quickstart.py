@@ -99,11 +99,12 @@ def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
             if status != 200:
                 print(f"  event refused ({status}): {answer}")
                 return 1
-            notable = [d for d in answer["decisions"] if d["kind"] not in ("ok",)]
-            summary = ", ".join(sorted({f"{d['policy'] or d['kind']}: {d['kind']}"
-                                        for d in notable})) or "all policies ok"
+            summary = summarize(answer["decisions"])
             print(f"{event['window_end'][:10]}  {event['metrics']['accuracy']:.3f}     "
                   f"{event['metrics']['auc']:.3f}   {summary}")
+            for d in answer["decisions"]:
+                if d["kind"] == "fired":
+                    print(f"            └ {d['policy']}: {d['reason']}")
             launched += answer["launched"]
         if not launched:
             print("\nno run was launched")
@@ -133,6 +134,18 @@ def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
+
+
+def summarize(decisions: list[dict[str, Any]]) -> str:
+    """One day's decisions in a few words: what fired, what was held back, what waits."""
+    parts = []
+    for kind, label in (("fired", "FIRED"), ("suppressed", "held back"),
+                        ("champion", "champion"), ("insufficient_data", "need more points")):
+        names = sorted({d["policy"] or d["reason"].split(" ")[1] for d in decisions
+                        if d["kind"] == kind})
+        if names:
+            parts.append(f"{label}: {', '.join(names)}")
+    return "; ".join(parts) or "all policies ok"
 
 
 def wait_for_outcome(
