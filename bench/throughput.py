@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="events sent before timing")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (both)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads (both)")
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads (both)")
     parser.add_argument("--json", help="write the summary rows to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args(argv)

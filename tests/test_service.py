@@ -4,6 +4,7 @@ run lifecycle (outcomes, fallback status, timeouts), and arrival order independe
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -12,6 +13,7 @@ import pytest
 
 from pipeline_client.launcher import FakeLauncher, RunStatus
 from tests.conftest import T0, Harness
+from thresholds.base import Point
 from triggers.errors import TransientError
 from triggers.events import Delivery
 from triggers.ids import RUN_ID_PATTERN
@@ -322,3 +324,41 @@ def test_manual_retrain_dry_run_force_and_in_flight(harness: Harness) -> None:
     assert plain["status"] == "suppressed" and "cooldown" in plain["reason"]
     forced = harness.service.request_retrain("fraud-detector", "once more", force=True)
     assert forced["status"] == "fired" and len(harness.launcher.runs) == 2
+
+
+def test_bounded_reads_give_the_verdicts_of_the_whole_history(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """The service reads only what each policy needs; its verdicts must equal evaluating the
+    whole champion history, for every policy kind, with noisy points to skip."""
+    yaml_text = """
+    models:
+      m:
+        pipeline: {template: %(template)s}
+        guards: {cooldown: 0s, max_runs: {count: 10000, per: 1d}, skip_if_running: false}
+        policies:
+          - {name: floor, metric: a, direction: higher_is_better, min_examples: 50,
+             absolute: {threshold: 0.5}, breaches_to_trigger: 3, evaluation_points: 6}
+          - {name: base, metric: a, direction: higher_is_better, min_examples: 50,
+             baseline: {max_relative_drop: 0.1, reference_points: 4}}
+          - {name: trend, metric: a, direction: higher_is_better,
+             trend: {lookback: 10d, min_points: 6, max_decline_per_day: 0.001}}
+          - {name: cast, metric: a, direction: higher_is_better,
+             forecast: {threshold: 0.4, horizon: 5d, lookback: 8d, min_points: 5}}
+    """
+    h = make_harness(yaml_text)
+    rng = random.Random(7)
+    model = h.service.config.models["m"]
+    history: list[Point] = []
+    for day in range(120):
+        value = 0.6 + 0.1 * math.sin(day / 9) + rng.uniform(-0.05, 0.05)
+        examples = rng.choice([10, 100, 1000])
+        result = h.send(h.event(day, value, model="m", metric="a", examples=examples))
+        history.append(Point((T0 + timedelta(days=day)).timestamp(), value, examples))
+        got = {d.policy: (d.kind, d.statistic) for d in result.decisions}
+        for policy in model.policies:
+            expected = policy.evaluate(history)
+            kind, statistic = got[policy.name]
+            assert (kind == "insufficient_data") == (expected.status == "insufficient_data")
+            assert (kind in ("fired", "suppressed")) == expected.fired, (day, policy.name)
+            assert statistic == expected.statistic, (day, policy.name)

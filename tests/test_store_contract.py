@@ -60,9 +60,10 @@ def test_points_upsert_by_key_and_come_back_in_event_time_order(store: StateStor
 
 def test_processed_and_rejected_are_idempotent(store: StateStore) -> None:
     assert not store.is_processed("a")
-    store.mark_processed("a", NOW)
-    store.mark_processed("a", NOW + 1)
+    store.finish_message("a", NOW, [Decision("d1", "m", "ok", NOW, "r")])
+    store.finish_message("a", NOW + 1, [Decision("d1", "m", "ok", NOW, "r")])
     assert store.is_processed("a")
+    assert [d.decision_id for d in store.decisions()] == ["d1"]
     event = RejectedEvent("a", NOW, "pubsub", "data", "bad", "{", None)
     store.record_rejected(event)
     store.record_rejected(event)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--threads", type=int, default=1)
     serve.add_argument("--policies", help="policy file (default: $RETRAIN_POLICY_FILE)")
     serve.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
 

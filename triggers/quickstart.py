@@ -129,7 +129,7 @@ def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
         return 0
     finally:
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
+            os.kill(server.pid, signal.SIGTERM)  # the master stops its workers
             try:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:

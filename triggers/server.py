@@ -40,7 +40,7 @@ def create_combined_app(source: str | Path = MAIN) -> Any:
     return dispatch
 
 
-def serve(host: str, port: int, workers: int = 1, threads: int = 8) -> None:
+def serve(host: str, port: int, workers: int = 1, threads: int = 1) -> None:
     """Run the combined app under gunicorn; each worker builds its own app after the fork."""
     from gunicorn.app.base import BaseApplication
 

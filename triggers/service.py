@@ -149,7 +149,7 @@ class RetrainService:
             ]
         )
         decisions, launched = self._evaluate_event(model, event, delivery.message_id, now)
-        self.store.mark_processed(delivery.message_id, now)
+        self.store.finish_message(delivery.message_id, now, decisions)
         return EventResult("recorded", delivery.message_id, event.model, decisions, launched)
 
     def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
@@ -179,8 +179,7 @@ class RetrainService:
             message_id=delivery.message_id,
             details={"field": error.field, "source": delivery.source},
         )
-        self.store.record_decisions([decision])
-        self.store.mark_processed(delivery.message_id, now)
+        self.store.finish_message(delivery.message_id, now, [decision])
         return EventResult("rejected", delivery.message_id, model, [decision], error=error)
 
     def _evaluate_event(
@@ -206,7 +205,6 @@ class RetrainService:
                 f"({state.champion_version}); its points are kept but not evaluated",
                 event_time=event.window_end.timestamp(),
             ))
-            self.store.record_decisions(decisions)
             return decisions, []
         decisions += self.refresh_runs(model, now)
 
@@ -217,7 +215,7 @@ class RetrainService:
         for policy in model.policies:
             if policy.metric not in event.metrics or policy.spec.slice != event.slice:
                 continue
-            series = self._series(model.name, policy, state)
+            series = self._series(model.name, policy, state, t_new)
             times = [p.window_end for p in series if p.window_end >= t_new]
             for as_of in times[: MAX_REEVALUATIONS + 1] or [t_new]:
                 prefix = [p for p in series if p.window_end <= as_of]
@@ -235,20 +233,56 @@ class RetrainService:
             decisions += new
             if run is not None:
                 launched.append(run)
-        self.store.record_decisions(decisions)
         return decisions, launched
 
-    def _series(self, model: str, policy: Policy, state: ModelState) -> list[StoredPoint]:
-        """The champion's points of this policy's metric and slice, oldest first."""
-        points = self.store.points(model, policy.spec.slice, policy.metric,
-                                   since=state.history_start)
-        return [
-            p
-            for p in points
-            if state.champion_version is None
-            or p.model_version is None
-            or p.model_version == state.champion_version
-        ]
+    def _series(
+        self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
+    ) -> list[StoredPoint]:
+        """What `policy` needs to judge the champion as of `as_of` (default: its latest point)
+        and as of each of the next MAX_REEVALUATIONS points, oldest first.
+
+        Bounded reads: the lookback window, or the latest points the rule counts (and the
+        champion's first points for a baseline), plus one predecessor for the gap check.
+        """
+        spec = policy.spec
+        start = state.history_start
+
+        def counts(p: StoredPoint) -> bool:
+            return (state.champion_version is None or p.model_version is None
+                    or p.model_version == state.champion_version)
+
+        def usable(p: StoredPoint) -> bool:
+            return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
+
+        def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
+            """At least `wanted` usable points at the near end (or all there are)."""
+            limit = wanted
+            while True:
+                raw = self.store.points(model, spec.slice, policy.metric, limit=limit,
+                                        oldest=oldest, **bounds)
+                if len(raw) < limit or sum(map(usable, raw)) >= wanted:
+                    return [p for p in raw if counts(p)]
+                limit *= 4
+
+        if as_of is None:
+            latest = self.store.points(model, spec.slice, policy.metric, since=start, limit=1)
+            if not latest:
+                return []
+            as_of = latest[0].window_end
+        after = fetch(MAX_REEVALUATIONS, oldest=True, since=as_of)
+        if policy.lookback is not None:
+            lower = as_of - policy.lookback.total_seconds() - 1e-6
+            window = [p for p in self.store.points(
+                model, spec.slice, policy.metric, since=max(lower, start or lower), until=as_of)
+                if counts(p)]
+            before = fetch(1, since=start, until=lower) + window
+        else:
+            before = fetch(spec.evaluation_points + 1, since=start, until=as_of)
+        head: list[StoredPoint] = []
+        if spec.baseline is not None:
+            head = fetch(spec.baseline.reference_points, oldest=True, since=start)
+        merged = {p.window_end: p for p in (*head, *before, *after)}
+        return [merged[t] for t in sorted(merged)]
 
     def _evaluate_as_of(
         self, policy: Policy, prefix: Sequence[StoredPoint], lateness: timedelta, now: float
@@ -470,7 +504,7 @@ class RetrainService:
         now = self.clock()
         decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
                                        message_id=delivery.message_id)
-        self.store.mark_processed(delivery.message_id, now)
+        self.store.finish_message(delivery.message_id, now, ())
         return EventResult("recorded", delivery.message_id, outcome.model, decisions)
 
     def apply_outcome(

@@ -6,6 +6,7 @@ The run claim is a `BEGIN IMMEDIATE` transaction; a locked database is a transie
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -118,9 +119,10 @@ class SQLiteStore:
         if self._shared is not None:
             return self._shared
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.pid != os.getpid():  # never reuse one across a fork
             conn = self._connect()
             self._local.conn = conn
+            self._local.pid = os.getpid()
         return conn
 
     @contextmanager
@@ -154,8 +156,9 @@ class SQLiteStore:
     def is_processed(self, message_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM processed WHERE message_id = ?", (message_id,)))
 
-    def mark_processed(self, message_id: str, at: float) -> None:
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
         with self._tx() as conn:
+            _insert_decisions(conn, decisions)
             conn.execute(
                 "INSERT OR IGNORE INTO processed (message_id, at) VALUES (?, ?)", (message_id, at)
             )
@@ -197,6 +200,7 @@ class SQLiteStore:
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
+        oldest: bool = False,
     ) -> list[StoredPoint]:
         sql = "SELECT * FROM points WHERE model = ? AND slice = ? AND metric = ?"
         args: list[Any] = [model, slice_, metric]
@@ -206,12 +210,12 @@ class SQLiteStore:
         if until is not None:
             sql += " AND window_end <= ?"
             args.append(until)
-        sql += " ORDER BY window_end DESC"
+        sql += " ORDER BY window_end" + ("" if oldest else " DESC")
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
         rows = self._query(sql, args)
-        return [_point(row) for row in reversed(rows)]
+        return [_point(row) for row in (rows if oldest else reversed(rows))]
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]:
         rows = self._query(
@@ -244,29 +248,7 @@ class SQLiteStore:
     # decisions
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         with self._tx() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
-                " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        d.decision_id,
-                        d.model,
-                        d.kind,
-                        d.at,
-                        d.reason,
-                        d.policy,
-                        d.event_time,
-                        d.statistic,
-                        d.limit,
-                        d.run_id,
-                        d.trigger_id,
-                        d.message_id,
-                        dumps(d.details),
-                    )
-                    for d in decisions
-                ],
-            )
+            _insert_decisions(conn, decisions)
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         if model is None:
@@ -364,6 +346,32 @@ class SQLiteStore:
             sql += " AND model = ?"
             args.append(model)
         return [_run(row) for row in self._query(sql + " ORDER BY created_at", args)]
+
+
+def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
+        " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                d.decision_id,
+                d.model,
+                d.kind,
+                d.at,
+                d.reason,
+                d.policy,
+                d.event_time,
+                d.statistic,
+                d.limit,
+                d.run_id,
+                d.trigger_id,
+                d.message_id,
+                dumps(d.details),
+            )
+            for d in decisions
+        ],
+    )
 
 
 @contextmanager

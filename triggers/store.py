@@ -177,7 +177,9 @@ class StateStore(Protocol):
 
     def is_processed(self, message_id: str) -> bool: ...
 
-    def mark_processed(self, message_id: str, at: float) -> None: ...
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
+        """Record a message's decisions and mark it processed, in one transaction."""
+        ...
 
     def record_points(self, points: Sequence[StoredPoint]) -> None: ...
 
@@ -190,7 +192,11 @@ class StateStore(Protocol):
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
-    ) -> list[StoredPoint]: ...
+        oldest: bool = False,
+    ) -> list[StoredPoint]:
+        """Points with since < window_end <= until, oldest first; with `limit`, the latest
+        `limit` of them (the earliest with `oldest=True`)."""
+        ...
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]: ...
 

@@ -38,7 +38,7 @@ def serve_process(
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGTERM)  # gunicorn's master stops its workers
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
