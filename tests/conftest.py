@@ -17,7 +17,7 @@ import pytest
 
 from pipeline_client.launcher import FakeLauncher
 from tests.support.fixtures import pubsub_emulator, pubsub_env, unique_name  # noqa: F401
-from triggers.config import ServiceConfig, parse_policy_file
+from triggers.config import ServiceConfig
 from triggers.events import Delivery
 from triggers.service import RetrainService
 from triggers.sqlite_store import SQLiteStore
@@ -54,7 +54,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 def policy_config(yaml_text: str | None = None, template: Path = EXAMPLE_TEMPLATE) -> ServiceConfig:
     text = textwrap.dedent(yaml_text or POLICY_YAML) % {"template": template}
-    return ServiceConfig.from_spec(parse_policy_file(text), ROOT)
+    return ServiceConfig.from_yaml(text, ROOT)
 
 
 class Clock:

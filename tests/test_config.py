@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
-from triggers.config import Environment, parse_policy_file, schema_json
+from triggers.config import Environment
 from triggers.errors import ConfigError, PolicyConfigError
+from triggers.policy_file import parse_policy_file, schema_json
 
 
 def good_yaml() -> str:
@@ -86,7 +87,7 @@ def test_shipped_schema_is_current_and_checks_the_example() -> None:
     shipped = (ROOT / "policy.schema.json").read_text()
     assert shipped == schema_json(), "run: python -m triggers schema > policy.schema.json"
     schema = json.loads(shipped)
-    policy = schema["$defs"]["PolicySpec"]
+    policy = schema["$defs"]["PolicySchema"]
     assert policy["required"] == ["name", "metric", "direction"]
     assert set(policy["properties"]["direction"]["enum"]) == {"higher_is_better",
                                                              "lower_is_better"}
@@ -108,3 +109,50 @@ def test_importing_main_loads_no_heavy_package(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_compiled_policy_file_is_used_only_while_current(tmp_path: Path) -> None:
+    from triggers.config import ServiceConfig, compile_policy_file, compiled_path, load_policy_file
+
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(good_yaml())
+    fresh = load_policy_file(policy)
+    target = compile_policy_file(policy)
+    assert target == compiled_path(policy) == tmp_path / "policies.compiled.json"
+    cached = load_policy_file(policy)
+
+    def view(config: ServiceConfig) -> dict[str, object]:
+        return {name: (m.pipeline, m.guards, m.lateness, m.promotion,
+                       [p.spec for p in m.policies]) for name, m in config.models.items()}
+
+    assert view(cached) == view(fresh)
+    # an edited source no longer matches its digest: it is validated again, errors and all
+    policy.write_text(good_yaml().replace("direction: lower_is_better", "direction: down"))
+    with pytest.raises(PolicyConfigError) as info:
+        load_policy_file(policy)
+    assert info.value.field == "models.churn.policies.0.direction"
+    assert isinstance(fresh, ServiceConfig)
+
+
+def test_cold_start_with_a_compiled_policy_needs_neither_pydantic_nor_yaml(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(good_yaml())
+    assert run_cli("validate", str(policy), "--compile").returncode == 0
+    event = json.dumps({"model": "churn", "metrics": {"logloss": 0.1},
+                        "window_end": "2026-11-02T00:00:00Z"})
+    code = (
+        "import sys, main; from triggers import wiring; "
+        "from triggers.events import delivery_from_https; "
+        f"r = wiring.service().handle_delivery(delivery_from_https({event!r}.encode()));"
+        "print(r.status, sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'pydantic', 'yaml', 'scipy', 'numpy', 'kfp'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "RETRAIN_POLICY_FILE": str(policy),
+             "RETRAIN_STATE": f"sqlite:///{tmp_path}/s.db", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "recorded []"

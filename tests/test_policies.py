@@ -37,7 +37,7 @@ def make(
     metric: str = "accuracy",
     **top: Any,
 ) -> Policy:
-    spec = PolicySpec.model_validate(
+    spec = PolicySpec.parse(
         {"name": f"{kind}-test", "metric": metric, "direction": direction, kind: rule, **top}
     )
     return build_policy(spec)
@@ -643,7 +643,7 @@ def test_build_policy(
 
 
 def test_a_policy_refuses_another_kind_of_spec() -> None:
-    spec = PolicySpec.model_validate(
+    spec = PolicySpec.parse(
         {"name": "x", "metric": "m", "direction": "higher_is_better", "trend": TREND}
     )
     with pytest.raises(ValueError, match="AbsolutePolicy evaluates absolute policies, not trend"):
@@ -655,7 +655,7 @@ def test_scipy_is_imported_only_when_a_line_is_fitted() -> None:
 import sys
 from thresholds import Point, PolicySpec, build_policy
 assert "scipy" not in sys.modules and "numpy" not in sys.modules, "imported at module import"
-spec = PolicySpec.model_validate({"name": "t", "metric": "m", "direction": "higher_is_better",
+spec = PolicySpec.parse({"name": "t", "metric": "m", "direction": "higher_is_better",
     "trend": {"lookback": "14d", "max_decline_per_day": 0.01}})
 policy = build_policy(spec)
 policy.evaluate([Point(i * 86400.0, 0.9) for i in range(3)])

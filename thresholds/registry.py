@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from thresholds.absolute import AbsolutePolicy
 from thresholds.base import Policy
@@ -12,11 +13,16 @@ from thresholds.forecast import ForecastPolicy
 from thresholds.spec import PolicyKind, PolicySpec
 from thresholds.trend import TrendPolicy
 
+if TYPE_CHECKING:
+    from thresholds.schema import PolicySchema
+
 POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = MappingProxyType(
     {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy)}
 )
 
 
-def build_policy(spec: PolicySpec) -> Policy:
-    """The policy object for a validated spec."""
+def build_policy(spec: PolicySpec | PolicySchema) -> Policy:
+    """The policy object for a validated spec (or a validated schema, converted)."""
+    if not isinstance(spec, PolicySpec):
+        spec = spec.to_spec()
     return POLICY_CLASSES[spec.kind](spec)

@@ -1,150 +1,121 @@
-"""The policy part of the policy file, as pydantic models (validation only, no I/O).
+"""The settings of one policy as plain frozen dataclasses: what the policies read at run time.
 
-`triggers.config` composes these into the whole file; the JSON Schema is generated from them.
+Validation lives in `thresholds.schema` (pydantic), imported only when something is validated.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
-from typing import Annotated, Any, Literal
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    WithJsonSchema,
-    model_validator,
-)
+from typing import Any, Literal
 
 from thresholds.durations import format_duration, parse_duration
 
 Direction = Literal["higher_is_better", "lower_is_better"]
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "a duration: '90s', '30m', '24h', '7d', '2w', or seconds",
-        }
-    ),
-]
-
+PolicyKind = Literal["absolute", "baseline", "trend", "forecast"]
+POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
-class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo in a policy file must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AbsoluteSpec(StrictModel):
+@dataclass(frozen=True)
+class AbsoluteSpec:
     """Breach when a value is strictly worse than `threshold`."""
 
-    threshold: float = Field(allow_inf_nan=False)
+    threshold: float
 
 
-class BaselineSpec(StrictModel):
+@dataclass(frozen=True)
+class BaselineSpec:
     """Breach when the latest value dropped from the champion's reference by more than allowed."""
 
-    max_relative_drop: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    max_absolute_drop: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    reference_points: int = Field(default=3, ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> BaselineSpec:
-        if self.max_relative_drop is None and self.max_absolute_drop is None:
-            raise ValueError("set max_relative_drop and/or max_absolute_drop")
-        return self
+    max_relative_drop: float | None = None
+    max_absolute_drop: float | None = None
+    reference_points: int = 3
 
 
-class TrendSpec(StrictModel):
+@dataclass(frozen=True)
+class TrendSpec:
     """Breach when the robust slope is significantly worse than `max_decline_per_day`."""
 
-    lookback: Duration
-    min_points: int = Field(default=8, ge=4, le=100_000)  # below 4, Kendall never reaches 95%
-    max_decline_per_day: float = Field(ge=0, allow_inf_nan=False)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    lookback: timedelta
+    max_decline_per_day: float
+    min_points: int = 8
+    confidence: float = 0.95
 
 
-class ForecastSpec(StrictModel):
+@dataclass(frozen=True)
+class ForecastSpec:
     """Breach when the robust linear fit is projected to cross `threshold` within `horizon`."""
 
-    threshold: float = Field(allow_inf_nan=False)
-    horizon: Duration
-    lookback: Duration
-    min_points: int = Field(default=8, ge=3, le=100_000)
+    threshold: float
+    horizon: timedelta
+    lookback: timedelta
+    min_points: int = 8
 
 
-PolicyKind = Literal["absolute", "baseline", "trend", "forecast"]
-POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast")
+_RULES: dict[str, type[Any]] = {
+    "absolute": AbsoluteSpec,
+    "baseline": BaselineSpec,
+    "trend": TrendSpec,
+    "forecast": ForecastSpec,
+}
 
 
-class PolicySpec(StrictModel):
-    """One policy: a metric, a direction, and exactly one rule."""
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy: a metric, a direction, and exactly one rule (already validated)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    metric: str = Field(min_length=1, max_length=128)
+    name: str
+    metric: str
     direction: Direction
-    slice: str = Field(default="overall", min_length=1, max_length=128)
+    slice: str = "overall"
     absolute: AbsoluteSpec | None = None
     baseline: BaselineSpec | None = None
     trend: TrendSpec | None = None
     forecast: ForecastSpec | None = None
-    breaches_to_trigger: int = Field(default=1, ge=1, le=10_000)
-    evaluation_points: int = Field(default=1, ge=1, le=10_000)
-    min_examples: int = Field(default=0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _exactly_one_rule(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            given = [kind for kind in POLICY_KINDS if data.get(kind) is not None]
-            if len(given) != 1:
-                raise ValueError(
-                    "a policy needs exactly one of absolute, baseline, trend, forecast"
-                    + (f" (got {', '.join(given)})" if given else "")
-                )
-        return data
-
-    @model_validator(mode="after")
-    def _m_of_n(self) -> PolicySpec:
-        if self.breaches_to_trigger > self.evaluation_points:
-            raise ValueError(
-                f"breaches_to_trigger ({self.breaches_to_trigger}) cannot exceed "
-                f"evaluation_points ({self.evaluation_points})"
-            )
-        m_of_n = self.breaches_to_trigger != 1 or self.evaluation_points != 1
-        if self.kind != "absolute" and m_of_n:
-            raise ValueError(
-                "breaches_to_trigger and evaluation_points apply to absolute policies only"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _positive_lookback(self) -> PolicySpec:
-        rule = self.trend or self.forecast
-        if rule is not None and rule.lookback.total_seconds() <= 0:
-            raise ValueError("lookback must be longer than zero")
-        return self
+    breaches_to_trigger: int = 1
+    evaluation_points: int = 1
+    min_examples: int = 0
 
     @property
     def kind(self) -> PolicyKind:
         for kind in POLICY_KINDS:
             if getattr(self, kind) is not None:
                 return kind
-        raise AssertionError("validated PolicySpec without a rule")  # pragma: no cover
+        raise ValueError(f"policy {self.name!r} has no rule")
 
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> PolicySpec:
+        """Validate `data` as written in a policy file (raises pydantic's ValidationError)."""
+        from thresholds.schema import PolicySchema
 
-def slug(text: str) -> str:
-    """Lower-case letters, digits and dashes only (for run ids and labels)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+        return PolicySchema.model_validate(data).to_spec()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicySpec:
+        """Rebuild a spec from `to_dict` output or a validated schema dump (no checks)."""
+        values = dict(data)
+        for kind, rule in _RULES.items():
+            if values.get(kind) is not None:
+                values[kind] = rule(**{
+                    key: parse_duration(value) if key in ("lookback", "horizon") else value
+                    for key, value in values[kind].items()
+                })
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, durations written as in a policy file, unset rules left out."""
+        data: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None:
+                continue
+            if item.name in _RULES:
+                value = {
+                    key: format_duration(v) if isinstance(v, timedelta) else v
+                    for key, v in asdict(value).items()
+                    if v is not None
+                }
+            data[item.name] = value
+        return data

@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     validate = commands.add_parser("validate", help="check a policy file")
     validate.add_argument("file")
+    validate.add_argument(
+        "--compile", action="store_true",
+        help="also store the validated form beside it (FILE stem + .compiled.json), which a "
+        "cold start loads without pydantic or YAML",
+    )
 
     decisions = commands.add_parser("decisions", help="print the audit trail, newest first")
     decisions.add_argument("--model")
@@ -62,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "publish":
         return _publish(args)
     if args.command == "validate":
-        return _validate(args.file)
+        return _validate(args.file, args.compile)
     if args.command == "decisions":
         return _decisions(args)
     if args.command == "schema":
-        from triggers.config import schema_json
+        from triggers.policy_file import schema_json
 
         sys.stdout.write(schema_json())
         return 0
@@ -113,20 +118,22 @@ def _publish(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _validate(path: str) -> int:
-    from triggers.config import load_policy_file
-    from triggers.errors import ConfigError, PolicyConfigError
+def _validate(path: str, compile_: bool = False) -> int:
+    from triggers.config import ServiceConfig, compile_policy_file
+    from triggers.errors import PolicyConfigError
 
+    file = Path(path)
     try:
-        config = load_policy_file(path)
+        config = ServiceConfig.from_yaml(file.read_text(encoding="utf-8"), file.resolve().parent,
+                                         path)
     except PolicyConfigError as exc:
         errors = getattr(exc, "errors", [exc])
         print(f"{path}: {len(errors)} error(s)", file=sys.stderr)
         for error in errors:
             print(f"  {error}", file=sys.stderr)
         return 1
-    except ConfigError as exc:
-        print(f"{path}: {exc.reason}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: cannot read: {exc}", file=sys.stderr)
         return 1
     problems = []
     for model in config.models.values():
@@ -141,6 +148,8 @@ def _validate(path: str) -> int:
         names = ", ".join(f"{p.name} ({p.kind})" for p in model.policies)
         print(f"{model.name}: {len(model.policies)} policies: {names}")
     print(f"{path}: OK")
+    if compile_:
+        print(f"compiled: {compile_policy_file(path)}")
     return 0
 
 

@@ -1,43 +1,30 @@
-"""The policy file (YAML) and the service's environment, validated once at cold start.
+"""The service's configuration at run time: the policy file resolved into plain objects, and
+the environment. Validated once at cold start; errors name the field or the variable.
 
-Errors name the field (a dotted path into the file) or the environment variable to set.
+A policy file is validated by `triggers.policy_file` (pydantic). `retrain-trigger validate
+--compile` stores the validated result beside it; a cold start that finds it, with the
+source's digest unchanged, loads it without importing pydantic or PyYAML.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from thresholds.base import Policy
+from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
-from thresholds.spec import NAME_PATTERN, Duration, PolicySpec, StrictModel
-from triggers.errors import ConfigError, PolicyConfigError
+from thresholds.spec import PolicySpec
+from triggers.errors import ConfigError
 
-SERVICE_PARAMETERS = ("model", "trigger_id", "reason", "champion_version")
-"""Pipeline parameters the service sets itself; a policy file may not set them."""
-
-ParameterValue = str | int | float | bool | list[Any] | dict[str, Any]
-
-
-class MaxRunsSpec(StrictModel):
-    count: int = Field(ge=1, le=10_000)
-    per: Duration
-
-
-class GuardsSpec(StrictModel):
-    """Guards as written; unset fields inherit from `defaults.guards`, then the built-ins."""
-
-    cooldown: Duration | None = None
-    max_runs: MaxRunsSpec | None = None
-    skip_if_running: bool | None = None
-    run_timeout: Duration | None = None
+COMPILED_FORMAT = 1
+DEFAULT_LATENESS = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -50,93 +37,38 @@ class Guards:
     skip_if_running: bool = True
     run_timeout: timedelta = timedelta(hours=24)
 
-    def merged(self, spec: GuardsSpec | None) -> Guards:
-        if spec is None:
+    def merged(self, data: Mapping[str, Any] | None) -> Guards:
+        """These guards with the fields `data` (validated, as written) sets replaced."""
+        if not data:
             return self
+        max_runs = data.get("max_runs")
         return Guards(
-            cooldown=spec.cooldown if spec.cooldown is not None else self.cooldown,
-            max_runs=spec.max_runs.count if spec.max_runs else self.max_runs,
-            max_runs_per=spec.max_runs.per if spec.max_runs else self.max_runs_per,
+            cooldown=_duration(data.get("cooldown"), self.cooldown),
+            max_runs=max_runs["count"] if max_runs else self.max_runs,
+            max_runs_per=parse_duration(max_runs["per"]) if max_runs else self.max_runs_per,
             skip_if_running=(
-                spec.skip_if_running if spec.skip_if_running is not None else self.skip_if_running
+                data["skip_if_running"]
+                if data.get("skip_if_running") is not None
+                else self.skip_if_running
             ),
-            run_timeout=spec.run_timeout if spec.run_timeout is not None else self.run_timeout,
+            run_timeout=_duration(data.get("run_timeout"), self.run_timeout),
         )
 
 
-class PipelineSpec(StrictModel):
+def _duration(value: Any, default: timedelta) -> timedelta:
+    return default if value is None else parse_duration(value)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
     """Which pipeline to run and how; nothing here can come from an event."""
 
-    template: str = Field(min_length=1)
-    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
+    template: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
     service_account: str | None = None
     pipeline_root: str | None = None
     network: str | None = None
     kms_key_name: str | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _no_service_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
-        taken = sorted(set(value) & set(SERVICE_PARAMETERS))
-        if taken:
-            raise ValueError(
-                f"{', '.join(taken)} are set by the service and cannot be fixed in the file"
-            )
-        return value
-
-
-class PromotionSpec(BaseModel):
-    """The promotion gate's settings; checked in full by the promotion gate."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-DEFAULT_LATENESS = timedelta(hours=1)
-
-
-class ModelSpec(StrictModel):
-    pipeline: PipelineSpec
-    policies: list[PolicySpec] = Field(min_length=1)
-    guards: GuardsSpec | None = None
-    lateness: Duration | None = Field(
-        default=None,
-        description="how long to wait for a missing evaluation window (events with "
-        "window_start) before evaluating past the gap",
-    )
-    promotion: PromotionSpec | None = None
-
-    @model_validator(mode="after")
-    def _unique_policy_names(self) -> ModelSpec:
-        seen: set[str] = set()
-        for policy in self.policies:
-            if policy.name in seen:
-                raise ValueError(f"policy name {policy.name!r} is used twice")
-            seen.add(policy.name)
-        return self
-
-
-class DefaultsSpec(StrictModel):
-    guards: GuardsSpec | None = None
-    lateness: Duration | None = None
-
-
-class PolicyFile(StrictModel):
-    """The whole policy file."""
-
-    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
-    models: dict[str, ModelSpec] = Field(min_length=1)
-
-    @field_validator("models")
-    @classmethod
-    def _model_names(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        import re
-
-        for name in value:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    f"model name {name!r} must be 1-63 letters, digits, '.', '_' or '-'"
-                )
-        return value
 
 
 @dataclass(frozen=True)
@@ -144,10 +76,10 @@ class ModelConfig:
     """One model, resolved: built policies, merged guards, pipeline template path."""
 
     name: str
-    pipeline: PipelineSpec
+    pipeline: PipelineConfig
     policies: tuple[Policy, ...]
     guards: Guards
-    promotion: PromotionSpec | None
+    promotion: Mapping[str, Any] | None = None
     lateness: timedelta = DEFAULT_LATENESS
 
     def policy(self, name: str) -> Policy | None:
@@ -162,84 +94,81 @@ class ServiceConfig:
     source: str
 
     @classmethod
-    def from_spec(cls, spec: PolicyFile, base_dir: Path, source: str = "<memory>") -> ServiceConfig:
-        defaults = Guards().merged(spec.defaults.guards)
+    def from_dict(
+        cls, data: Mapping[str, Any], base_dir: Path, source: str = "<memory>"
+    ) -> ServiceConfig:
+        """Resolve a validated policy file (its JSON dump); templates relative to `base_dir`."""
+        defaults_data = data.get("defaults") or {}
+        defaults = Guards().merged(defaults_data.get("guards"))
+        default_lateness = _duration(defaults_data.get("lateness"), DEFAULT_LATENESS)
         models = {}
-        for name, model in spec.models.items():
-            pipeline = model.pipeline
-            if "://" not in pipeline.template and not Path(pipeline.template).is_absolute():
-                pipeline = pipeline.model_copy(
-                    update={"template": str((base_dir / pipeline.template).resolve())}
-                )
+        for name, model in data["models"].items():
+            pipeline = PipelineConfig(**model["pipeline"])
+            template = pipeline.template
+            if "://" not in template and not Path(template).is_absolute():
+                template = str((base_dir / template).resolve())
             models[name] = ModelConfig(
                 name=name,
-                pipeline=pipeline,
-                policies=tuple(build_policy(p) for p in model.policies),
-                guards=defaults.merged(model.guards),
-                promotion=model.promotion,
-                lateness=next(
-                    (x for x in (model.lateness, spec.defaults.lateness) if x is not None),
-                    DEFAULT_LATENESS,
-                ),
+                pipeline=PipelineConfig(**{**model["pipeline"], "template": template}),
+                policies=tuple(build_policy(PolicySpec.from_dict(p)) for p in model["policies"]),
+                guards=defaults.merged(model.get("guards")),
+                promotion=model.get("promotion"),
+                lateness=_duration(model.get("lateness"), default_lateness),
             )
         return cls(models=models, source=source)
 
+    @classmethod
+    def from_yaml(cls, text: str, base_dir: Path, source: str = "<memory>") -> ServiceConfig:
+        """Validate policy-file YAML and resolve it (raises PolicyConfigError)."""
+        from triggers.policy_file import parse_policy_file
 
-def policy_errors(exc: ValidationError) -> list[PolicyConfigError]:
-    """Every error of a failed validation, each naming its dotted field path."""
-    errors = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "<file>"
-        reason = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            reason = "unknown field"
-        value = error.get("input")
-        if isinstance(value, (dict, list)):
-            value = None
-        errors.append(PolicyConfigError(field, value, reason))
-    return errors
+        return cls.from_dict(parse_policy_file(text, source).model_dump(mode="json"), base_dir,
+                             source)
 
 
-def parse_policy_file(text: str, source: str = "<memory>") -> PolicyFile:
-    """Validate YAML text; raise the first `PolicyConfigError` (all are in `.errors`)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyConfigError("<file>", None, f"{source} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise PolicyConfigError("<file>", None, f"{source} must be a YAML mapping")
-    try:
-        return PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        errors = policy_errors(exc)
-        first = errors[0]
-        first.errors = errors  # type: ignore[attr-defined]
-        raise first from None
+def compiled_path(path: Path) -> Path:
+    """Where `validate --compile` stores the validated form of the policy file at `path`."""
+    return path.with_name(path.stem + ".compiled.json")
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> ServiceConfig:
-    """Read, validate and resolve the policy file at `path`."""
+    """Read, validate and resolve the policy file at `path` (its compiled form if current)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError("RETRAIN_POLICY_FILE", f"cannot read {file}: {exc.strerror}") from None
-    spec = parse_policy_file(text, str(file))
-    return ServiceConfig.from_spec(spec, file.resolve().parent, str(file))
+    digest = hashlib.sha256(raw).hexdigest()
+    base_dir = file.resolve().parent
+    try:
+        compiled = json.loads(compiled_path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        compiled = None
+    if (
+        isinstance(compiled, dict)
+        and compiled.get("format") == COMPILED_FORMAT
+        and compiled.get("source_sha256") == digest
+    ):
+        return ServiceConfig.from_dict(compiled["policy_file"], base_dir, str(file))
+    return ServiceConfig.from_yaml(raw.decode("utf-8", errors="replace"), base_dir, str(file))
 
 
-def policy_file_schema() -> dict[str, Any]:
-    """JSON Schema of the policy file, for editors."""
-    schema = PolicyFile.model_json_schema(mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "retrain-trigger policy file"
-    return schema
+def compile_policy_file(path: str | os.PathLike[str]) -> Path:
+    """Validate the policy file and store its validated form beside it; returns that path."""
+    from triggers.policy_file import parse_policy_file
 
-
-def schema_json() -> str:
-    return json.dumps(policy_file_schema(), indent=2, sort_keys=True) + "\n"
+    file = Path(path)
+    raw = file.read_bytes()
+    spec = parse_policy_file(raw.decode("utf-8", errors="replace"), str(file))
+    target = compiled_path(file)
+    payload = {
+        "format": COMPILED_FORMAT,
+        "source": file.name,
+        "source_sha256": hashlib.sha256(raw).hexdigest(),
+        "policy_file": spec.model_dump(mode="json"),
+    }
+    target.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return target
 
 
 @dataclass(frozen=True)

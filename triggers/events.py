@@ -1,5 +1,9 @@
 """Metric events: the envelopes they arrive in (CloudEvent, Pub/Sub push, bare JSON) and the
-schema they must follow; every failure is an `InvalidEventError` naming the field."""
+event itself; every failure is an `InvalidEventError` naming the field.
+
+A well-formed event passes a fast, strict check; anything else goes to the pydantic schema in
+`triggers.event_schema`, which decides and names the field (a test keeps the two agreeing).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from typing import Any
 
 from triggers.errors import InvalidEventError
 
@@ -29,77 +24,77 @@ MAX_EVENT_BYTES = 64 * 1024
 """Largest metric event accepted; a real one is a few hundred bytes."""
 
 MAX_METRICS = 100
+NAME = r"^[^\x00-\x1f\x7f/\\]{1,128}$"
+_NAME = re.compile(NAME)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_NAME = r"^[^\x00-\x1f\x7f/\\]{1,128}$"
+FIELDS = ("model", "metrics", "window_end", "model_version", "window_start", "examples", "slice")
 
 
-def _rfc3339(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-02T00:00:00Z")
-    if not _RFC3339.match(value):
-        raise ValueError(
-            "must be RFC 3339 with an offset (Z or +hh:mm), e.g. 2026-11-02T00:00:00Z"
-        )
+def parse_timestamp(value: str) -> datetime | None:
+    """An RFC 3339 timestamp with an offset as an aware UTC datetime; None if it is not one."""
+    if not _RFC3339.fullmatch(value):
+        return None
     text = value.replace("z", "Z").replace("Z", "+00:00").replace("t", "T").replace(" ", "T")
     if "." in text:  # Python parses at most 6 fractional digits
         head, rest = text.split(".", 1)
         digits = re.match(r"\d+", rest)
         assert digits is not None
         text = f"{head}.{digits.group()[:6].ljust(6, '0')}{rest[digits.end():]}"
-    return datetime.fromisoformat(text).astimezone(UTC)
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
-
-
-def _version(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a string")
-    if isinstance(value, int):
-        return str(value)
-    return value
-
-
-class MetricEvent(BaseModel):
+@dataclass(frozen=True)
+class MetricEvent:
     """One evaluation of one model over one window; its `metrics` become points."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    metrics: Mapping[str, float]
+    window_end: datetime
+    model_version: str | None = None
+    window_start: datetime | None = None
+    examples: int | None = None
+    slice: str = "overall"
 
-    model: str = Field(pattern=_NAME)
-    metrics: dict[Annotated[str, Field(pattern=_NAME)], float]
-    window_end: Timestamp
-    model_version: Annotated[str | None, BeforeValidator(_version)] = Field(
-        default=None, pattern=_NAME
+
+def fast_event(data: Mapping[str, Any]) -> MetricEvent | None:
+    """The event when `data` is plainly well formed; None means: ask the schema."""
+    if not data.keys() <= set(FIELDS):
+        return None
+    model, metrics = data.get("model"), data.get("metrics")
+    end, start = data.get("window_end"), data.get("window_start")
+    version, examples = data.get("model_version"), data.get("examples")
+    slice_ = data.get("slice", "overall")
+    if not (isinstance(model, str) and _NAME.fullmatch(model) and isinstance(slice_, str)
+            and _NAME.fullmatch(slice_) and isinstance(metrics, dict)
+            and 0 < len(metrics) <= MAX_METRICS and isinstance(end, str)):
+        return None
+    for name, value in metrics.items():
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and type(value) in (int, float)
+                and math.isfinite(value)):
+            return None
+    if version is not None and not (isinstance(version, str) and _NAME.fullmatch(version)):
+        return None
+    if examples is not None and not (type(examples) is int and examples >= 0):
+        return None
+    window_end = parse_timestamp(end)
+    window_start = parse_timestamp(start) if isinstance(start, str) else None
+    if window_end is None or (start is not None and (window_start is None
+                                                     or window_start > window_end)):
+        return None
+    return MetricEvent(
+        model=model,
+        metrics={name: float(value) for name, value in metrics.items()},
+        window_end=window_end,
+        model_version=version,
+        window_start=window_start,
+        examples=examples,
+        slice=slice_,
     )
-    window_start: Timestamp | None = None
-    examples: int | None = Field(default=None, ge=0, strict=True)
-    slice: str = Field(default="overall", pattern=_NAME)
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _finite_numbers(cls, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            raise ValueError("must be an object mapping metric names to numbers")
-        if not value:
-            raise ValueError("must name at least one metric")
-        if len(value) > MAX_METRICS:
-            raise ValueError(f"at most {MAX_METRICS} metrics per event")
-        for name, number in value.items():
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise ValueError(f"metric {name!r} must be a number, got {type(number).__name__}")
-            if not math.isfinite(number):
-                raise ValueError(f"metric {name!r} must be finite, got {number}")
-        return value
-
-    @field_validator("window_start")
-    @classmethod
-    def _start_before_end(cls, value: datetime | None, info: Any) -> datetime | None:
-        end = info.data.get("window_end")
-        if value is not None and end is not None and value > end:
-            raise ValueError("must not be after window_end")
-        return value
 
 
 @dataclass(frozen=True)
@@ -129,15 +124,12 @@ def parse_event(payload: bytes) -> MetricEvent:
         raise InvalidEventError("data", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEventError("data", f"must be a JSON object, got {type(data).__name__}")
-    try:
-        return MetricEvent.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "data"
-        reason = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            reason = "unknown field (allowed: " + ", ".join(MetricEvent.model_fields) + ")"
-        raise InvalidEventError(field, reason, error.get("input")) from None
+    event = fast_event(data)
+    if event is not None:
+        return event
+    from triggers.event_schema import validate_event
+
+    return validate_event(data)
 
 
 def _reject_constant(name: str) -> float:

@@ -10,8 +10,6 @@ import json
 import logging
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
-
 from triggers.config import Environment
 from triggers.errors import RequestError, TransientError
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
@@ -33,15 +31,6 @@ class Request(Protocol):
 
     def get_data(self, cache: bool = ..., as_text: bool = ..., parse_form_data: bool = ...) -> Any:
         ...
-
-
-class RetrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=128)
-    reason: str = Field(min_length=1, max_length=1000)
-    dry_run: StrictBool = False
-    force: StrictBool = False
 
 
 def check_auth(request: Request, env: Environment) -> None:
@@ -132,13 +121,17 @@ def _body(request: Request) -> bytes:
     return data
 
 
-def _parse_retrain(body: bytes) -> RetrainRequest:
+def _parse_retrain(body: bytes) -> Any:
     try:
         data = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, f"body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
         raise RequestError(400, "body must be a JSON object", "body")
+    from pydantic import ValidationError
+
+    from triggers.outcomes import RetrainRequest
+
     try:
         return RetrainRequest.model_validate(data)
     except ValidationError as exc:

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
@@ -71,19 +69,6 @@ class EventResult:
             data["error"] = self.error.reason
             data["field"] = self.error.field
         return data
-
-
-class RunOutcome(BaseModel):
-    """The message a pipeline's last step publishes when the run ends."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    model: str = Field(min_length=1)
-    run_id: str = Field(min_length=1)
-    decision: Literal["promoted", "rejected", "failed", "completed"]
-    trigger_id: str | None = None
-    champion_version: str | None = None
-    report: dict[str, Any] = Field(default_factory=dict)
 
 
 _OUTCOME_DECISION = {
@@ -487,17 +472,15 @@ class RetrainService:
         """An outcome message from Pub/Sub (or the local launcher) ends a run."""
         if self.store.is_processed(delivery.message_id):
             return EventResult("duplicate", delivery.message_id)
+        from triggers.outcomes import validate_outcome
+
         try:
             data = json.loads(delivery.payload.decode("utf-8"))
-            outcome = RunOutcome.model_validate(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            if isinstance(exc, ValidationError):
-                first = exc.errors()[0]
-                error = InvalidEventError(".".join(str(x) for x in first["loc"]) or "data",
-                                          first["msg"])
-            else:
-                error = InvalidEventError("data", f"not valid JSON: {exc}")
+            outcome = validate_outcome(data)
+        except InvalidEventError as error:
             return self.reject(delivery, error)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return self.reject(delivery, InvalidEventError("data", f"not valid JSON: {exc}"))
         if self.store.get_run(outcome.run_id) is None:
             return self.reject(delivery, InvalidEventError(
                 "run_id", f"no run {outcome.run_id!r} is known to this service"))
@@ -511,7 +494,9 @@ class RetrainService:
         self, data: Mapping[str, Any], now: float, via: str, message_id: str | None = None
     ) -> list[Decision]:
         """End a run with its outcome; a promotion starts the new champion's history."""
-        outcome = RunOutcome.model_validate(dict(data))
+        from triggers.outcomes import validate_outcome
+
+        outcome = validate_outcome(dict(data))
         state = outcome.decision
         run = self.store.update_run(outcome.run_id, IN_FLIGHT, state=state, ended_at=now,
                                     outcome=outcome.model_dump())
@@ -611,7 +596,7 @@ class RetrainService:
             "history_start": iso(state.history_start),
             "armed": not in_flight,
             "run_in_flight": in_flight[0].to_json() if in_flight else None,
-            "policies": [p.spec.model_dump(mode="json", exclude_none=True)
+            "policies": [p.spec.to_dict()
                          for p in model.policies],
             "guards": {
                 "cooldown_seconds": guards.cooldown.total_seconds(),
