@@ -105,6 +105,18 @@ def on_metric_event(cloud_event):
 '''
 
 
+COMPILE = True
+
+
+def prepare(policy: Path) -> None:
+    """Ship the policy file as a deploy does: validated and compiled (unless --no-compile)."""
+    if COMPILE:
+        from triggers.config import compile_policy_file
+
+        compile_policy_file(policy)
+    print(f"# policy file {'compiled (validate --compile)' if COMPILE else 'not compiled'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__)
@@ -113,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-vertex", action="store_true", help="decision path only")
     parser.add_argument("--json", help="write the summary rows to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
+    parser.add_argument(
+        "--no-compile", action="store_true",
+        help="measure without the compiled policy file (validate --compile), i.e. with "
+        "pydantic and YAML at cold start",
+    )
     args = parser.parse_args(argv)
+    global COMPILE
+    COMPILE = not args.no_compile
     machine_banner("cold_start.py", argv)
 
     work = tempdir("cold")
@@ -121,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     hello.write_text(HELLO_SOURCE, encoding="utf-8")
     policy = work / "policy.yaml"
     policy.write_text(policy_text(), encoding="utf-8")
+    prepare(policy)
     body = cloudevent_body()  # fraud-detector accuracy 0.943: 1 breach of 3 needed, no launch
     counter = iter(range(1_000_000))
 
@@ -182,6 +202,7 @@ def vertex_section(args: argparse.Namespace, work: Path) -> Row:
     print("\n## Vertex launch path: main.py (vertex launcher) vs module-level aiplatform sample")
     policy = work / "vertex-policy.yaml"
     policy.write_text(policy_text(yaml_text=VERTEX_POLICY), encoding="utf-8")
+    prepare(policy)
     sample = work / "sample.py"
     sample.write_text(SAMPLE_SOURCE, encoding="utf-8")
     base_event = fixture_event()  # accuracy 0.943 < 0.95: the 1-of-1 policy fires at once
