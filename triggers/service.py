@@ -254,15 +254,24 @@ class RetrainService:
             if not latest:
                 return []
             as_of = latest[0].window_end
-        after = fetch(MAX_REEVALUATIONS, oldest=True, since=as_of)
-        if policy.lookback is not None:
-            lower = as_of - policy.lookback.total_seconds() - 1e-6
+        lookback = policy.lookback
+
+        def up_to(until: float | None) -> list[StoredPoint]:
+            """The points judging `as_of` needs, and those after it up to `until`."""
+            if lookback is None:
+                return fetch(spec.evaluation_points + 1, since=start, until=until)
+            lower = as_of - lookback.total_seconds() - 1e-6
             window = [p for p in self.store.points(
-                model, spec.slice, policy.metric, since=max(lower, start or lower), until=as_of)
+                model, spec.slice, policy.metric, since=max(lower, start or lower), until=until)
                 if counts(p)]
-            before = fetch(1, since=start, until=lower) + window
-        else:
-            before = fetch(spec.evaluation_points + 1, since=start, until=as_of)
+            if window and window[0].window_start is not None:  # its predecessor, for gaps
+                window = fetch(1, since=start, until=lower) + window
+            return window
+
+        before, after = up_to(None), []
+        if before and before[-1].window_end > as_of:  # a late point: bounded re-evaluation
+            before = up_to(as_of)
+            after = fetch(MAX_REEVALUATIONS, oldest=True, since=as_of)
         head: list[StoredPoint] = []
         if spec.baseline is not None:
             head = fetch(spec.baseline.reference_points, oldest=True, since=start)

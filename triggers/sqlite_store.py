@@ -5,6 +5,7 @@ The run claim is a `BEGIN IMMEDIATE` transaction; a locked database is a transie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -109,7 +110,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.row_factory = sqlite3.Row
-            with _translate():
+            with _translate:
                 conn.executescript(SCHEMA)
         except sqlite3.OperationalError as exc:
             raise TransientError(f"SQLite store {self.path} unavailable: {exc}") from exc
@@ -128,9 +129,9 @@ class SQLiteStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; IMMEDIATE so writers queue on busy_timeout, never deadlock."""
-        with self._memory_lock if self._shared is not None else _nullcontext():
+        with self._memory_lock if self._shared is not None else _NO_LOCK:
             conn = self._conn()
-            with _translate():
+            with _translate:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -140,9 +141,9 @@ class SQLiteStore:
                 conn.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._memory_lock if self._shared is not None else _nullcontext():
+        with self._memory_lock if self._shared is not None else _NO_LOCK:
             conn = self._conn()
-            with _translate():
+            with _translate:
                 cursor = conn.execute(sql, tuple(args))
                 return list(cursor.fetchall())
 
@@ -374,18 +375,20 @@ def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -
     )
 
 
-@contextmanager
-def _translate() -> Iterator[None]:
-    """sqlite3 errors that a retry can cure become TransientError."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        raise TransientError(f"SQLite store unavailable: {exc}") from exc
+class _Translate:
+    """sqlite3 errors that a retry can cure become TransientError (a class: it is hot)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise TransientError(f"SQLite store unavailable: {exc}") from exc
 
 
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
+_translate = _Translate()
+_NO_LOCK = contextlib.nullcontext()
 
 
 def _point(row: sqlite3.Row) -> StoredPoint:
