@@ -79,6 +79,22 @@ _OUTCOME_DECISION = {
 }
 
 
+@dataclass(frozen=True)
+class PendingLaunch:
+    """A claimed degradation waiting for its submit (done outside the store transaction)."""
+
+    model: str
+    fired: tuple[tuple[Policy, Verdict], ...]
+    as_of: float
+    t_new: float
+    request: LaunchRequest
+    claim: Claim
+
+    @property
+    def needs_submit(self) -> bool:
+        return self.claim.status in ("claimed", "resume")
+
+
 class RetrainService:
     """Turns metric events into guarded, exactly-once pipeline launches, and records why.
 
@@ -103,11 +119,11 @@ class RetrainService:
 
     # ------------------------------------------------------------------ events
     def handle_delivery(self, delivery: Delivery) -> EventResult:
-        """Process one metric message. Raises TransientError when it must be redelivered."""
-        if self.store.is_processed(delivery.message_id):
-            log_event(logger, logging.INFO, "duplicate message ignored",
-                      message_id=delivery.message_id)
-            return EventResult("duplicate", delivery.message_id)
+        """Process one metric message. Raises TransientError when it must be redelivered.
+
+        Recording, evaluating and claiming happen in one store transaction where the store
+        can (`atomic`); a launch is submitted after it, and the message is finished last.
+        """
         try:
             event = parse_event(delivery.payload)
             model = self.config.models.get(event.model)
@@ -116,8 +132,11 @@ class RetrainService:
         except InvalidEventError as exc:
             return self.reject(delivery, exc)
         now = self.clock()
-        self.store.record_points(
-            [
+        decisions = self.refresh_runs(model, now)  # may call the launcher: not in the lock
+        with self.store.atomic():
+            if self.store.is_processed(delivery.message_id):
+                return EventResult("duplicate", delivery.message_id, event.model)
+            self.store.record_points([
                 StoredPoint(
                     model=event.model,
                     slice=event.slice,
@@ -131,14 +150,27 @@ class RetrainService:
                     window_start=event.window_start.timestamp() if event.window_start else None,
                 )
                 for metric, value in event.metrics.items()
-            ]
-        )
-        decisions, launched = self._evaluate_event(model, event, delivery.message_id, now)
+            ])
+            verdicts, pending = self._evaluate_event(model, event, delivery.message_id, now)
+            decisions += verdicts
+            if not any(p.needs_submit for p in pending):
+                for launch in pending:
+                    decisions += self._fired_decisions(launch, None, now, delivery.message_id)
+                self.store.finish_message(delivery.message_id, now, decisions)
+                return EventResult("recorded", delivery.message_id, event.model, decisions)
+        launched = []
+        for launch in pending:
+            error = self._submit(launch.claim.run, now) if launch.needs_submit else None
+            decisions += self._fired_decisions(launch, error, now, delivery.message_id)
+            if launch.needs_submit and error is None:
+                launched.append(launch.request.run_id)
         self.store.finish_message(delivery.message_id, now, decisions)
         return EventResult("recorded", delivery.message_id, event.model, decisions, launched)
 
     def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
         """Store a message that can never be processed, with its reason (and log it)."""
+        if self.store.is_processed(delivery.message_id):
+            return EventResult("duplicate", delivery.message_id)
         now = self.clock()
         model = _model_name(delivery.payload)
         payload = truncated(delivery.payload)
@@ -169,7 +201,8 @@ class RetrainService:
 
     def _evaluate_event(
         self, model: ModelConfig, event: MetricEvent, message_id: str, now: float
-    ) -> tuple[list[Decision], list[str]]:
+    ) -> tuple[list[Decision], list[PendingLaunch]]:
+        """Verdicts on the new point (and later ones, if it came late); claims for the fired."""
         decisions: list[Decision] = []
         state = self.store.model_state(model.name)
         if state.champion_version is None and event.model_version is not None:
@@ -191,7 +224,6 @@ class RetrainService:
                 event_time=event.window_end.timestamp(),
             ))
             return decisions, []
-        decisions += self.refresh_runs(model, now)
 
         # Evaluate every policy on this metric and slice, as of the new point and (if it
         # arrived late) as of each later point, so arrival order never changes a decision.
@@ -211,14 +243,12 @@ class RetrainService:
                     decisions.append(self._verdict_decision(
                         model.name, policy, verdict, verdict.status, now, message_id, as_of,
                         t_new))
-        launched: list[str] = []
+        pending = []
         for as_of in sorted(fired_at):
-            new, run = self._decide_launch(model, state, fired_at[as_of], as_of, now, message_id,
-                                           t_new)
-            decisions += new
-            if run is not None:
-                launched.append(run)
-        return decisions, launched
+            launch = self._claim_for(model, state, fired_at[as_of], as_of, now, message_id, t_new)
+            if launch is not None:
+                pending.append(launch)
+        return decisions, pending
 
     def _series(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
@@ -296,7 +326,7 @@ class RetrainService:
                 details={"missing_window_end": iso(gap)})
         return policy.evaluate([Point(p.window_end, p.value, p.examples) for p in prefix])
 
-    def _decide_launch(
+    def _claim_for(
         self,
         model: ModelConfig,
         state: ModelState,
@@ -305,17 +335,24 @@ class RetrainService:
         now: float,
         message_id: str,
         t_new: float,
-    ) -> tuple[list[Decision], str | None]:
-        """One degradation (all policies firing as of one point) → at most one run."""
-        policy, verdict = fired[0]
+    ) -> PendingLaunch | None:
+        """One degradation (all policies firing as of one point) → at most one run claimed."""
+        policy = fired[0][0]
         point_key = f"{model.name}|{policy.spec.slice}|{policy.metric}|{iso(as_of)}"
         reason = "; ".join(f"{p.name}: {v.reason}" for p, v in fired)
         request = self._launch_request(model, state, policy.name, point_key, reason)
-        claim, error = self._claim_and_submit(model, request, reason, now, False, message_id)
+        claim = self._claim(model, request, reason, now, False, message_id)
         if claim.status == "duplicate" and as_of != t_new:
-            return [], None  # a re-evaluation reached a point another delivery acted on
+            return None  # a re-evaluation reached a point another delivery acted on
+        return PendingLaunch(model.name, tuple(fired), as_of, t_new, request, claim)
+
+    def _fired_decisions(
+        self, launch: PendingLaunch, error: str | None, now: float, message_id: str
+    ) -> list[Decision]:
+        """The audit entries of one degradation, once its claim (and launch) is settled."""
+        claim, request = launch.claim, launch.request
         decisions = []
-        for p, v in fired:
+        for p, v in launch.fired:
             if claim.status == "blocked":
                 kind, why = "suppressed", f"{v.reason} — blocked: {claim.reason}"
             elif claim.status == "duplicate":
@@ -325,15 +362,14 @@ class RetrainService:
             else:
                 kind, why = "fired", v.reason
             decisions.append(self._verdict_decision(
-                model.name, p, v, kind, now, message_id, as_of, t_new,
+                launch.model, p, v, kind, now, message_id, launch.as_of, launch.t_new,
                 run_id=None if claim.status == "blocked" else request.run_id,
                 trigger_id=request.trigger_id, reason=why))
             level = logging.WARNING if kind == "fired" else logging.INFO
-            log_event(logger, level, f"{model.name}/{p.name} {kind}: {why}",
-                      labels={"model": model.name, "policy": p.name,
+            log_event(logger, level, f"{launch.model}/{p.name} {kind}: {why}",
+                      labels={"model": launch.model, "policy": p.name,
                               "trigger_id": request.trigger_id, "run_id": request.run_id})
-        launched = request.run_id if claim.status in ("claimed", "resume") and not error else None
-        return decisions, launched
+        return decisions
 
     def _launch_request(
         self, model: ModelConfig, state: ModelState, policy: str, point_key: str, reason: str
@@ -365,7 +401,7 @@ class RetrainService:
             kms_key_name=pipeline.kms_key_name,
         )
 
-    def _claim_and_submit(
+    def _claim(
         self,
         model: ModelConfig,
         request: LaunchRequest,
@@ -373,8 +409,8 @@ class RetrainService:
         now: float,
         force: bool,
         claimed_by: str,
-    ) -> tuple[Claim, str | None]:
-        """Claim (guards, one transaction) then submit; a permanent refusal is returned.
+    ) -> Claim:
+        """Claim the run (guards checked in one transaction).
 
         A run claimed by another delivery is that delivery's to submit ("duplicate"), unless
         its claim is older than `launch_grace` and still unsubmitted: then it is taken over.
@@ -398,9 +434,7 @@ class RetrainService:
             if not stale:
                 claim = Claim("duplicate", claim.run,
                               f"run {claim.run.run_id} ({claim.run.state}) for the same point")
-        if claim.status in ("claimed", "resume"):
-            return claim, self._submit(claim.run, now)
-        return claim, None
+        return claim
 
     def _submit(self, run: RunRecord, now: float) -> str | None:
         """Submit a claimed run (idempotent on its id). TransientError propagates (→ 5xx)."""
@@ -569,8 +603,10 @@ class RetrainService:
         full_reason = f"manual: {reason}" + (" (forced)" if force else "")
         request = self._launch_request(
             model, state, policy, f"{point_key}|{reason}|{force}", full_reason)
-        claim, error = self._claim_and_submit(
-            model, request, full_reason, now, force, f"manual:{request.trigger_id}")
+        claim = self._claim(model, request, full_reason, now, force,
+                            f"manual:{request.trigger_id}")
+        error = (self._submit(claim.run, now) if claim.status in ("claimed", "resume")
+                 else None)
         if claim.status in ("blocked", "duplicate"):
             kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
         elif error is not None:

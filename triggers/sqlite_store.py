@@ -10,8 +10,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
+POINT_COLUMNS = ", ".join(f.name for f in fields(StoredPoint))
 _RUN_COLUMNS = (
     "run_id model policy trigger_id state reason created_at request forced claimed_by launched_at "
     "ended_at checked_at resource_name outcome message"
@@ -126,19 +127,14 @@ class SQLiteStore:
             self._local.pid = os.getpid()
         return conn
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; IMMEDIATE so writers queue on busy_timeout, never deadlock."""
-        with self._memory_lock if self._shared is not None else _NO_LOCK:
-            conn = self._conn()
-            with _translate:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+    def atomic(self) -> _Transaction:
+        """One IMMEDIATE transaction for everything inside (nested calls join it)."""
+        return _Transaction(self)
+
+    def _tx(self) -> _Transaction:
+        """A write transaction; IMMEDIATE so writers queue on busy_timeout, never deadlock.
+        Inside `atomic`, it joins the open transaction."""
+        return _Transaction(self)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._memory_lock if self._shared is not None else _NO_LOCK:
@@ -203,7 +199,7 @@ class SQLiteStore:
         limit: int | None = None,
         oldest: bool = False,
     ) -> list[StoredPoint]:
-        sql = "SELECT * FROM points WHERE model = ? AND slice = ? AND metric = ?"
+        sql = f"SELECT {POINT_COLUMNS} FROM points WHERE model = ? AND slice = ? AND metric = ?"
         args: list[Any] = [model, slice_, metric]
         if since is not None:
             sql += " AND window_end > ?"
@@ -220,7 +216,8 @@ class SQLiteStore:
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]:
         rows = self._query(
-            "SELECT * FROM points WHERE model = ? ORDER BY window_end DESC, metric LIMIT ?",
+            f"SELECT {POINT_COLUMNS} FROM points WHERE model = ?"
+            " ORDER BY window_end DESC, metric LIMIT ?",
             (model, limit),
         )
         return [_point(row) for row in rows]
@@ -387,23 +384,61 @@ class _Translate:
             raise TransientError(f"SQLite store unavailable: {exc}") from exc
 
 
+class _Transaction:
+    """A re-entrant IMMEDIATE transaction on the thread's connection (a class: it is hot)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.outer = False
+        self.lock: Any = store._memory_lock if store._shared is not None else _NO_LOCK
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.__enter__()
+        local = self.store._local
+        conn = self.store._conn()
+        if getattr(local, "depth", 0):
+            local.depth += 1
+            return conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            self.lock.__exit__(None, None, None)
+            raise TransientError(f"SQLite store unavailable: {exc}") from exc
+        local.depth = 1
+        self.outer = True
+        return conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        local = self.store._local
+        try:
+            if not self.outer:
+                local.depth -= 1
+                return
+            local.depth = 0
+            conn = self.store._conn()
+            if exc is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except sqlite3.Error as error:
+                    exc = error
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")  # a no-op if COMMIT failed and rolled back
+            if isinstance(exc, sqlite3.OperationalError):
+                raise TransientError(f"SQLite store unavailable: {exc}") from exc
+            if kind is None:
+                raise exc
+        finally:
+            self.lock.__exit__(None, None, None)
+
+
 _translate = _Translate()
 _NO_LOCK = contextlib.nullcontext()
 
 
 def _point(row: sqlite3.Row) -> StoredPoint:
-    return StoredPoint(
-        model=row["model"],
-        slice=row["slice"],
-        metric=row["metric"],
-        window_end=row["window_end"],
-        value=row["value"],
-        examples=row["examples"],
-        model_version=row["model_version"],
-        message_id=row["message_id"],
-        recorded_at=row["recorded_at"],
-        window_start=row["window_start"],
-    )
+    return StoredPoint(*row)  # POINT_COLUMNS are StoredPoint's fields, in order
 
 
 def _decision(row: sqlite3.Row) -> Decision:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -174,6 +175,13 @@ class StateStore(Protocol):
     guards against the model's runs and writes the new run in one transaction.
     Unavailable backends raise `triggers.errors.TransientError`.
     """
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """Group the calls made inside into one transaction where the backend can (SQLite:
+        one write lock, so concurrent deliveries see each other's points). Never wrap a
+        network call in it. A backend that cannot may make it a no-op: `claim_run` is atomic
+        on its own either way."""
+        ...
 
     def is_processed(self, message_id: str) -> bool: ...
 
