@@ -362,3 +362,28 @@ def test_bounded_reads_give_the_verdicts_of_the_whole_history(
             assert (kind == "insufficient_data") == (expected.status == "insufficient_data")
             assert (kind in ("fired", "suppressed")) == expected.fired, (day, policy.name)
             assert statistic == expected.statistic, (day, policy.name)
+
+
+def test_in_order_windows_never_wait_for_any_policy_kind(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Contiguous windows delivered in order leave no gap to wait for, whatever a policy reads
+    (a baseline reads its first points and its latest, not what lies between)."""
+    yaml_text = """
+    models:
+      m:
+        pipeline: {template: %(template)s}
+        policies:
+          - {name: base, metric: a, direction: higher_is_better,
+             baseline: {max_relative_drop: 0.5}}
+          - {name: trend, metric: a, direction: higher_is_better,
+             trend: {lookback: 5d, min_points: 4, max_decline_per_day: 0.5}}
+          - {name: floor, metric: a, direction: higher_is_better,
+             absolute: {threshold: 0.1}, breaches_to_trigger: 2, evaluation_points: 3}
+    """
+    h = make_harness(yaml_text)
+    for day in range(12):
+        start = (T0 + timedelta(days=day - 1)).isoformat().replace("+00:00", "Z")
+        result = h.send(h.event(day, 0.9, model="m", metric="a", window_start=start))
+        assert not [d.reason for d in result.decisions if "waiting for" in d.reason], day
+    assert {d.kind for d in result.decisions} == {"ok"}

@@ -232,11 +232,11 @@ class RetrainService:
         for policy in model.policies:
             if policy.metric not in event.metrics or policy.spec.slice != event.slice:
                 continue
-            series = self._series(model.name, policy, state, t_new)
+            series, contiguous = self._series(model.name, policy, state, t_new)
             times = [p.window_end for p in series if p.window_end >= t_new]
             for as_of in times[: MAX_REEVALUATIONS + 1] or [t_new]:
                 prefix = [p for p in series if p.window_end <= as_of]
-                verdict = self._evaluate_as_of(policy, prefix, model.lateness, now)
+                verdict = self._evaluate_as_of(policy, prefix, model.lateness, now, contiguous)
                 if verdict.fired:
                     fired_at.setdefault(as_of, []).append((policy, verdict))
                 else:
@@ -252,9 +252,10 @@ class RetrainService:
 
     def _series(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
-    ) -> list[StoredPoint]:
+    ) -> tuple[list[StoredPoint], float]:
         """What `policy` needs to judge the champion as of `as_of` (default: its latest point)
-        and as of each of the next MAX_REEVALUATIONS points, oldest first.
+        and as of each of the next MAX_REEVALUATIONS points, oldest first; and the time from
+        which the points are contiguous (a baseline's first points stand apart).
 
         Bounded reads: the lookback window, or the latest points the rule counts (and the
         champion's first points for a baseline), plus one predecessor for the gap check.
@@ -282,7 +283,7 @@ class RetrainService:
         if as_of is None:
             latest = self.store.points(model, spec.slice, policy.metric, since=start, limit=1)
             if not latest:
-                return []
+                return [], 0.0
             as_of = latest[0].window_end
         lookback = policy.lookback
 
@@ -306,10 +307,23 @@ class RetrainService:
         if spec.baseline is not None:
             head = fetch(spec.baseline.reference_points, oldest=True, since=start)
         merged = {p.window_end: p for p in (*head, *before, *after)}
-        return [merged[t] for t in sorted(merged)]
+        contiguous = before[0].window_end if before else as_of
+        return [merged[t] for t in sorted(merged)], contiguous
+
+    def _verdict_now(
+        self, model: ModelConfig, policy: Policy, state: ModelState, now: float
+    ) -> Verdict:
+        """The policy's verdict as of the champion's latest point."""
+        series, contiguous = self._series(model.name, policy, state)
+        return self._evaluate_as_of(policy, series, model.lateness, now, contiguous)
 
     def _evaluate_as_of(
-        self, policy: Policy, prefix: Sequence[StoredPoint], lateness: timedelta, now: float
+        self,
+        policy: Policy,
+        prefix: Sequence[StoredPoint],
+        lateness: timedelta,
+        now: float,
+        contiguous: float,
     ) -> Verdict:
         """The policy's verdict on `prefix`, unless a window it needs is still expected.
 
@@ -317,7 +331,8 @@ class RetrainService:
         predecessor's end leaves a gap. Within `lateness` of that point's arrival the gap is
         a late point on its way, and judging without it could fire on the wrong point.
         """
-        gap = unsettled_gap(prefix, lateness.total_seconds(), now)
+        gap = unsettled_gap([p for p in prefix if p.window_end >= contiguous],
+                            lateness.total_seconds(), now)
         if gap is not None:
             return Verdict(
                 policy.name, policy.metric, "insufficient_data",
@@ -576,11 +591,7 @@ class RetrainService:
         now = self.clock()
         decisions = [] if dry_run else self.refresh_runs(model, now)
         state = self.store.model_state(model.name)
-        verdicts = [
-            self._evaluate_as_of(policy, self._series(model.name, policy, state), model.lateness,
-                                 now)
-            for policy in model.policies
-        ]
+        verdicts = [self._verdict_now(model, policy, state, now) for policy in model.policies]
         recent = [
             r for r in self.store.runs(model.name, limit=1000)
             if r.in_flight or r.created_at > now - guard_window(model.guards)
