@@ -82,9 +82,6 @@ class ModelConfig:
     promotion: Mapping[str, Any] | None = None
     lateness: timedelta = DEFAULT_LATENESS
 
-    def policy(self, name: str) -> Policy | None:
-        return next((p for p in self.policies if p.name == name), None)
-
 
 @dataclass(frozen=True)
 class ServiceConfig:

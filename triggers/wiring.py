@@ -6,7 +6,6 @@ Production defaults are created here; tests build their own `RetrainService` ins
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,14 +95,3 @@ def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:
         source="local-launcher",
     )
     return service().handle_outcome_delivery(delivery)
-
-
-def env_summary() -> dict[str, str]:
-    env = environment()
-    return {
-        "policy_file": env.policy_file,
-        "state": env.state,
-        "launcher": env.launcher,
-        "auth": "token" if env.manual_token else ("iam" if env.trust_iam else "refuse-all"),
-        "pid": str(os.getpid()),
-    }
