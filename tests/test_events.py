@@ -11,9 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline_client.launcher import FakeLauncher
+from tests.conftest import policy_config
 from triggers.errors import InvalidEventError
 from triggers.event_schema import validate_event
-from triggers.events import delivery_from_pubsub, fast_event, parse_event
+from triggers.events import Delivery, delivery_from_pubsub, fast_event, parse_event
+from triggers.service import RetrainService
+from triggers.sqlite_store import SQLiteStore
 
 names = st.one_of(
     st.sampled_from(["fraud-detector", "accuracy", "auc", "overall", "mobile", "7", "v8"]),
@@ -125,3 +129,74 @@ def test_deeply_nested_json_is_rejected_not_crashed() -> None:
     with pytest.raises(InvalidEventError) as info:
         parse_event(b"[" * 20_000 + b"]" * 20_000)
     assert info.value.field == "data"
+
+
+# --- hostile input through the whole decision path ------------------------------------------
+
+HOSTILE = {
+    "model": st.one_of(names, numbers, st.just("fraud-detector\ud800"), st.just("x" * 200)),
+    "metrics": st.one_of(
+        st.dictionaries(st.one_of(names, st.just("\udfff")), st.one_of(
+            numbers, st.just(10**400), st.just(1e308), st.just(-(2**1100))), max_size=3),
+        numbers),
+    "window_end": st.one_of(timestamps, st.sampled_from([
+        "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2026-11-02T00:00:00Z\n"])),
+    "examples": st.one_of(numbers, st.just(10**20), st.just(2**63)),
+    "slice": st.one_of(names, st.just("\ud800")),
+}
+
+
+@st.composite
+def hostile_events(draw: st.DrawFn) -> dict[str, Any]:
+    data = dict(VALID)
+    for key in draw(st.lists(st.sampled_from(sorted(HOSTILE)), min_size=1, max_size=3,
+                             unique=True)):
+        data[key] = draw(HOSTILE[key])
+    return data
+
+
+_SERVICE: list[RetrainService] = []
+
+
+def service() -> RetrainService:
+    if not _SERVICE:
+        _SERVICE.append(RetrainService(policy_config(), SQLiteStore(":memory:"),
+                                       FakeLauncher()))
+    return _SERVICE[0]
+
+
+@settings(max_examples=400, deadline=None)
+@given(hostile_events(), st.integers(0, 10**9))
+def test_no_input_makes_the_service_fail(data: dict[str, Any], n: int) -> None:
+    """Whatever the JSON says, the answer is recorded or rejected, never an exception (which
+    Pub/Sub would redeliver forever)."""
+    payload = json.dumps(data).encode()
+    result = service().handle_delivery(Delivery(f"h-{n}-{len(payload)}", payload, "pubsub"))
+    assert result.status in ("recorded", "rejected", "duplicate")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metrics": {"accuracy": 10**400}}, "metrics"),
+        ({"metrics": {"accuracy": 1e301}}, "metrics"),
+        ({"examples": 2**63}, "examples"),
+        ({"window_end": "0001-01-01T00:00:00+01:00"}, "window_end"),
+        ({"window_end": "9999-12-31T23:59:59-01:00"}, "window_end"),
+        ({"slice": "\ud800"}, "data"),
+        ({"model": "fraud-detector\ud800"}, "data"),
+    ],
+    ids=["huge-int", "huge-float", "examples-int64", "year-1", "year-9999", "surrogate-slice",
+         "surrogate-model"],
+)
+def test_extreme_values_are_rejected_naming_the_field(
+    change: dict[str, Any], field: str
+) -> None:
+    payload = json.dumps({**VALID, **change}).encode()
+    result = service().handle_delivery(Delivery(f"x-{change!r}", payload, "pubsub"))
+    assert result.status == "rejected" and result.error.field == field
+
+
+def test_escaped_surrogate_pairs_are_text() -> None:
+    event = parse_event(json.dumps({**VALID, "slice": "\U0001f600"}).encode())
+    assert event.slice == "\U0001f600"

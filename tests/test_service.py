@@ -8,15 +8,19 @@ import math
 import random
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from pipeline_client.launcher import FakeLauncher, RunStatus
-from tests.conftest import T0, Harness
+from tests.conftest import T0, Clock, Harness, policy_config
 from thresholds.base import Point
 from triggers.errors import TransientError
 from triggers.events import Delivery
 from triggers.ids import RUN_ID_PATTERN
+from triggers.service import RetrainService
+from triggers.sqlite_store import SQLiteStore
+from triggers.store import ModelState, RunRecord
 
 HEALTHY = [0.96, 0.961, 0.959, 0.962, 0.96]
 # accuracy-floor is 3 of the latest 5 below 0.95: with these values it fires at index 7.
@@ -387,3 +391,105 @@ def test_in_order_windows_never_wait_for_any_policy_kind(
         result = h.send(h.event(day, 0.9, model="m", metric="a", window_start=start))
         assert not [d.reason for d in result.decisions if "waiting for" in d.reason], day
     assert {d.kind for d in result.decisions} == {"ok"}
+
+
+# --- run ends that must never be lost (review findings) -------------------------------------
+
+
+class FlakyChampionStore(SQLiteStore):
+    """A real SQLite store whose next champion write fails, as a locked database would."""
+
+    failures = 1
+
+    def set_model_state(self, state: ModelState) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("database is locked (injected)")
+        super().set_model_state(state)
+
+
+def promoted(run: RunRecord, version: str = "8") -> bytes:
+    return json.dumps({"model": run.model, "run_id": run.run_id, "decision": "promoted",
+                       "champion_version": version}).encode()
+
+
+def test_an_outcome_is_all_or_nothing(tmp_path: Path) -> None:
+    store = FlakyChampionStore(tmp_path / "state.db")
+    h = Harness(RetrainService(policy_config(), store, FakeLauncher(), clock=Clock()), store,
+                FakeLauncher(), Clock())
+    h.service.launcher = h.launcher
+    h.service.clock = h.clock
+    feed(h, DEGRADING[: FIRST_FIRE + 1])
+    run = store.in_flight_runs("fraud-detector")[0]
+    with pytest.raises(TransientError):
+        h.service.handle_outcome_delivery(Delivery("out-1", promoted(run), "pubsub"))
+    assert store.get_run(run.run_id).state == "launched"  # type: ignore[union-attr]
+    again = h.service.handle_outcome_delivery(Delivery("out-1", promoted(run), "pubsub"))
+    assert sorted(d.kind for d in again.decisions) == ["champion", "promoted"]
+    assert store.model_state("fraud-detector").champion_version == "8"
+
+
+@pytest.mark.parametrize("inferred", ["completed", "timed_out"])
+def test_a_real_outcome_replaces_an_inferred_end(
+    make_harness: Callable[..., Harness], inferred: str
+) -> None:
+    h = make_harness(status_interval=0)
+    feed(h, DEGRADING[: FIRST_FIRE + 1])
+    run = h.store.in_flight_runs("fraud-detector")[0]
+    if inferred == "completed":
+        h.launcher.finish(run.run_id, "succeeded")  # Vertex says done; the outcome is late
+    else:
+        h.clock.advance(hours=25)
+    h.send(h.event(20, 0.96))
+    assert h.store.get_run(run.run_id).state == inferred  # type: ignore[union-attr]
+    result = h.service.handle_outcome_delivery(Delivery("late", promoted(run), "pubsub"))
+    assert "promoted" in [d.kind for d in result.decisions]
+    assert h.store.get_run(run.run_id).state == "promoted"  # type: ignore[union-attr]
+    assert h.store.model_state("fraud-detector").champion_version == "8"
+
+
+def test_a_run_never_submitted_fails_at_run_timeout(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(launcher=FakeLauncher(transient_failures=1000))
+    feed(h, DEGRADING[:FIRST_FIRE])
+    with pytest.raises(TransientError):
+        h.send(h.event(FIRST_FIRE, DEGRADING[FIRST_FIRE]))
+    h.clock.advance(hours=25)  # Pub/Sub gave up; the launcher never came back
+    r = h.send(h.event(30, 0.96))
+    assert "launch_failed" in [d.kind for d in r.decisions]
+    assert [x.state for x in h.store.runs("fraud-detector")] == ["failed"]
+    assert h.store.in_flight_runs("fraud-detector") == []
+
+
+def test_a_malformed_outcome_from_the_launcher_fails_the_run_not_the_model(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(status_interval=0)
+    feed(h, DEGRADING[: FIRST_FIRE + 1])
+    run = h.store.in_flight_runs("fraud-detector")[0]
+    h.launcher.finish(run.run_id, "succeeded", {"decision": "skipped"})
+    r = h.send(h.event(20, 0.96))
+    assert r.status == "recorded" and "failed" in [d.kind for d in r.decisions]
+    failed = h.store.get_run(run.run_id)
+    assert failed is not None and failed.state == "failed"
+    assert "invalid_outcome" in failed.outcome["report"]  # type: ignore[index]
+
+
+def test_a_promotion_must_name_the_champion(harness: Harness) -> None:
+    feed(harness, DEGRADING[: FIRST_FIRE + 1])
+    run = harness.store.in_flight_runs("fraud-detector")[0]
+    body = json.dumps({"model": run.model, "run_id": run.run_id, "decision": "promoted"})
+    result = harness.service.handle_outcome_delivery(Delivery("o", body.encode(), "pubsub"))
+    assert result.status == "rejected" and "champion_version" in result.error.reason
+    assert harness.store.get_run(run.run_id).state == "launched"  # type: ignore[union-attr]
+
+
+def test_the_same_manual_request_after_its_run_ended_is_refused(harness: Harness) -> None:
+    feed(harness, HEALTHY)
+    first = harness.service.request_retrain("fraud-detector", "labels", force=True)
+    harness.service.apply_outcome({"model": "fraud-detector", "run_id": first["run_id"],
+                                   "decision": "rejected"}, harness.clock(), via="test")
+    again = harness.service.request_retrain("fraud-detector", "labels", force=True)
+    assert again["status"] == "suppressed" and "already triggered" in again["reason"]
+    assert len(harness.launcher.submitted) == 1
+    other = harness.service.request_retrain("fraud-detector", "labels, again", force=True)
+    assert other["status"] == "fired" and len(harness.launcher.runs) == 2

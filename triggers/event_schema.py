@@ -11,7 +11,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from triggers.errors import InvalidEventError
-from triggers.events import MAX_METRICS, NAME, MetricEvent, parse_timestamp
+from triggers.events import (
+    MAX_EXAMPLES,
+    MAX_MAGNITUDE,
+    MAX_METRICS,
+    NAME,
+    MetricEvent,
+    parse_timestamp,
+)
 
 
 def _rfc3339(value: Any) -> datetime:
@@ -48,7 +55,7 @@ class MetricEventSchema(BaseModel):
         default=None, pattern=NAME
     )
     window_start: Timestamp | None = None
-    examples: int | None = Field(default=None, ge=0, strict=True)
+    examples: int | None = Field(default=None, ge=0, le=MAX_EXAMPLES, strict=True)
     slice: str = Field(default="overall", pattern=NAME)
 
     @field_validator("metrics", mode="before")
@@ -63,8 +70,11 @@ class MetricEventSchema(BaseModel):
         for name, number in value.items():
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise ValueError(f"metric {name!r} must be a number, got {type(number).__name__}")
-            if not math.isfinite(number):
+            if isinstance(number, float) and not math.isfinite(number):
                 raise ValueError(f"metric {name!r} must be finite, got {number}")
+            if not abs(number) < MAX_MAGNITUDE:
+                raise ValueError(f"metric {name!r} must be smaller than {MAX_MAGNITUDE:g} "
+                                 "in magnitude")
         return value
 
     @field_validator("window_start")

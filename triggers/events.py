@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,10 @@ MAX_EVENT_BYTES = 64 * 1024
 """Largest metric event accepted; a real one is a few hundred bytes."""
 
 MAX_METRICS = 100
+MAX_MAGNITUDE = 1e300
+"""Metric values beyond this are refused: sums and slopes over them would overflow."""
+MAX_EXAMPLES = 2**63 - 1
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 NAME = r"^[^\x00-\x1f\x7f/\\]{1,128}$"
 _NAME = re.compile(NAME)
 _RFC3339 = re.compile(
@@ -44,7 +47,7 @@ def parse_timestamp(value: str) -> datetime | None:
         text = f"{head}.{digits.group()[:6].ljust(6, '0')}{rest[digits.end():]}"
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # e.g. year 1 shifted before the epoch of datetime
         return None
 
 
@@ -75,11 +78,11 @@ def fast_event(data: Mapping[str, Any]) -> MetricEvent | None:
         return None
     for name, value in metrics.items():
         if not (isinstance(name, str) and _NAME.fullmatch(name) and type(value) in (int, float)
-                and math.isfinite(value)):
+                and abs(value) < MAX_MAGNITUDE):
             return None
     if version is not None and not (isinstance(version, str) and _NAME.fullmatch(version)):
         return None
-    if examples is not None and not (type(examples) is int and examples >= 0):
+    if examples is not None and not (type(examples) is int and 0 <= examples <= MAX_EXAMPLES):
         return None
     window_end = parse_timestamp(end)
     window_start = parse_timestamp(start) if isinstance(start, str) else None
@@ -124,6 +127,11 @@ def parse_event(payload: bytes) -> MetricEvent:
         raise InvalidEventError("data", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEventError("data", f"must be a JSON object, got {type(data).__name__}")
+    if _SURROGATE_ESCAPE.search(payload):  # an escaped surrogate must be one of a pair
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError("data", "contains a lone UTF-16 surrogate escape") from None
     event = fast_event(data)
     if event is not None:
         return event

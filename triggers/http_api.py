@@ -64,7 +64,7 @@ def handle(request: Request, service: RetrainService, env: Environment) -> Respo
         return {"error": exc.error, "field": exc.field}, exc.status, headers
     except TransientError as exc:
         log_event(logger, logging.WARNING, f"transient failure: {exc}", path=request.path)
-        return {"error": f"temporarily unavailable: {exc}", "field": None, "retry": True}, 503, {
+        return {"error": "temporarily unavailable; retry", "field": None, "retry": True}, 503, {
             "Retry-After": "5"
         }
 

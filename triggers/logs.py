@@ -60,6 +60,7 @@ def log_event(
     level: int,
     message: str,
     labels: dict[str, Any] | None = None,
+    exc_info: bool = False,
     **fields: Any,
 ) -> None:
-    logger.log(level, message, extra={"labels": labels or {}, "fields": fields})
+    logger.log(level, message, exc_info=exc_info, extra={"labels": labels or {}, "fields": fields})

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from triggers.errors import InvalidEventError
 
@@ -21,6 +28,13 @@ class RunOutcome(BaseModel):
     trigger_id: str | None = None
     champion_version: str | None = None
     report: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _promotion_names_the_champion(self) -> RunOutcome:
+        if self.decision == "promoted" and not self.champion_version:
+            raise ValueError("a promotion must name the new champion_version")
+        return self
+
 
 
 def validate_outcome(data: Any) -> RunOutcome:

@@ -42,6 +42,9 @@ from triggers.store import (
 
 logger = logging.getLogger("retrain.service")
 
+INFERRED_ENDS: frozenset[str] = frozenset({"completed", "timed_out"})
+"""Ends the service inferred without the pipeline's report; a real outcome replaces them."""
+
 MAX_REEVALUATIONS = 50
 """After a late point, at most this many later points are evaluated again."""
 
@@ -132,10 +135,11 @@ class RetrainService:
         except InvalidEventError as exc:
             return self.reject(delivery, exc)
         now = self.clock()
-        decisions = self.refresh_runs(model, now)  # may call the launcher: not in the lock
+        refreshed = self.refresh_runs(model, now)  # may call the launcher: not in the lock
+        decisions: list[Decision] = []
         with self.store.atomic():
             if self.store.is_processed(delivery.message_id):
-                return EventResult("duplicate", delivery.message_id, event.model)
+                return EventResult("duplicate", delivery.message_id, event.model, refreshed)
             self.store.record_points([
                 StoredPoint(
                     model=event.model,
@@ -157,7 +161,8 @@ class RetrainService:
                 for launch in pending:
                     decisions += self._fired_decisions(launch, None, now, delivery.message_id)
                 self.store.finish_message(delivery.message_id, now, decisions)
-                return EventResult("recorded", delivery.message_id, event.model, decisions)
+                return EventResult("recorded", delivery.message_id, event.model,
+                                   refreshed + decisions)
         launched = []
         for launch in pending:
             error = self._submit(launch.claim.run, now) if launch.needs_submit else None
@@ -165,7 +170,8 @@ class RetrainService:
             if launch.needs_submit and error is None:
                 launched.append(launch.request.run_id)
         self.store.finish_message(delivery.message_id, now, decisions)
-        return EventResult("recorded", delivery.message_id, event.model, decisions, launched)
+        return EventResult("recorded", delivery.message_id, event.model, refreshed + decisions,
+                           launched)
 
     def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
         """Store a message that can never be processed, with its reason (and log it)."""
@@ -174,6 +180,7 @@ class RetrainService:
         now = self.clock()
         model = _model_name(delivery.payload)
         payload = truncated(delivery.payload)
+        error = InvalidEventError(_text(error.field), _text(error.reason))
         log_event(
             logger,
             logging.ERROR,
@@ -339,7 +346,13 @@ class RetrainService:
                 f"waiting for the {policy.metric} window ending {iso(gap)}: it is late or "
                 f"missing (waiting up to {format_duration(lateness)} after the next one)",
                 details={"missing_window_end": iso(gap)})
-        return policy.evaluate([Point(p.window_end, p.value, p.examples) for p in prefix])
+        try:
+            return policy.evaluate([Point(p.window_end, p.value, p.examples) for p in prefix])
+        except (ArithmeticError, ValueError) as exc:  # e.g. values near float's limits
+            log_event(logger, logging.ERROR, f"{policy.name} could not be evaluated: {exc}",
+                      labels={"policy": policy.name})
+            return Verdict(policy.name, policy.metric, "insufficient_data",
+                           f"could not be evaluated on these values: {exc}")
 
     def _claim_for(
         self,
@@ -477,54 +490,86 @@ class RetrainService:
     # ------------------------------------------------------------------ runs
     def refresh_runs(self, model: ModelConfig, now: float) -> list[Decision]:
         """Bring the model's in-flight runs up to date: resubmit stale claims, ask the launcher
-        for runs whose outcome never arrived, time out runs past `run_timeout`."""
+        for runs whose outcome never arrived, time out runs past `run_timeout`.
+
+        Each change is recorded as it is made. A launcher that misbehaves is logged, never
+        allowed to stop the model's events from being processed.
+        """
         decisions: list[Decision] = []
+        timeout = model.guards.run_timeout.total_seconds()
         for run in self.store.in_flight_runs(model.name):
-            if run.state == "launching":
-                if now - run.created_at >= self.launch_grace:
-                    try:
-                        self._submit(run, now)
-                    except TransientError:
-                        pass  # stays launching; the next event tries again
-                continue
-            started = run.launched_at or run.created_at
-            timed_out = now - started > model.guards.run_timeout.total_seconds()
-            due = run.checked_at is None or now - run.checked_at >= self.status_interval
-            if due or timed_out:
-                ended = self._check_status(run, now)
-                if ended is not None:
-                    decisions += ended
+            labels = {"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id}
+            try:
+                if run.state == "launching":
+                    if now - run.created_at > timeout:
+                        decisions += self._end_run(
+                            run, "failed", now, "launch_failed",
+                            f"run {run.run_id} was never submitted within run_timeout")
+                    elif now - run.created_at >= self.launch_grace:
+                        error = self._submit(run, now)
+                        if error is not None:
+                            decisions += self._record([self._decision(
+                                "launch_failed", run.model, now, None,
+                                f"resubmitting run {run.run_id} was refused: {error}",
+                                run_id=run.run_id, trigger_id=run.trigger_id,
+                                policy=run.policy)])
                     continue
-            if timed_out and self.store.update_run(
-                run.run_id, IN_FLIGHT, state="timed_out", ended_at=now,
-                message="run_timeout passed"
-            ):
-                decisions.append(self._decision(
-                    "timed_out", model.name, now, None,
-                    f"run {run.run_id} still in flight after run_timeout; policies re-armed",
-                    run_id=run.run_id, trigger_id=run.trigger_id, policy=run.policy))
+                started = run.launched_at or run.created_at
+                timed_out = now - started > timeout
+                due = run.checked_at is None or now - run.checked_at >= self.status_interval
+                if due or timed_out:
+                    ended = self._check_status(run, now)
+                    if ended is not None:
+                        decisions += ended
+                        continue
+                if timed_out:
+                    decisions += self._end_run(
+                        run, "timed_out", now, "timed_out",
+                        f"run {run.run_id} still in flight after run_timeout; policies re-armed")
+            except TransientError:
+                continue  # the run stays as it is; the next event tries again
+            except Exception:  # noqa: BLE001 - a launcher's surprise must not wedge the model
+                log_event(logger, logging.ERROR, f"could not refresh run {run.run_id}",
+                          labels=labels, exc_info=True)
+        return decisions
+
+    def _end_run(
+        self, run: RunRecord, state: str, now: float, kind: str, reason: str
+    ) -> list[Decision]:
+        """End an in-flight run with `state` and record why (one transaction)."""
+        with self.store.atomic():
+            if not self.store.update_run(run.run_id, IN_FLIGHT, state=state, ended_at=now,
+                                         message=reason):
+                return []
+            return self._record([self._decision(
+                kind, run.model, now, None, reason, run_id=run.run_id,
+                trigger_id=run.trigger_id, policy=run.policy)])
+
+    def _record(self, decisions: list[Decision]) -> list[Decision]:
+        self.store.record_decisions(decisions)
         return decisions
 
     def _check_status(self, run: RunRecord, now: float) -> list[Decision] | None:
         """Ask the launcher about a run; its decisions if it has ended, else None."""
-        try:
-            status = self.launcher.get_status(run.run_id)
-        except TransientError:
-            return None
+        status = self.launcher.get_status(run.run_id)
         if status.state not in TERMINAL_STATES:
             self.store.update_run(
                 run.run_id, IN_FLIGHT, checked_at=now,
                 state="running" if status.state == "running" else run.state)
             return None
+        report = {"launcher_state": status.state, "message": status.message}
+        outcome: dict[str, Any] = {"model": run.model, "run_id": run.run_id,
+                                   "decision": "completed" if status.state == "succeeded"
+                                   else "failed", "report": report}
         if status.outcome:
-            outcome = dict(status.outcome)
-            outcome.setdefault("run_id", run.run_id)
-            outcome.setdefault("model", run.model)
-        else:
-            decision = "completed" if status.state == "succeeded" else "failed"
-            outcome = {"model": run.model, "run_id": run.run_id, "decision": decision,
-                       "report": {"launcher_state": status.state, "message": status.message}}
-        return self.apply_outcome(outcome, now, via="launcher status")
+            outcome.update(status.outcome, model=run.model, run_id=run.run_id)
+        try:
+            return self.apply_outcome(outcome, now, via="launcher status")
+        except InvalidEventError as exc:
+            report["invalid_outcome"] = f"{exc.field}: {exc.reason}"
+            return self.apply_outcome({"model": run.model, "run_id": run.run_id,
+                                       "decision": "failed", "report": report},
+                                      now, via="launcher status")
 
     def handle_outcome_delivery(self, delivery: Delivery) -> EventResult:
         """An outcome message from Pub/Sub (or the local launcher) ends a run."""
@@ -543,23 +588,40 @@ class RetrainService:
             return self.reject(delivery, InvalidEventError(
                 "run_id", f"no run {outcome.run_id!r} is known to this service"))
         now = self.clock()
-        decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
-                                       message_id=delivery.message_id)
-        self.store.finish_message(delivery.message_id, now, ())
+        with self.store.atomic():  # the run's end, the champion and the ack: all or nothing
+            decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
+                                           message_id=delivery.message_id)
+            self.store.finish_message(delivery.message_id, now, ())
         return EventResult("recorded", delivery.message_id, outcome.model, decisions)
 
     def apply_outcome(
         self, data: Mapping[str, Any], now: float, via: str, message_id: str | None = None
     ) -> list[Decision]:
-        """End a run with its outcome; a promotion starts the new champion's history."""
+        """End a run with its outcome; a promotion starts the new champion's history.
+
+        An outcome message also overrides an end the service only inferred (`completed` from
+        the launcher's status, `timed_out`): the pipeline's own report is the truth.
+        """
         from triggers.outcomes import validate_outcome
 
         outcome = validate_outcome(dict(data))
         state = outcome.decision
-        run = self.store.update_run(outcome.run_id, IN_FLIGHT, state=state, ended_at=now,
-                                    outcome=outcome.model_dump())
-        if run is None:
-            return []  # unknown or already ended: a duplicate outcome changes nothing
+        ends = IN_FLIGHT if via == "launcher status" else IN_FLIGHT | INFERRED_ENDS
+        with self.store.atomic():
+            run = self.store.update_run(outcome.run_id, ends, state=state, ended_at=now,
+                                        outcome=outcome.model_dump())
+            if run is None:
+                return []  # unknown or already ended: a duplicate outcome changes nothing
+            decisions = self._outcome_decisions(outcome, run, now, via, message_id)
+            self.store.record_decisions(decisions)
+        log_event(logger, logging.INFO, decisions[0].reason,
+                  labels={"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id})
+        return decisions
+
+    def _outcome_decisions(
+        self, outcome: Any, run: RunRecord, now: float, via: str, message_id: str | None
+    ) -> list[Decision]:
+        state = outcome.decision
         reason = f"run {run.run_id} ended: {state} (via {via})"
         if outcome.report.get("summary"):
             reason += f" — {outcome.report['summary']}"
@@ -575,9 +637,6 @@ class RetrainService:
                 "champion", run.model, now, message_id,
                 f"version {outcome.champion_version} promoted over {previous}; history and "
                 "baseline start fresh", run_id=run.run_id))
-        self.store.record_decisions(decisions)
-        log_event(logger, logging.INFO, reason,
-                  labels={"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id})
         return decisions
 
     # ------------------------------------------------------------------ manual
@@ -618,6 +677,11 @@ class RetrainService:
                             f"manual:{request.trigger_id}")
         error = (self._submit(claim.run, now) if claim.status in ("claimed", "resume")
                  else None)
+        if claim.status == "exists" and not claim.run.in_flight:
+            claim = Claim("blocked", claim.run,
+                          f"this request (same reason, no new points) already triggered run "
+                          f"{claim.run.run_id}, which ended {claim.run.state}; give a new "
+                          "reason to retrain again")
         if claim.status in ("blocked", "duplicate"):
             kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
         elif error is not None:
@@ -761,4 +825,9 @@ def _model_name(payload: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
-    return model[:128] if isinstance(model, str) else None
+    return _text(model[:128]) if isinstance(model, str) else None
+
+
+def _text(text: str) -> str:
+    """`text` made storable: lone surrogates (valid in JSON escapes, not UTF-8) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
