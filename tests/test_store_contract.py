@@ -130,3 +130,27 @@ def test_concurrent_claims_from_threads_give_one_run(store: StateStore) -> None:
         t.join()
     assert sorted(results) == ["blocked"] * 7 + ["claimed"]
     assert len(store.runs("m")) == 1
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """gunicorn forks workers after the app is imported: the child must not reuse the
+    parent's SQLite connection."""
+    import os
+
+    store = SQLiteStore(tmp_path / "state.db")
+    parent_conn = store._conn()
+    store.record_points([point(1, 0.5)])
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
+        try:
+            if store._conn() is parent_conn:
+                code = 3
+            store.record_points([point(2, 0.6)])
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._conn() is parent_conn
+    assert [p.value for p in store.points("m", "overall", "accuracy")] == [0.5, 0.6]

@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -88,6 +89,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._memory_lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
+        _STORES.add(self)
         if self.path == ":memory:":
             self._shared = self._connect()
         else:
@@ -121,11 +123,14 @@ class SQLiteStore:
         if self._shared is not None:
             return self._shared
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():  # never reuse one across a fork
+        if conn is None:
             conn = self._connect()
             self._local.conn = conn
-            self._local.pid = os.getpid()
         return conn
+
+    def _forget_connections(self) -> None:
+        """After a fork: the parent's connections must never be used by the child."""
+        self._local = threading.local()
 
     def atomic(self) -> _Transaction:
         """One IMMEDIATE transaction for everything inside (nested calls join it)."""
@@ -434,6 +439,15 @@ class _Transaction:
 
 
 _translate = _Translate()
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _NO_LOCK = contextlib.nullcontext()
 
 
