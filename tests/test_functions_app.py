@@ -134,7 +134,6 @@ def test_transient_store_failure_answers_5xx(env: Path) -> None:
     store = SQLiteStore(env)
     conn = store._conn()
     conn.execute("BEGIN EXCLUSIVE")  # another writer holds the database
-    wiring.service().store.busy_timeout = 0.1  # type: ignore[attr-defined]
     try:
         service_store = wiring.service().store
         service_store._local.conn.execute("PRAGMA busy_timeout = 100")  # type: ignore[attr-defined]

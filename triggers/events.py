@@ -107,8 +107,6 @@ class Delivery:
     message_id: str
     payload: bytes
     source: str
-    publish_time: str | None = None
-    attributes: Mapping[str, str] | None = None
 
 
 def parse_event(payload: bytes) -> MetricEvent:
@@ -163,13 +161,10 @@ def delivery_from_pubsub(data: Any, fallback_id: str | None = None) -> Delivery:
         payload = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEventError("message.data", "not valid base64") from None
-    attributes = message.get("attributes")
     return Delivery(
         message_id=message_id,
         payload=payload,
         source="pubsub",
-        publish_time=message.get("publishTime") or message.get("publish_time"),
-        attributes=dict(attributes) if isinstance(attributes, Mapping) else None,
     )
 
 

@@ -14,29 +14,8 @@ from typing import Any, Literal, Protocol
 
 from triggers.config import Guards
 
-RunStateName = Literal[
-    "launching", "launched", "running", "promoted", "rejected", "failed", "completed", "timed_out"
-]
 IN_FLIGHT: frozenset[str] = frozenset({"launching", "launched", "running"})
 """Run states during which the model's policies are disarmed."""
-
-DecisionKind = Literal[
-    "fired",
-    "suppressed",
-    "ok",
-    "insufficient_data",
-    "ignored",
-    "rejected",
-    "champion",
-    "promoted",
-    "rejected_challenger",
-    "failed",
-    "completed",
-    "timed_out",
-    "launch_failed",
-    "dry_run",
-]
-
 
 def iso(ts: float | None) -> str | None:
     """RFC 3339 text (UTC, Z) of an epoch time."""
@@ -75,7 +54,11 @@ class StoredPoint:
 
 @dataclass(frozen=True)
 class Decision:
-    """One entry of the audit trail: what was decided, about what, and why."""
+    """One entry of the audit trail: what was decided, about what, and why.
+
+    `kind`: fired, suppressed, ok, insufficient_data, ignored, rejected, champion, promoted,
+    rejected_challenger, failed, completed, timed_out or launch_failed.
+    """
 
     decision_id: str
     model: str
