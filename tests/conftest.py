@@ -51,6 +51,17 @@ models:
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
+DESIGN_EVENT: dict[str, Any] = {
+    "model": "fraud-detector",
+    "model_version": "7",
+    "metrics": {"accuracy": 0.943, "auc": 0.971},
+    "window_start": "2026-11-01T00:00:00Z",
+    "window_end": "2026-11-02T00:00:00Z",
+    "examples": 12000,
+    "slice": "overall",
+}
+"""The metric event of the design document, as every envelope test sends it."""
+
 
 def policy_config(yaml_text: str | None = None, template: Path = EXAMPLE_TEMPLATE) -> ServiceConfig:
     text = textwrap.dedent(yaml_text or POLICY_YAML) % {"template": template}

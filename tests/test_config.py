@@ -61,6 +61,17 @@ def test_environment_errors_name_the_variable() -> None:
                                                         False)
 
 
+def fresh_python(code: str, policy: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter configured with `policy`, as a cold start would."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "RETRAIN_POLICY_FILE": str(policy),
+             "RETRAIN_STATE": f"sqlite:///{tmp_path}/s.db", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "triggers", *args], cwd=ROOT,
                           capture_output=True, text=True)
@@ -102,12 +113,7 @@ def test_importing_main_loads_no_heavy_package(tmp_path: Path) -> None:
         "m.startswith(('google.cloud.aiplatform', 'google.cloud.pubsub', "
         "'google.cloud.firestore', 'google.api_core'))]; print(heavy)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "RETRAIN_POLICY_FILE": str(policy),
-             "RETRAIN_STATE": f"sqlite:///{tmp_path}/s.db", "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, policy, tmp_path)
     assert result.stdout.strip() == "[]"
 
 
@@ -149,10 +155,5 @@ def test_cold_start_with_a_compiled_policy_needs_neither_pydantic_nor_yaml(
         "print(r.status, sorted({m.split('.')[0] for m in sys.modules} & "
         "{'pydantic', 'yaml', 'scipy', 'numpy', 'kfp'}))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "RETRAIN_POLICY_FILE": str(policy),
-             "RETRAIN_STATE": f"sqlite:///{tmp_path}/s.db", "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr
+    result = fresh_python(code, policy, tmp_path)
     assert result.stdout.strip() == "recorded []"

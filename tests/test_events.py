@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline_client.launcher import FakeLauncher
-from tests.conftest import policy_config
+from tests.conftest import DESIGN_EVENT, policy_config
 from triggers.errors import InvalidEventError
 from triggers.event_schema import validate_event
 from triggers.events import Delivery, delivery_from_pubsub, fast_event, parse_event
@@ -49,11 +49,7 @@ VALUES: dict[str, Any] = {
     "slice": st.one_of(names, st.none()),
     "colour": st.just("red"),
 }
-VALID: dict[str, Any] = {
-    "model": "fraud-detector", "metrics": {"accuracy": 0.9}, "window_end": "2026-11-02T00:00:00Z",
-    "window_start": "2026-11-01T00:00:00Z", "model_version": "7", "examples": 10,
-    "slice": "overall",
-}
+VALID: dict[str, Any] = DESIGN_EVENT
 
 
 @st.composite

@@ -13,19 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import DESIGN_EVENT as EVENT
 from tests.support.emulators import PubSubEmulator, free_port
 from tests.support.recorder import RecordedRequest, RecordingServer
 from triggers.publish import LineError, PublishReport, publish_to_topic, publish_to_url, read_events
-
-EVENT = {
-    "model": "fraud-detector",
-    "model_version": "7",
-    "metrics": {"accuracy": 0.943, "auc": 0.971},
-    "window_start": "2026-11-01T00:00:00Z",
-    "window_end": "2026-11-02T00:00:00Z",
-    "examples": 12000,
-    "slice": "overall",
-}
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

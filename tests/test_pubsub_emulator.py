@@ -21,21 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import DESIGN_EVENT
 from tests.support.emulators import PubSubEmulator, _group_members, free_port
 from tests.support.recorder import RecordedRequest, RecordingServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UPDATE = os.environ.get("UPDATE_FIXTURES") == "1"
 
-DESIGN_EVENT = {
-    "model": "fraud-detector",
-    "model_version": "7",
-    "metrics": {"accuracy": 0.943, "auc": 0.971},
-    "window_start": "2026-11-01T00:00:00Z",
-    "window_end": "2026-11-02T00:00:00Z",
-    "examples": 12000,
-    "slice": "overall",
-}
 
 
 def _fail_first_delivery(request: RecordedRequest, seen: list[RecordedRequest]) -> tuple[int, Any]:
