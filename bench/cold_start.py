@@ -18,15 +18,14 @@ from bench.common import (  # noqa: E402
     Server,
     base_env,
     cloudevent_body,
+    compare,
     db_counts,
     ff_command,
     finish,
     first_answer,
     fixture_event,
     free_port,
-    interleaved,
     machine_banner,
-    median,
     metric_event,
     policy_text,
     print_rows,
@@ -168,18 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return seconds
 
     rows: list[Row] = []
-    times: dict[str, list[float]] = {"hello": [], "ours": []}
     print("\n## decision path: hello-world function vs main.py:on_metric_event (no launch)")
-    for _ in range(args.warmup):
-        for variant in ("hello", "ours"):
-            start(variant)
-    for rep in range(args.repeat):
-        for variant in interleaved(rep, ("hello", "ours")):
-            times[variant].append(start(variant))
-        print(f"  rep {rep + 1}: hello {times['hello'][-1]:.3f}s  ours {times['ours'][-1]:.3f}s"
-              f"  ({times['ours'][-1] / times['hello'][-1]:.2f}x)", flush=True)
-    hello_s, ours_s = median(times["hello"]), median(times["ours"])
-    paired = median([o / h for o, h in zip(times["ours"], times["hello"], strict=True)])
+    hello_s, ours_s, paired = compare(start, "hello", args.repeat, args.warmup)
     print(f"  median: hello {hello_s:.3f}s  ours {ours_s:.3f}s  ratio {ours_s / hello_s:.2f}x"
           f"  (median of paired ratios {paired:.2f}x, +{(ours_s - hello_s) * 1000:.0f} ms)")
     rows.append(Row("cold_start", "decision path, Popen→first answer", ours_s, hello_s, "s",
@@ -206,7 +195,6 @@ def vertex_section(args: argparse.Namespace, work: Path) -> Row:
     sample = work / "sample.py"
     sample.write_text(SAMPLE_SOURCE, encoding="utf-8")
     base_event = fixture_event()  # accuracy 0.943 < 0.95: the 1-of-1 policy fires at once
-    times: dict[str, list[float]] = {"sample": [], "ours": []}
     numbers = iter(range(1_000_000))
 
     with FakeVertexServer() as fake:
@@ -243,18 +231,8 @@ def vertex_section(args: argparse.Namespace, work: Path) -> Row:
                 raise RuntimeError(f"{variant}: expected one new {prefix}* job, got {new}")
             return seconds
 
-        for _ in range(args.warmup):
-            for variant in ("sample", "ours"):
-                start(variant)
-        for rep in range(args.repeat):
-            for variant in interleaved(rep, ("sample", "ours")):
-                times[variant].append(start(variant))
-            print(f"  rep {rep + 1}: sample {times['sample'][-1]:.3f}s  ours "
-                  f"{times['ours'][-1]:.3f}s  ({times['ours'][-1] / times['sample'][-1]:.2f}x)",
-                  flush=True)
+        sample_s, ours_s, paired = compare(start, "sample", args.repeat, args.warmup)
         creates = len(fake.created)
-    sample_s, ours_s = median(times["sample"]), median(times["ours"])
-    paired = median([o / s for o, s in zip(times["ours"], times["sample"], strict=True)])
     print(f"  median: sample {sample_s:.3f}s  ours {ours_s:.3f}s  ratio {ours_s / sample_s:.2f}x"
           f"  (median of paired ratios {paired:.2f}x); {creates} jobs created on the fake")
     return Row("cold_start", "vertex launch, Popen→first answer", ours_s, sample_s, "s",

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,6 +124,24 @@ def interleaved(rep: int, variants: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- events
+def compare(
+    measure: Callable[[str], float], floor: str, repeat: int, warmup: int
+) -> tuple[float, float, float]:
+    """Time `floor` and "ours" alternately (`warmup` unmeasured rounds, then `repeat`);
+    returns the medians of the floor and of ours, and the median of the paired ratios."""
+    times: dict[str, list[float]] = {floor: [], "ours": []}
+    for _ in range(warmup):
+        for variant in times:
+            measure(variant)
+    for rep in range(repeat):
+        for variant in interleaved(rep, (floor, "ours")):
+            times[variant].append(measure(variant))
+        print(f"  rep {rep + 1}: {floor} {times[floor][-1]:.3f}s  ours {times['ours'][-1]:.3f}s"
+              f"  ({times['ours'][-1] / times[floor][-1]:.2f}x)", flush=True)
+    paired = median([o / f for o, f in zip(times["ours"], times[floor], strict=True)])
+    return median(times[floor]), median(times["ours"]), paired
+
+
 def metric_event(model: str, day: float, metrics: dict[str, float], version: str | None = "7",
                  examples: int = 1000, window_hours: float = 24) -> dict[str, Any]:
     end = T0 + timedelta(days=day)
