@@ -4,13 +4,23 @@ the JSON Schema. Imported only when a policy file is validated, never on the eve
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline_client.promotion import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_DECISION_THRESHOLD,
+    DEFAULT_RESAMPLES,
+    MAX_RESAMPLES,
+    METRICS,
+    MetricName,
+    check_direction,
+)
 from thresholds.schema import Duration, PolicySchema, StrictModel
-from thresholds.spec import NAME_PATTERN
+from thresholds.spec import NAME_PATTERN, Direction
 from triggers.errors import PolicyConfigError
 
 SERVICE_PARAMETERS = ("model", "trigger_id", "reason", "champion_version")
@@ -54,10 +64,132 @@ class PipelineSpec(StrictModel):
         return value
 
 
-class PromotionSpec(BaseModel):
-    """The promotion gate's settings; checked in full by the promotion gate."""
+Confidence = Annotated[float, Field(gt=0.5, lt=1)]
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+
+def _direction_agrees(value: Direction | None, info: ValidationInfo) -> Direction | None:
+    """A stated direction must be the metric's own (its metric is validated first)."""
+    metric = info.data.get("metric")
+    if metric is not None:
+        check_direction(metric, value)
+    return value
+
+
+class PrimarySpec(StrictModel):
+    """The challenger must beat the champion on one metric, significantly."""
+
+    metric: MetricName = Field(description="the metric to win on (catalogue name)")
+    direction: Direction | None = Field(
+        default=None,
+        description="optional; must agree with the metric's natural direction when stated",
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=0, allow_inf_nan=False,
+        description="required gain, in the metric's units, oriented so positive is better; "
+        "both the point estimate and the lower confidence bound must clear it",
+    )
+    confidence: Confidence = Field(
+        default=DEFAULT_CONFIDENCE,
+        description="one-sided confidence of the paired bootstrap bound (and 1 - the "
+        "McNemar significance level for accuracy)",
+    )
+    resamples: int = Field(
+        default=DEFAULT_RESAMPLES, ge=100, le=MAX_RESAMPLES,
+        description="bootstrap resamples",
+    )
+
+    _direction = field_validator("direction")(_direction_agrees)
+
+
+class GuardrailSpec(StrictModel):
+    """Non-inferiority: the challenger may be worse on a metric by at most `max_regression`."""
+
+    metric: MetricName = Field(description="the metric not to regress on (catalogue name)")
+    direction: Direction | None = Field(
+        default=None,
+        description="optional; must agree with the metric's natural direction when stated",
+    )
+    max_regression: float = Field(
+        ge=0, allow_inf_nan=False,
+        description="largest tolerated loss in the metric's units; the lower confidence "
+        "bound of the improvement must be >= -max_regression",
+    )
+    confidence: Confidence | None = Field(
+        default=None, description="one-sided confidence; default: the primary's (0.95)"
+    )
+    resamples: int | None = Field(
+        default=None, ge=100, le=MAX_RESAMPLES,
+        description="bootstrap resamples; default: the primary's (2000)",
+    )
+
+    _direction = field_validator("direction")(_direction_agrees)
+
+
+def _floor(metric: MetricName) -> Any:
+    info = METRICS[metric]
+    limit = "minimum" if info.direction == "higher_is_better" else "maximum"
+    upper = None if math.isinf(info.high) else info.high
+    return Field(default=None, ge=info.low, le=upper, allow_inf_nan=False,
+                 description=f"{limit} {metric} of the challenger ({info.description})")
+
+
+class FloorsSpec(StrictModel):
+    """Absolute limits on the challenger's point estimates, by metric."""
+
+    accuracy: float | None = _floor("accuracy")
+    auc: float | None = _floor("auc")
+    log_loss: float | None = _floor("log_loss")
+    brier: float | None = _floor("brier")
+    precision: float | None = _floor("precision")
+    recall: float | None = _floor("recall")
+    f1: float | None = _floor("f1")
+    mae: float | None = _floor("mae")
+    rmse: float | None = _floor("rmse")
+
+    def named(self) -> dict[str, float]:
+        """The floors that are set."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class PromotionSpec(StrictModel):
+    """The promotion gate: when the pipeline's challenger may replace the champion.
+
+    Evaluated on the same held-out examples for both models; a first model (no champion)
+    faces the floors only.
+    """
+
+    primary: PrimarySpec | None = Field(
+        default=None, description="the metric the challenger must significantly win on"
+    )
+    guardrails: list[GuardrailSpec] = Field(
+        default_factory=list, description="metrics the challenger must not regress on"
+    )
+    floors: FloorsSpec | None = Field(
+        default=None,
+        description="absolute limits on the challenger's value: a minimum for "
+        "higher-is-better metrics, a maximum for lower-is-better ones",
+    )
+    decision_threshold: float = Field(
+        default=DEFAULT_DECISION_THRESHOLD, gt=0, lt=1,
+        description="positive-class probability at or above which an example is predicted "
+        "positive (accuracy, precision, recall, f1)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromotionSpec:
+        floors = self.floors.named() if self.floors else {}
+        if self.primary is None and not self.guardrails and not floors:
+            raise ValueError("set at least one of primary, guardrails, floors")
+        guarded = [g.metric for g in self.guardrails]
+        twice = sorted({m for m in guarded if guarded.count(m) > 1})
+        if twice:
+            raise ValueError(f"a metric may have one guardrail only: {', '.join(twice)}")
+        named = ([self.primary.metric] if self.primary else []) + guarded + list(floors)
+        tasks = {METRICS[m].task: m for m in named}
+        if len(tasks) > 1:
+            raise ValueError("classification and regression metrics cannot be mixed "
+                             f"(got {tasks['classification']} and {tasks['regression']})")
+        return self
 
 
 class ModelSpec(StrictModel):
