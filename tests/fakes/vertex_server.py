@@ -1,4 +1,4 @@
-"""Wire-level fakes of the Vertex AI Pipelines REST API and of GCS object downloads, for tests.
+"""Wire-level fakes of the Vertex AI Pipelines and Model Registry REST APIs and of GCS downloads.
 
 Real HTTP servers on 127.0.0.1 (threads); `python -m tests.fakes.vertex_server` runs one alone.
 """
@@ -71,6 +71,24 @@ JOB_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,127}$")
 _LOCATION = r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _JOBS_PATH = re.compile(_LOCATION + r"/pipelineJobs$")
 _JOB_PATH = re.compile(_LOCATION + r"/pipelineJobs/(?P<job>[^/:]+)$")
+_MODELS_PATH = re.compile(_LOCATION + r"/models$")
+_UPLOAD_PATH = re.compile(_LOCATION + r"/models:upload$")
+_MODEL_PATH = re.compile(_LOCATION + r"/models/(?P<model>[^/:@]+)(?:@(?P<ref>[^/:@]+))?$")
+_VERSIONS_PATH = re.compile(_LOCATION + r"/models/(?P<model>[^/:@]+):listVersions$")
+_MERGE_PATH = re.compile(
+    _LOCATION + r"/models/(?P<model>[^/:@]+)(?:@(?P<ref>[^/:@]+))?:mergeVersionAliases$"
+)
+# The REST operations client of aiplatform_v1 polls through the API's `/ui/` binding first.
+_OPERATION_PATH = re.compile(
+    r"^/(?:v1|ui)/(?P<name>projects/[^/]+/locations/[^/]+/models/[^/:@]+/operations/[^/:]+)$"
+)
+_MODEL_ID = re.compile(r"[a-z_][a-z0-9_-]{0,62}")
+_ALIAS = re.compile(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9-]")
+_FILTER_TERM = re.compile(
+    r"^\s*(?P<field>display_name|displayName|model|labels\.[a-z][a-z0-9_-]*)\s*=\s*"
+    r'(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s"]+))\s*$'
+)
+_TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
 _GCS_MEDIA_PATH = re.compile(r"^(?:/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>[^/]+)$")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -92,12 +110,13 @@ class RecordedRequest:
 
 @dataclass
 class _Fault:
-    op: str  # "create" | "get" | "any"
+    op: str  # "create" | "get" | a model-service op (see FakeVertexServer) | "any"
     remaining: int
     status: int = 0  # 0: answer normally (after `delay`)
     code: str = ""
     message: str = ""
     delay: float = 0.0
+    skip: int = 0  # matching requests to let through before the first fault
 
 
 def google_error(status: int, code: str, message: str) -> Reply:
@@ -183,11 +202,18 @@ class _LocalServer:
         self.stop()
 
     def fail_next(
-        self, n: int = 1, status: int | str = 503, *, op: str = "create", message: str = ""
+        self,
+        n: int = 1,
+        status: int | str = 503,
+        *,
+        op: str = "create",
+        message: str = "",
+        skip: int = 0,
     ) -> None:
-        """Answers the next `n` requests of `op` ("create", "get", "any") with an error.
+        """Answers the next `n` requests of `op` ("create", "get", "any", ...) with an error.
 
-        `status` is an HTTP status (503) or a google.rpc.Code name ("FAILED_PRECONDITION").
+        `status` is an HTTP status (503) or a google.rpc.Code name ("FAILED_PRECONDITION");
+        `skip` lets that many matching requests through first (fail the second merge, say).
         """
         if isinstance(status, str):
             code, http_status = status, RPC_HTTP_STATUS[status]
@@ -195,7 +221,7 @@ class _LocalServer:
             code, http_status = HTTP_RPC_CODE.get(status, "UNKNOWN"), status
         text = message or f"fake {code} (injected)"
         with self._lock:
-            self._faults.append(_Fault(op, n, http_status, code, text))
+            self._faults.append(_Fault(op, n, http_status, code, text, skip=skip))
 
     def delay_next(self, n: int, seconds: float, *, op: str = "create") -> None:
         """Handles the next `n` requests of `op` normally but answers only after `seconds`.
@@ -209,6 +235,9 @@ class _LocalServer:
         with self._lock:
             for fault in self._faults:
                 if fault.op in (op, "any") and fault.remaining > 0:
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.remaining -= 1
                     if fault.remaining == 0:
                         self._faults.remove(fault)
@@ -257,11 +286,21 @@ class _LocalServer:
 
 
 class FakeVertexServer(_LocalServer):
-    """The PipelineService REST surface the launcher uses: create and get PipelineJobs.
+    """The PipelineService and ModelService REST surfaces the launcher and the registry use.
 
-    `created` maps each distinct created run id to the exact create body; `create_calls` counts
-    every create attempt (retries, duplicates and faults included). With `record`, each created
-    job is appended to that file as a JSON line, so another process can count creates.
+    Pipelines: create and get PipelineJobs. `created` maps each distinct created run id to the
+    exact create body; `create_calls` counts every create attempt (retries, duplicates and faults
+    included). With `record`, each created job is appended to that file as a JSON line, so
+    another process can count creates.
+
+    Model Registry: `models:upload` (a long-running operation, done when first fetched), get of
+    `models/ID`, `models/ID@VERSION` and `models/ID@ALIAS`, list models with a `display_name`,
+    `model` or `labels.KEY` filter, `:listVersions` and `:mergeVersionAliases`. Aliases follow
+    Vertex: one version of a model per alias (adding moves it), `-alias` removes, the first
+    version gets `default`, which cannot be removed. `models[ID]["versions"]` holds each version
+    as the REST JSON. Fault ops: "upload", "get_operation", "get_model", "list_models",
+    "list_versions", "merge_aliases".
+
     Test hooks are also reachable over HTTP under `/__fake__/` (see `_control`).
     """
 
@@ -273,6 +312,9 @@ class FakeVertexServer(_LocalServer):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.create_calls = 0
         self.record_path = Path(record) if record else None
+        self.models: dict[str, dict[str, Any]] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self._next_numeric_id = 8_000_000_000_000_000_000
 
     def __enter__(self) -> FakeVertexServer:
         self.start()
@@ -306,6 +348,9 @@ class FakeVertexServer(_LocalServer):
             return self._create(request, match["project"], match["location"])
         if request.method == "GET" and (match := _JOB_PATH.match(path)):
             return self._get(request, match["project"], match["location"], match["job"])
+        model_answer = self._dispatch_model_service(request)
+        if model_answer is not None:
+            return model_answer
         message = f"fake Vertex: no route {request.method} {path}"
         return (*google_error(404, "NOT_FOUND", message), 0.0)
 
@@ -364,6 +409,246 @@ class FakeVertexServer(_LocalServer):
             payload["state"] = PIPELINE_STATES.index(job["state"])
         return json_reply(payload)
 
+    # --- Model Registry (ModelService) ---------------------------------------------------------
+
+    def model_requests(self, op: str | None = None) -> list[RecordedRequest]:
+        """Recorded ModelService requests, in order; `op` as in the class docstring."""
+        with self._lock:
+            recorded = list(self.requests)
+        return [r for r in recorded if (kind := _model_op(r)) and (op is None or kind == op)]
+
+    def add_model_version(
+        self,
+        project: str,
+        location: str,
+        model_id: str | None,
+        display_name: str,
+        artifact_uri: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Adds a version as another tool would (a new model when `model_id` is unknown or None)."""
+        body: dict[str, Any] = {"displayName": display_name, "artifactUri": artifact_uri}
+        if labels:
+            body["labels"] = dict(labels)
+        with self._lock:
+            if model_id is None:
+                model_id = self._new_numeric_id()
+            return self._add_version(project, location, model_id, body)
+
+    def _dispatch_model_service(self, request: RecordedRequest) -> Answer | None:
+        op = _model_op(request)
+        if op is None:
+            return None
+        fault = self._take_fault(op)
+        if fault is not None and fault.status:
+            return (*google_error(fault.status, fault.code, fault.message), 0.0)
+        delay = fault.delay if fault is not None else 0.0
+        path = request.path
+        reply: Reply
+        if op == "upload" and (match := _UPLOAD_PATH.match(path)):
+            reply = self._upload(request, match["project"], match["location"])
+        elif op == "get_operation" and (match := _OPERATION_PATH.match(path)):
+            reply = self._get_operation(match["name"])
+        elif op == "get_model" and (match := _MODEL_PATH.match(path)):
+            reply = self._get_model(
+                match["project"], match["location"], match["model"], match["ref"]
+            )
+        elif op == "list_models" and (match := _MODELS_PATH.match(path)):
+            reply = self._list_models(request, match["project"], match["location"])
+        elif op == "list_versions" and (match := _VERSIONS_PATH.match(path)):
+            reply = self._list_versions(
+                request, match["project"], match["location"], match["model"]
+            )
+        elif op == "merge_aliases" and (match := _MERGE_PATH.match(path)):
+            reply = self._merge_aliases(
+                request, match["project"], match["location"], match["model"], match["ref"]
+            )
+        else:  # pragma: no cover - _model_op and the routes agree
+            reply = google_error(404, "NOT_FOUND", f"fake Vertex: no route {path}")
+        return (*reply, delay)
+
+    def _new_numeric_id(self) -> str:
+        self._next_numeric_id += 1
+        return str(self._next_numeric_id)
+
+    def _add_version(
+        self, project: str, location: str, model_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Stores a new version of `model_id` (creating the model); the caller holds the lock."""
+        name = f"projects/{project}/locations/{location}/models/{model_id}"
+        entry = self.models.setdefault(model_id, {"name": name, "versions": {}, "next": 1})
+        version_id = str(entry["next"])
+        entry["next"] += 1
+        now = _now()
+        first: dict[str, Any] = next(iter(entry["versions"].values()), {})
+        version = {
+            **body,
+            "name": name,
+            "versionId": version_id,
+            "versionCreateTime": now,
+            "versionUpdateTime": now,
+            "createTime": first.get("createTime", now),
+            "updateTime": now,
+        }
+        aliases = ["default"] if not entry["versions"] else []
+        entry["versions"][version_id] = version
+        for alias in body.get("versionAliases") or []:
+            self._move_alias(entry, alias, version_id)
+        version["versionAliases"] = sorted(set(version.get("versionAliases", [])) | set(aliases))
+        return version
+
+    @staticmethod
+    def _move_alias(entry: dict[str, Any], alias: str, version_id: str) -> None:
+        """Puts `alias` on `version_id` only (Vertex: an alias names one version of a model)."""
+        for other_id, other in entry["versions"].items():
+            held = other.get("versionAliases", [])
+            if other_id == version_id:
+                other["versionAliases"] = sorted(set(held) | {alias})
+            elif alias in held:
+                other["versionAliases"] = [a for a in held if a != alias]
+                other["versionUpdateTime"] = _now()
+
+    def _upload(self, request: RecordedRequest, project: str, location: str) -> Reply:
+        body = request.body
+        if not isinstance(body, dict) or not isinstance(body.get("model"), dict):
+            return google_error(400, "INVALID_ARGUMENT", "the body is not an UploadModelRequest")
+        model = body["model"]
+        problem = _invalid_model(model)
+        if problem:
+            return google_error(400, "INVALID_ARGUMENT", problem)
+        location_name = f"projects/{project}/locations/{location}"
+        with self._lock:
+            parent_model = body.get("parentModel")
+            if parent_model:
+                if body.get("modelId"):
+                    message = "model_id and parent_model cannot both be set"
+                    return google_error(400, "INVALID_ARGUMENT", message)
+                prefix = f"{location_name}/models/"
+                model_id = parent_model.removeprefix(prefix)
+                if not parent_model.startswith(prefix) or model_id not in self.models:
+                    message = f"Parent model {parent_model} not found."
+                    return google_error(404, "NOT_FOUND", message)
+            else:
+                model_id = body.get("modelId") or self._new_numeric_id()
+                if not _MODEL_ID.fullmatch(model_id):
+                    message = f"model_id {model_id!r} must match [a-z_][a-z0-9_-]{{0,62}}"
+                    return google_error(400, "INVALID_ARGUMENT", message)
+                if model_id in self.models:
+                    message = f"Model {location_name}/models/{model_id} already exists."
+                    return google_error(409, "ALREADY_EXISTS", message)
+            version = self._add_version(project, location, model_id, model)
+            operation_name = f"{version['name']}/operations/{len(self.operations) + 1}"
+            now = _now()
+            metadata = {
+                "@type": _TYPE_PREFIX + "UploadModelOperationMetadata",
+                "genericMetadata": {"createTime": now, "updateTime": now},
+            }
+            self.operations[operation_name] = {
+                "name": operation_name,
+                "metadata": metadata,
+                "done": True,
+                "response": {
+                    "@type": _TYPE_PREFIX + "UploadModelResponse",
+                    "model": version["name"],
+                    "modelVersionId": version["versionId"],
+                },
+            }
+        # Not done yet in the first answer, so the client fetches the operation once.
+        return json_reply({"name": operation_name, "metadata": metadata})
+
+    def _get_operation(self, name: str) -> Reply:
+        with self._lock:
+            operation = self.operations.get(name)
+            if operation is None:
+                return google_error(404, "NOT_FOUND", f"Operation {name} not found.")
+            return json_reply(operation)
+
+    def _find_version(
+        self, project: str, location: str, model_id: str, ref: str | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """(the version `ref` names, or None; the resource name asked for). Hold the lock."""
+        name = f"projects/{project}/locations/{location}/models/{model_id}"
+        asked = f"{name}@{ref}" if ref else name
+        entry = self.models.get(model_id)
+        if entry is None or entry["name"] != name:
+            return None, asked
+        versions: dict[str, dict[str, Any]] = entry["versions"]
+        if ref is None:
+            ref = "default"
+        if ref.isdigit():
+            return versions.get(ref), asked
+        for version in versions.values():
+            if ref in version.get("versionAliases", []):
+                return version, asked
+        return None, asked
+
+    def _get_model(self, project: str, location: str, model_id: str, ref: str | None) -> Reply:
+        with self._lock:
+            version, asked = self._find_version(project, location, model_id, ref)
+            if version is None:
+                return google_error(404, "NOT_FOUND", f"Model {asked} not found.")
+            return json_reply(version)
+
+    def _list_models(self, request: RecordedRequest, project: str, location: str) -> Reply:
+        try:
+            wanted = _parse_filter(request.query.get("filter", ""))
+        except ValueError as exc:
+            return google_error(400, "INVALID_ARGUMENT", str(exc))
+        prefix = f"projects/{project}/locations/{location}/models/"
+        with self._lock:
+            matching = []
+            for model_id, entry in sorted(self.models.items()):
+                default, _ = self._find_version(project, location, model_id, None)
+                if default is None or not entry["name"].startswith(prefix):
+                    continue
+                if all(_model_field(default, model_id, key) == value for key, value in wanted):
+                    matching.append(default)
+        return json_reply(_page(matching, request, "models"))
+
+    def _list_versions(
+        self, request: RecordedRequest, project: str, location: str, model_id: str
+    ) -> Reply:
+        name = f"projects/{project}/locations/{location}/models/{model_id}"
+        with self._lock:
+            entry = self.models.get(model_id)
+            if entry is None or entry["name"] != name:
+                return google_error(404, "NOT_FOUND", f"Model {name} not found.")
+            versions = list(entry["versions"].values())
+        return json_reply(_page(versions, request, "models"))
+
+    def _merge_aliases(
+        self, request: RecordedRequest, project: str, location: str, model_id: str, ref: str | None
+    ) -> Reply:
+        if not ref or not ref.isdigit():
+            message = "the model name must include a version id (models/ID@VERSION)"
+            return google_error(400, "INVALID_ARGUMENT", message)
+        body = request.body if isinstance(request.body, dict) else {}
+        requested = body.get("versionAliases")
+        if not isinstance(requested, list) or not requested:
+            return google_error(400, "INVALID_ARGUMENT", "versionAliases is required")
+        for item in requested:
+            alias = str(item).removeprefix("-")
+            if not _ALIAS.fullmatch(alias) or alias.isdigit():
+                return google_error(400, "INVALID_ARGUMENT", f"invalid version alias {item!r}")
+            if item == "-default":
+                message = "the default alias cannot be removed; move it to another version"
+                return google_error(400, "FAILED_PRECONDITION", message)
+        added = {a for a in requested if not a.startswith("-")}
+        removed = {a[1:] for a in requested if a.startswith("-")}
+        added, removed = added - removed, removed - added  # adding and removing cancel out
+        with self._lock:
+            version, asked = self._find_version(project, location, model_id, ref)
+            if version is None:
+                return google_error(404, "NOT_FOUND", f"Model {asked} not found.")
+            entry = self.models[model_id]
+            version["versionAliases"] = [
+                a for a in version.get("versionAliases", []) if a not in removed
+            ]
+            for alias in sorted(added):
+                self._move_alias(entry, alias, ref)
+            version["versionUpdateTime"] = _now()
+            return json_reply(version)
+
     def _control(self, request: RecordedRequest) -> Reply:
         """`GET /__fake__/created`; `POST /__fake__/fail_next {n, status, op}`;
         `POST /__fake__/delay_next {n, seconds, op}`; `POST /__fake__/state {run_id, state}`."""
@@ -412,6 +697,78 @@ def _invalid_job(job_id: str, body: dict[str, Any]) -> str | None:
         if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(str(value)):
             return f"invalid label {key}={value}"
     return None
+
+
+def _model_op(request: RecordedRequest) -> str | None:
+    """The ModelService method a request calls (a fault op name), or None."""
+    path, method = request.path, request.method
+    if method == "POST" and _UPLOAD_PATH.match(path):
+        return "upload"
+    if method == "POST" and _MERGE_PATH.match(path):
+        return "merge_aliases"
+    if method == "GET":
+        if _OPERATION_PATH.match(path):
+            return "get_operation"
+        if _VERSIONS_PATH.match(path):
+            return "list_versions"
+        if _MODELS_PATH.match(path):
+            return "list_models"
+        if _MODEL_PATH.match(path):
+            return "get_model"
+    return None
+
+
+def _invalid_model(model: dict[str, Any]) -> str | None:
+    """What the real service would reject in an uploaded Model (the checks that matter here)."""
+    if not model.get("displayName"):
+        return "model.display_name is required"
+    if not (model.get("containerSpec") or {}).get("imageUri"):
+        return "model.container_spec.image_uri is required"
+    artifact_uri = model.get("artifactUri", "")
+    if artifact_uri and not artifact_uri.startswith("gs://"):
+        return f"model.artifact_uri must be a gs:// URI, got {artifact_uri!r}"
+    for key, value in (model.get("labels") or {}).items():
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(str(value)):
+            return f"invalid label {key}={value}"
+    return None
+
+
+def _parse_filter(text: str) -> list[tuple[str, str]]:
+    """`display_name="x" AND labels.k="v"` as [(field, value)]; ValueError for anything else."""
+    terms: list[tuple[str, str]] = []
+    if not text.strip():
+        return terms
+    for term in re.split(r"\s+AND\s+", text):
+        match = _FILTER_TERM.match(term)
+        if match is None:
+            raise ValueError(f"unsupported filter term {term!r}")
+        field = "display_name" if match["field"] == "displayName" else match["field"]
+        quoted = match["quoted"]
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match["bare"]
+        terms.append((field, value))
+    return terms
+
+
+def _model_field(version: dict[str, Any], model_id: str, field: str) -> str | None:
+    if field == "display_name":
+        return str(version.get("displayName", ""))
+    if field == "model":
+        return model_id
+    labels = version.get("labels") or {}
+    value = labels.get(field.removeprefix("labels."))
+    return None if value is None else str(value)
+
+
+def _page(items: list[dict[str, Any]], request: RecordedRequest, key: str) -> dict[str, Any]:
+    """One page of `items` as a List*Response (`pageSize`, `pageToken` = an offset)."""
+    size = int(request.query.get("pageSize") or 0) or 100
+    start = int(request.query.get("pageToken") or 0)
+    page: dict[str, Any] = {}
+    if items[start : start + size]:
+        page[key] = items[start : start + size]
+    if start + size < len(items):
+        page["nextPageToken"] = str(start + size)
+    return page
 
 
 class FakeGcsServer(_LocalServer):
