@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make run` (the service on its embedded defaults, fed a
-# sample stream) and `make test` (lint, types, every test). Both install what they need.
+# Two commands on a fresh machine: `make run` (the whole loop on its embedded defaults: a
+# drifting stream, policies, kfp.local runs, promotion gate) and `make test` (lint, types,
+# every test). Both install what they need.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint bench clean
+.PHONY: install run quickstart test lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-pipeline.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,9 @@ $(VENV)/.installed: requirements.txt requirements-pipeline.txt requirements-dev.
 install: $(VENV)/.installed
 
 run: install
+	$(PY) -m triggers demo
+
+quickstart: install
 	$(PY) -m triggers quickstart
 
 lint: install

@@ -296,7 +296,8 @@ def _normalised(path: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("module", "compiled"),
-    [("pipelines.example", EXAMPLE), ("tests.fixtures.failing_pipeline", FAILING)],
+    [("pipelines.example", EXAMPLE), ("tests.fixtures.failing_pipeline", FAILING),
+     ("pipelines.retrain", ROOT / "pipelines" / "retrain.yaml")],
 )
 def test_compiled_templates_are_up_to_date(module: str, compiled: Path, tmp_path: Path) -> None:
     fresh = tmp_path / compiled.name

@@ -1,5 +1,5 @@
 """The `retrain-trigger` command (also `python -m triggers`): serve, publish, validate,
-decisions, schema, quickstart. Each sub-command is a thin layer over the packages."""
+decisions, schema, quickstart, demo, rollback — each a thin layer over the packages."""
 
 from __future__ import annotations
 
@@ -57,9 +57,51 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--workdir", default=".retrain/quickstart")
     quick.add_argument("--keep-serving", action="store_true")
 
-    for name, issue in (("backtest", "issue 4"), ("demo", "issue 3"), ("rollback", "issue 3")):
-        stub = commands.add_parser(name, help=f"not built yet ({issue})")
-        stub.add_argument("rest", nargs="*")
+    demo = commands.add_parser(
+        "demo", help="the whole loop on this machine: drifting stream, policies, kfp.local "
+        "runs, promotion gate, model registry; ends with a timeline and a PNG plot")
+    demo.add_argument("--workdir", default=".retrain/demo")
+    demo.add_argument("--days", type=int, default=48, help="simulated days (default 48)")
+    demo.add_argument("--examples", type=int, default=2000,
+                      help="labelled examples per day (default 2000)")
+    demo.add_argument("--seed", type=int, default=7)
+
+    rollback = commands.add_parser(
+        "rollback", help="move the model registry's `champion` back to `previous`")
+    rollback.add_argument("model")
+    rollback.add_argument("--reason", default="manual rollback")
+    rollback.add_argument("--registry", help="registry URI (default: the model's "
+                          "pipeline.parameters.registry in the policy file)")
+    rollback.add_argument("--policies", help="policy file (default: $RETRAIN_POLICY_FILE)")
+    rollback.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
+
+    backtest = commands.add_parser(
+        "backtest", help="replay a metric history through the policies and guards; sweep a "
+        "policy field (table, JSON/CSV, PNG)")
+    backtest.add_argument("--policies", required=True, help="policy file")
+    backtest.add_argument("--history", required=True,
+                          help="metric history: JSONL events or CSV "
+                          "(model,metric,value,window_end[,examples,slice,model_version])")
+    backtest.add_argument("--model", help="replay this model only (default: every configured "
+                          "model in the history)")
+    backtest.add_argument("--output", help="also write the report: FILE.json or FILE.csv")
+    backtest.add_argument("--strict", action="store_true",
+                          help="refuse a history with malformed lines (exit 2) instead of "
+                          "skipping them")
+    backtest.add_argument("--run-duration", default="6h",
+                          help="how long a simulated run lasts (default 6h)")
+    backtest.add_argument("--assume-recovery", type=float, metavar="VALUE",
+                          help="runs promote a model whose metric reads VALUE from the run's "
+                          "end on (simulated); default: runs end rejected")
+    backtest.add_argument("--sweep", action="append", metavar="POLICY.FIELD=START:STOP:STEP",
+                          help="run the backtest per value (STOP included); repeatable")
+    backtest.add_argument("--slo", type=float, help="sweeps: the value of the swept metric "
+                          "that counts as degraded (default: the policy's threshold, or the "
+                          "model's absolute floor on that metric)")
+    backtest.add_argument("--plot", help="sweeps: the PNG to write (default: beside --output, "
+                          "else backtest-sweep.png)")
+    backtest.add_argument("--progress", action="store_true",
+                          help="show progress on stderr even when it is not a terminal")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -79,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         from triggers.quickstart import run_quickstart
 
         return int(run_quickstart(Path(args.workdir), keep_serving=args.keep_serving))
+    if args.command == "demo":
+        from triggers.demo import DemoSettings, run_demo
+
+        return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
+    if args.command == "rollback":
+        return _rollback(args)
+    if args.command == "backtest":
+        from triggers.backtest import run_command
+
+        return run_command(args)
     print(f"retrain-trigger {args.command}: not built yet; see README.md", file=sys.stderr)
     return 2
 
@@ -98,6 +150,38 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"retrain-trigger serve: {exc}", file=sys.stderr)
         return 2
     serve(args.host, args.port, workers=args.workers, threads=args.threads)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    if args.policies:
+        os.environ["RETRAIN_POLICY_FILE"] = args.policies
+    if args.state:
+        os.environ["RETRAIN_STATE"] = args.state
+    from pipeline_client.registry import open_registry
+    from triggers.errors import RetrainError
+    from triggers.wiring import build_service
+
+    try:
+        service = build_service()
+        model = service.config.models.get(args.model)
+        if model is None:
+            print(f"rollback: model {args.model!r} is not in the policy file", file=sys.stderr)
+            return 2
+        uri = args.registry or model.pipeline.parameters.get("registry")
+        if not uri:
+            print(f"rollback: no registry: pass --registry or set models.{args.model}"
+                  ".pipeline.parameters.registry", file=sys.stderr)
+            return 2
+        registry = open_registry(str(uri))
+        demoted = registry.champion(args.model)
+        restored = registry.rollback(args.model)
+        decision = service.record_rollback(args.model, restored.version,
+                                           demoted.version if demoted else None, args.reason)
+    except RetrainError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 1
+    print(format_decision(decision.to_json()))
     return 0
 
 

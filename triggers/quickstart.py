@@ -48,10 +48,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workdir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    workdir: Path, token: str, port: int, policies: Path = POLICIES
+) -> subprocess.Popen[bytes]:
+    """`serve` on SQLite in `workdir` with the local launcher, in its own session."""
     env = dict(os.environ)
     env.update(
-        RETRAIN_POLICY_FILE=str(POLICIES),
+        RETRAIN_POLICY_FILE=str(policies),
         RETRAIN_STATE=f"sqlite:///{(workdir / 'state.db').resolve()}",
         RETRAIN_LAUNCHER="local",
         RETRAIN_MANUAL_TOKEN=token,
@@ -128,12 +131,17 @@ def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
             server.wait()
         return 0
     finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)  # the master stops its workers
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the gunicorn master (it stops its workers); SIGKILL the group if it hangs."""
+    if server.poll() is None:
+        os.kill(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def summarize(decisions: list[dict[str, Any]]) -> str:

@@ -74,6 +74,9 @@ class EventResult:
         return data
 
 
+# A new champion's history starts this long (seconds) after the old champion's last point.
+HISTORY_EPSILON = 0.001
+
 _OUTCOME_DECISION = {
     "promoted": "promoted",
     "rejected": "rejected_challenger",
@@ -134,12 +137,17 @@ class RetrainService:
                 raise UnknownModelError(event.model)
         except InvalidEventError as exc:
             return self.reject(delivery, exc)
+        return self.handle_event(model, event, delivery.message_id)
+
+    def handle_event(self, model: ModelConfig, event: MetricEvent, message_id: str) -> EventResult:
+        """Process one validated metric event of a configured model (what `handle_delivery`
+        does after parsing; the backtest calls it with events it built itself)."""
         now = self.clock()
         refreshed = self.refresh_runs(model, now)  # may call the launcher: not in the lock
         decisions: list[Decision] = []
         with self.store.atomic():
-            if self.store.is_processed(delivery.message_id):
-                return EventResult("duplicate", delivery.message_id, event.model, refreshed)
+            if self.store.is_processed(message_id):
+                return EventResult("duplicate", message_id, event.model, refreshed)
             self.store.record_points([
                 StoredPoint(
                     model=event.model,
@@ -149,28 +157,28 @@ class RetrainService:
                     value=float(value),
                     examples=event.examples,
                     model_version=event.model_version,
-                    message_id=delivery.message_id,
+                    message_id=message_id,
                     recorded_at=now,
                     window_start=event.window_start.timestamp() if event.window_start else None,
                 )
                 for metric, value in event.metrics.items()
             ])
-            verdicts, pending = self._evaluate_event(model, event, delivery.message_id, now)
+            verdicts, pending = self._evaluate_event(model, event, message_id, now)
             decisions += verdicts
             if not any(p.needs_submit for p in pending):
                 for launch in pending:
-                    decisions += self._fired_decisions(launch, None, now, delivery.message_id)
-                self.store.finish_message(delivery.message_id, now, decisions)
-                return EventResult("recorded", delivery.message_id, event.model,
+                    decisions += self._fired_decisions(launch, None, now, message_id)
+                self.store.finish_message(message_id, now, decisions)
+                return EventResult("recorded", message_id, event.model,
                                    refreshed + decisions)
         launched = []
         for launch in pending:
             error = self._submit(launch.claim.run, now) if launch.needs_submit else None
-            decisions += self._fired_decisions(launch, error, now, delivery.message_id)
+            decisions += self._fired_decisions(launch, error, now, message_id)
             if launch.needs_submit and error is None:
                 launched.append(launch.request.run_id)
-        self.store.finish_message(delivery.message_id, now, decisions)
-        return EventResult("recorded", delivery.message_id, event.model, refreshed + decisions,
+        self.store.finish_message(message_id, now, decisions)
+        return EventResult("recorded", message_id, event.model, refreshed + decisions,
                            launched)
 
     def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
@@ -271,8 +279,7 @@ class RetrainService:
         start = state.history_start
 
         def counts(p: StoredPoint) -> bool:
-            return (state.champion_version is None or p.model_version is None
-                    or p.model_version == state.champion_version)
+            return is_champion_version(state, p.model_version)
 
         def usable(p: StoredPoint) -> bool:
             return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
@@ -298,7 +305,7 @@ class RetrainService:
             """The points judging `as_of` needs, and those after it up to `until`."""
             if lookback is None:
                 return fetch(spec.evaluation_points + 1, since=start, until=until)
-            lower = as_of - lookback.total_seconds() - 1e-6
+            lower = lookback_start(lookback, as_of)
             window = [p for p in self.store.points(
                 model, spec.slice, policy.metric, since=max(lower, start or lower), until=until)
                 if counts(p)]
@@ -411,6 +418,8 @@ class RetrainService:
             reason=reason[:1000],
             champion_version=state.champion_version or "",
         )
+        if model.promotion is not None:  # the gate's rules travel with the run
+            parameters["promotion"] = json.dumps(model.promotion, sort_keys=True)
         return LaunchRequest(
             run_id=ids.run_id(model.name, policy, trigger),
             model=model.name,
@@ -584,15 +593,27 @@ class RetrainService:
             return self.reject(delivery, error)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return self.reject(delivery, InvalidEventError("data", f"not valid JSON: {exc}"))
-        if self.store.get_run(outcome.run_id) is None:
+        run = self.store.get_run(outcome.run_id) or self._run_of_trigger(outcome)
+        if run is None:
             return self.reject(delivery, InvalidEventError(
                 "run_id", f"no run {outcome.run_id!r} is known to this service"))
+        if run.run_id != outcome.run_id:  # a pipeline that knows its trigger, not our run id
+            outcome = outcome.model_copy(update={"run_id": run.run_id})
         now = self.clock()
         with self.store.atomic():  # the run's end, the champion and the ack: all or nothing
             decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
                                            message_id=delivery.message_id)
             self.store.finish_message(delivery.message_id, now, ())
         return EventResult("recorded", delivery.message_id, outcome.model, decisions)
+
+    def _run_of_trigger(self, outcome: Any) -> RunRecord | None:
+        """The run an outcome names by its trigger id (run ids derive from trigger ids)."""
+        if not outcome.trigger_id:
+            return None
+        for run in self.store.runs(outcome.model, limit=200):
+            if run.trigger_id == outcome.trigger_id:
+                return run
+        return None
 
     def apply_outcome(
         self, data: Mapping[str, Any], now: float, via: str, message_id: str | None = None
@@ -632,7 +653,8 @@ class RetrainService:
         if state == "promoted":
             previous = self.store.model_state(run.model).champion_version
             self.store.set_model_state(
-                ModelState(run.model, outcome.champion_version, now, now))
+                ModelState(run.model, outcome.champion_version,
+                           self._fresh_history_start(run.model), now))
             decisions.append(self._decision(
                 "champion", run.model, now, message_id,
                 f"version {outcome.champion_version} promoted over {previous}; history and "
@@ -701,6 +723,34 @@ class RetrainService:
             already_existed=claim.status == "exists",
         )
         return answer
+
+    def _fresh_history_start(self, model: str) -> float | None:
+        """Where a new champion's history starts, in event time: just after the latest point
+        recorded so far (the old champion's); None (from the start) when there is none. Event
+        time, not the wall clock, so replays and simulations of past windows behave as live
+        traffic does."""
+        latest = self.store.latest_points(model, 1)
+        return latest[0].window_end + HISTORY_EPSILON if latest else None
+
+    def record_rollback(
+        self, model_name: str, restored: str, demoted: str | None, reason: str
+    ) -> Decision:
+        """After the registry moved `champion` back: the restored version is the champion the
+        policies watch, its history starts fresh, and the rollback is in the audit trail."""
+        if model_name not in self.config.models:
+            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+        now = self.clock()
+        decision = self._decision(
+            "rollback", model_name, now, None,
+            f"champion rolled back from {demoted} to {restored}: {reason}; history and "
+            "baseline start fresh", details={"champion_version": restored,
+                                              "demoted_version": demoted})
+        with self.store.atomic():
+            self.store.set_model_state(ModelState(
+                model_name, restored, self._fresh_history_start(model_name), now))
+            self.store.record_decisions([decision])
+        log_event(logger, logging.WARNING, decision.reason, labels={"model": model_name})
+        return decision
 
     # ------------------------------------------------------------------ reads
     def model_status(self, model_name: str) -> dict[str, Any]:
@@ -787,6 +837,18 @@ class RetrainService:
             message_id=message_id,
             details=details,
         )
+
+
+def lookback_start(lookback: timedelta, as_of: float) -> float:
+    """The event time after which a lookback policy's points are read to judge `as_of`."""
+    return as_of - lookback.total_seconds() - 1e-6
+
+
+def is_champion_version(state: ModelState, model_version: str | None) -> bool:
+    """Whether a point evaluated on `model_version` counts for the champion's policies (a point
+    that names no version always does, and every point does while there is no champion)."""
+    return (state.champion_version is None or model_version is None
+            or model_version == state.champion_version)
 
 
 def unsettled_gap(prefix: Sequence[StoredPoint], lateness: float, now: float) -> float | None:

@@ -57,7 +57,7 @@ class Decision:
     """One entry of the audit trail: what was decided, about what, and why.
 
     `kind`: fired, suppressed, ok, insufficient_data, ignored, rejected, champion, promoted,
-    rejected_challenger, failed, completed, timed_out or launch_failed.
+    rejected_challenger, failed, completed, timed_out, launch_failed or rollback.
     """
 
     decision_id: str

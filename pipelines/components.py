@@ -1,0 +1,145 @@
+"""The reusable steps of a retraining pipeline: evaluate champion and challenger on the same
+held-out examples, gate, promote, report the outcome. Keep these; replace prepare and train.
+
+Each step runs the code of `pipeline_client` / `pipelines` installed in its image (locally:
+the service's venv under kfp.local; on Vertex: the image built from pipelines/Dockerfile).
+"""
+
+# kfp ships no type information: its decorators are untyped for mypy.
+# mypy: disable-error-code="untyped-decorator"
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+# The image every step runs in. kfp.local's SubprocessRunner ignores it and uses the current
+# interpreter; on Vertex it must hold kfp, numpy, scipy, statsmodels and this repository.
+BASE_IMAGE = "python:3.11-slim"
+
+
+def component(func):  # type: ignore[no-untyped-def]
+    """A KFP component that installs nothing when it runs (see BASE_IMAGE)."""
+    return dsl.component(func, base_image=BASE_IMAGE, packages_to_install=[],
+                         install_kfp_package=False)
+
+
+@component
+def evaluate_models(
+    model: str,
+    champion_version: str,
+    registry: str,
+    holdout: Input[Dataset],
+    challenger: Input[Model],
+    predictions: Output[Dataset],
+) -> str:
+    """Scores the registry's champion and the new challenger on the same held-out examples.
+
+    Writes `predictions` (labels and both models' scores, one row per example) and returns
+    the champion version that was scored ("" when there is none yet: a first model).
+    """
+    import json
+
+    import numpy as np
+
+    from pipeline_client.registry import open_registry
+    from pipelines.logistic import LogisticModel
+
+    table = np.loadtxt(holdout.path, delimiter=",", skiprows=1, ndmin=2)
+    x, labels = table[:, :-1], table[:, -1].astype(int)
+    challenger_scores = LogisticModel.load(challenger.path).predict_proba(x)
+    current = open_registry(registry).champion(model) if registry else None
+    if current is None:
+        champion_scores = None
+        scored = ""
+    else:
+        champion_scores = LogisticModel.load(current.artifact_uri).predict_proba(x).tolist()
+        scored = current.version
+    if champion_version and scored and champion_version != scored:
+        print(f"note: the service believed champion {champion_version}, the registry holds "
+              f"{scored}; the registry's champion is compared")
+    with open(predictions.path, "w", encoding="utf-8") as handle:
+        json.dump({"labels": labels.tolist(), "challenger": challenger_scores.tolist(),
+                   "champion": champion_scores, "champion_version": scored}, handle)
+    predictions.metadata["examples"] = int(len(labels))
+    return scored
+
+
+@component
+def promotion_gate(
+    promotion: str, seed: int, predictions: Input[Dataset]
+) -> NamedTuple("GateOutputs", [("decision", str), ("report", str)]):  # type: ignore[valid-type]
+    """Applies the policy file's `promotion:` rules; returns "promote" or "reject" and the
+    report of every check as JSON."""
+    import json
+    from collections import namedtuple
+
+    from pipeline_client.gate import PromotionRules, evaluate_promotion
+
+    with open(predictions.path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    rules = PromotionRules.from_json(promotion or "{}")
+    result = evaluate_promotion(rules, data["labels"], data["challenger"], data["champion"],
+                                seed=seed)
+    report = result.to_json()
+    report["champion_version"] = data["champion_version"] or None
+    report["examples"] = len(data["labels"])
+    print(f"gate: {result.decision}: {result.reason}")
+    outputs = namedtuple("GateOutputs", ["decision", "report"])
+    return outputs(result.decision, json.dumps(report, sort_keys=True))
+
+
+@component
+def promote_model(
+    model: str, trigger_id: str, registry: str, gate_report: str, challenger: Input[Model]
+) -> str:
+    """Registers the challenger and moves `champion` to it (`previous` to the old one);
+    returns the new champion version."""
+    import json
+
+    from pipeline_client.registry import open_registry
+
+    if not registry:
+        raise ValueError("the `registry` pipeline parameter is empty: set it in the policy "
+                         "file's pipeline.parameters (file:///path or vertex://...)")
+    report = json.loads(gate_report)
+    metrics = {c["metric"]: c["challenger"] for c in report.get("checks", [])
+               if isinstance(c.get("challenger"), (int, float))}
+    store = open_registry(registry)
+    version = store.register(model, challenger.path, metrics,
+                             {"trigger_id": trigger_id, "gate": report.get("reason", "")})
+    promoted = store.promote(model, version.version)
+    print(f"promoted {model} version {promoted.version}")
+    return promoted.version
+
+
+@component
+def report_outcome(
+    model: str,
+    trigger_id: str,
+    run_id: str,
+    promoted: bool,
+    champion_version: str,
+    gate_report: str,
+    training_report: str,
+    outcome_topic: str,
+) -> str:
+    """Publishes the run's outcome to `outcome_topic` (a Pub/Sub topic, or a local service's
+    URL; empty: nowhere) and returns it as JSON — the pipeline's one output."""
+    import json
+
+    from pipeline_client.outcome import publish_outcome
+
+    gate = json.loads(gate_report)
+    message = {
+        "model": model,
+        "trigger_id": trigger_id,
+        "run_id": run_id,
+        "decision": "promoted" if promoted else "rejected",
+        "champion_version": champion_version or None,
+        "report": {"summary": gate.get("reason", ""), "gate": gate,
+                   "training": json.loads(training_report)},
+    }
+    if outcome_topic:
+        print(f"outcome published to {outcome_topic}: {publish_outcome(message, outcome_topic)}")
+    return json.dumps(message, sort_keys=True)

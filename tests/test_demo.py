@@ -1,0 +1,63 @@
+"""`retrain-trigger demo` (the README's run command) in its short mode: the whole loop for
+real — drifting stream, policies, kfp.local runs, gate, registry — and its records agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline_client.registry import LocalModelRegistry
+from tests.conftest import ROOT
+from triggers.demo import MODEL
+from triggers.sqlite_store import SQLiteStore
+
+
+def test_the_demo_rejects_a_noise_dip_promotes_on_drift_and_recovers(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "triggers", "demo", "--workdir", str(workdir), "--days", "30",
+         "--examples", "1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    timeline = json.loads((workdir / "timeline.json").read_text())
+    days, runs = timeline["days"], timeline["runs"]
+    assert len(days) == 30
+
+    # The first model is promoted on the floors alone; then the labelling incident (days 9
+    # and 11) fires the floor and the gate rejects; then the drift fires and a challenger wins.
+    assert runs[0]["decision"] == "promoted" and runs[0]["champion_version"] == "1"
+    triggered = [d for d in days if d["run_id"]]
+    assert triggered[0]["day"] == 11 and triggered[0]["outcome"] == "rejected"
+    assert triggered[0]["fired"] == ["accuracy-floor"]
+    promotions = [d for d in triggered if d["outcome"] == "promoted"]
+    assert promotions and all(d["day"] > 14 for d in promotions)
+
+    # Metrics recover after each promotion: the new champion's first day beats the trigger day.
+    for trigger in promotions:
+        following = next(d for d in days if d["day"] == trigger["day"] + 1)
+        assert following["version"] == trigger["new_version"]
+        assert following["accuracy"] > trigger["accuracy"] + 0.01
+    # After the rejection the champion stayed.
+    rejected_day = triggered[0]["day"]
+    assert next(d for d in days if d["day"] == rejected_day + 1)["version"] == "1"
+
+    # The service's outcome records say the same, with the gate's report kept with each run.
+    store = SQLiteStore(workdir / "state.db")
+    ended = {r.run_id: r for r in store.runs(MODEL, limit=50)}
+    for entry in triggered:
+        run = ended[entry["run_id"]]
+        assert run.state == entry["outcome"]
+        assert run.outcome is not None
+        gate = run.outcome["report"]["gate"]
+        assert gate["decision"] == ("promote" if entry["outcome"] == "promoted" else "reject")
+        assert {c["kind"] for c in gate["checks"]} >= {"primary", "guardrail", "floor"}
+    assert store.model_state(MODEL).champion_version == str(len(promotions) + 1)
+
+    registry = LocalModelRegistry(workdir / "registry")
+    champion = registry.champion(MODEL)
+    assert champion is not None and champion.version == str(len(promotions) + 1)
+    assert (workdir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "timeline (" in result.stdout and "rejected 1" in result.stdout
