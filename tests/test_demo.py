@@ -54,6 +54,12 @@ def test_the_demo_rejects_a_noise_dip_promotes_on_drift_and_recovers(tmp_path: P
         gate = run.outcome["report"]["gate"]
         assert gate["decision"] == ("promote" if entry["outcome"] == "promoted" else "reject")
         assert {c["kind"] for c in gate["checks"]} >= {"primary", "guardrail", "floor"}
+    # Each outcome arrived as the pipeline's own published message (the launcher's fallback
+    # delivery came second and changed nothing).
+    ends = [d for d in store.decisions(MODEL, 500)
+            if d.kind in ("promoted", "rejected_challenger")]
+    assert len(ends) == len(runs)
+    assert all((d.message_id or "").startswith("outcome-") for d in ends), ends
     assert store.model_state(MODEL).champion_version == str(len(promotions) + 1)
 
     registry = LocalModelRegistry(workdir / "registry")
