@@ -8,14 +8,16 @@ the service's venv under kfp.local; on Vertex: the image built from pipelines/Do
 # kfp ships no type information: its decorators are untyped for mypy.
 # mypy: disable-error-code="untyped-decorator"
 
+import os
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
 # The image every step runs in. kfp.local's SubprocessRunner ignores it and uses the current
-# interpreter; on Vertex it must hold kfp, numpy, scipy, statsmodels and this repository.
-BASE_IMAGE = "python:3.11-slim"
+# interpreter; on Vertex it must hold kfp, numpy, scipy, statsmodels and this repository:
+# build pipelines/Dockerfile and compile with RETRAIN_PIPELINE_IMAGE set to it.
+BASE_IMAGE = os.environ.get("RETRAIN_PIPELINE_IMAGE", "python:3.11-slim")
 
 
 def component(func):  # type: ignore[no-untyped-def]
