@@ -157,3 +157,25 @@ def test_cold_start_with_a_compiled_policy_needs_neither_pydantic_nor_yaml(
     )
     result = fresh_python(code, policy, tmp_path)
     assert result.stdout.strip() == "recorded []"
+
+
+def test_validate_checks_a_local_template_declares_what_the_service_passes(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "policies.yaml"
+    text = POLICY_YAML % {"template": ROOT / "pipelines" / "retrain.yaml"}
+    text = text.replace("parameters: {training_days: 30}",
+                        "parameters: {training_days: 30, data_uri: /data, registry: /reg}")
+    text += """    promotion:  # of the last model, churn
+      primary: {metric: accuracy}
+"""
+    policy.write_text(text)
+    assert run_cli("validate", str(policy)).returncode == 0
+    # The toy example template declares neither the data parameters nor `promotion`.
+    policy.write_text(text.replace(str(ROOT / "pipelines" / "retrain.yaml"),
+                                   str(EXAMPLE_TEMPLATE)))
+    bad = run_cli("validate", str(policy))
+    assert bad.returncode == 1
+    assert ("models.churn.pipeline: the template does not declare input 'promotion'"
+            in bad.stderr)
+    assert "does not declare input 'data_uri'" in bad.stderr

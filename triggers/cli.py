@@ -224,6 +224,8 @@ def _validate(path: str, compile_: bool = False) -> int:
         template = model.pipeline.template
         if "://" not in template and not Path(template).exists():
             problems.append(f"models.{model.name}.pipeline.template: {template} does not exist")
+        elif "://" not in template:
+            problems += _template_problems(model)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     if problems:
@@ -235,6 +237,29 @@ def _validate(path: str, compile_: bool = False) -> int:
     if compile_:
         print(f"compiled: {compile_policy_file(path)}")
     return 0
+
+
+def _template_problems(model: Any) -> list[str]:
+    """A local template's declared inputs against what the service will pass it."""
+    from pipeline_client.templates import fetch_template
+    from triggers.errors import RetrainError
+
+    where = f"models.{model.name}.pipeline"
+    try:
+        template = fetch_template(model.pipeline.template)
+    except RetrainError as exc:
+        return [f"{where}.template: {exc}"]
+    passed = {*model.pipeline.parameters, "model", "trigger_id", "reason", "champion_version"}
+    if model.promotion is not None:
+        passed.add("promotion")
+    declared = set(template.input_parameters)
+    problems = [f"{where}: the template does not declare input {name!r}"
+                + (" (the promotion: section is passed as `promotion`)"
+                   if name == "promotion" else "")
+                for name in sorted(passed - declared)]
+    problems += [f"{where}.parameters: the template requires {name!r}"
+                 for name in sorted(template.required_parameters - passed)]
+    return problems
 
 
 def _decisions(args: argparse.Namespace) -> int:
