@@ -1,0 +1,166 @@
+variable "project_id" {
+  description = "The Google Cloud project to deploy into (billing enabled)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, the Eventarc triggers and Vertex AI (RETRAIN_LOCATION)."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "source_dir" {
+  description = "Root of the retrain-trigger source tree that is zipped and deployed (main.py, requirements.txt, the policy file)."
+  type        = string
+  default     = null # null: the repository this file lives in (../..)
+}
+
+variable "policy_file" {
+  description = "The policy file, relative to source_dir. Ship it compiled: run `python -m triggers validate --compile FILE` first (the plan checks that FILE's .compiled.json is current)."
+  type        = string
+  default     = "policies.yaml"
+}
+
+variable "firestore_indexes_file" {
+  description = "Composite indexes and TTL field overrides, Firebase CLI format."
+  type        = string
+  default     = null # null: deploy/firestore.indexes.json
+}
+
+variable "firestore_database" {
+  description = "Firestore database id (RETRAIN_STATE=firestore://<id>). A named database leaves the project's (default) alone."
+  type        = string
+  default     = "retrain-trigger"
+}
+
+variable "state_retention" {
+  description = "How long points, processed markers, decisions and rejected events are kept (their expire_at, deleted by the TTL policies), e.g. 400d; \"none\" keeps them forever; null: the store's default."
+  type        = string
+  default     = null
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as us-central1, or a multi-region such as nam5)."
+  type        = string
+  default     = null # null: var.region
+}
+
+variable "firestore_delete_protection" {
+  description = "Refuse to delete the Firestore database (recommended: it holds the audit trail)."
+  type        = bool
+  default     = true
+}
+
+variable "metrics_topic" {
+  description = "Topic the evaluation job publishes metric events to."
+  type        = string
+  default     = "model-metrics"
+}
+
+variable "dead_letter_topic" {
+  description = "Where metric events go after max_delivery_attempts failed deliveries."
+  type        = string
+  default     = "model-metrics-dead-letter"
+}
+
+variable "outcome_topic" {
+  description = "Topic the pipeline's last step publishes run outcomes to."
+  type        = string
+  default     = "retrain-outcomes"
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of one metric event before it is dead-lettered (5..100)."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts 5 to 100 delivery attempts."
+  }
+}
+
+variable "configure_trigger_dead_letter" {
+  description = "Attach the dead-letter topic to the subscription Eventarc creates for on-metric-event. The google provider cannot manage that subscription, so this runs deploy/gcloud/dead_letter.sh (needs gcloud, logged in, where terraform runs)."
+  type        = bool
+  default     = true
+}
+
+variable "runtime_service_account_id" {
+  description = "Account id of the functions' runtime service account."
+  type        = string
+  default     = "retrain-trigger"
+}
+
+variable "pipeline_service_account_id" {
+  description = "Account id of the service account Vertex AI pipeline runs use. Every model's pipeline.service_account in the policy file must be this account."
+  type        = string
+  default     = "retrain-pipeline"
+}
+
+variable "trigger_service_account_id" {
+  description = "Account id of the identity Eventarc uses to invoke on-metric-event and on-run-outcome."
+  type        = string
+  default     = "retrain-events"
+}
+
+variable "build_service_account" {
+  description = "Email of the service account Cloud Build uses to build the functions; null uses the project's default (which an organization policy may leave without the roles it needs)."
+  type        = string
+  default     = null
+}
+
+variable "pipeline_bucket" {
+  description = "Bucket for pipeline templates (templates/) and pipeline_root (root/); created here. Globally unique."
+  type        = string
+  default     = null # null: <project_id>-retrain-pipelines
+}
+
+variable "template_buckets" {
+  description = "Other buckets holding gs:// pipeline templates the functions must read (objectViewer is granted on each)."
+  type        = list(string)
+  default     = []
+}
+
+variable "manual_trigger_invokers" {
+  description = "Members allowed to call manual-trigger (e.g. user:ops@example.com, group:ml-oncall@example.com, serviceAccount:ci@p.iam.gserviceaccount.com). allUsers/allAuthenticatedUsers are refused."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.manual_trigger_invokers : !contains(["allusers", "allauthenticatedusers"], lower(m))])
+    error_message = "manual-trigger is never public: name users, groups or service accounts."
+  }
+}
+
+variable "memory" {
+  description = "Memory of each function (at least 256Mi: the first Vertex launch peaks near 124 MiB)."
+  type        = string
+  default     = "512Mi"
+  validation {
+    condition     = can(regex("^[0-9]+(Mi|Gi)$", var.memory)) && (endswith(var.memory, "Gi") || try(tonumber(trimsuffix(var.memory, "Mi")) >= 256, false))
+    error_message = "memory must be like 256Mi, 512Mi or 1Gi, and at least 256Mi."
+  }
+}
+
+variable "cpu" {
+  description = "vCPUs of each function. Cold-start figures in the README were measured on full CPUs; below 1 vCPU, imports are proportionally slower."
+  type        = string
+  default     = "1"
+}
+
+variable "max_instances" {
+  description = "Upper bound on instances of each function."
+  type        = number
+  default     = 10
+}
+
+variable "timeout_seconds" {
+  description = "Request timeout of each function (a launch waits at most 30 s on Vertex)."
+  type        = number
+  default     = 120
+}
+
+variable "labels" {
+  description = "Labels added to the resources that take them."
+  type        = map(string)
+  default     = { app = "retrain-trigger" }
+}
