@@ -1,5 +1,5 @@
-"""The StateStore contract, run against every implementation (SQLite file, SQLite in memory;
-Firestore joins when it is built): what the service relies on, checked the same way."""
+"""The StateStore contract, run against every implementation (SQLite file, SQLite in memory,
+Firestore on Google's emulator): what the service relies on, checked the same way."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_client.launcher import FakeLauncher
+from tests.support.emulators import FirestoreEmulator
+from tests.support.fixtures import firestore_emulator, firestore_env  # noqa: F401
 from triggers.config import Guards
+from triggers.events import Delivery
 from triggers.sqlite_store import SQLiteStore
 from triggers.store import (
     IN_FLIGHT,
@@ -24,17 +28,39 @@ from triggers.store import (
 
 NOW = 1_800_000_000.0
 GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(days=1))
+StoreFactory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    factories: dict[str, Callable[[], SQLiteStore]] = {
-        "sqlite-file": lambda: SQLiteStore(tmp_path / "state.db"),
-        "sqlite-memory": lambda: SQLiteStore(":memory:"),
-    }
-    made = factories[request.param]()
-    yield made
-    made.close()
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "firestore"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Makes stores on one backend: each call is another "instance" (its own connection or
+    client) sharing the same state; the in-memory SQLite store can only share itself."""
+    made: list[StateStore] = []
+    memory: list[SQLiteStore] = []
+
+    def make() -> StateStore:
+        if request.param == "sqlite-file":
+            store: StateStore = SQLiteStore(tmp_path / "state.db")
+        elif request.param == "sqlite-memory":
+            if not memory:
+                memory.append(SQLiteStore(":memory:"))
+            store = memory[0]
+        else:
+            from triggers.firestore_store import FirestoreStore
+
+            emulator: FirestoreEmulator = request.getfixturevalue("firestore_env")
+            store = FirestoreStore(project=emulator.project)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> StateStore:
+    return store_factory()
 
 
 def point(t: float, value: float, metric: str = "accuracy", **extra: object) -> StoredPoint:
@@ -130,6 +156,78 @@ def test_concurrent_claims_from_threads_give_one_run(store: StateStore) -> None:
         t.join()
     assert sorted(results) == ["blocked"] * 7 + ["claimed"]
     assert len(store.runs("m")) == 1
+
+
+def test_two_claimers_for_one_model_claim_once(store_factory: StoreFactory) -> None:
+    """Two instances (threads, each its own store) race 10 claims each for one model, all
+    different runs: the guards let exactly one through."""
+    stores = [store_factory(), store_factory()]
+    results: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def claim(worker: int) -> None:
+        barrier.wait()
+        for i in range(10):
+            claimed = stores[worker].claim_run(run(f"run-{worker}-{i}", NOW), GUARDS, NOW, False)
+            results.append(claimed.status)
+
+    threads = [threading.Thread(target=claim, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["blocked"] * 19 + ["claimed"]
+    assert len(stores[0].runs("m")) == 1
+
+
+def test_one_message_delivered_to_two_instances_at_once_is_processed_once(
+    store_factory: StoreFactory,
+) -> None:
+    """Pub/Sub may deliver one message twice at the same moment: 10 messages of a degrading
+    series, each handed to two services (threads, each its own store) at once. Every message
+    ends processed, one run is launched, one `fired` decision is recorded, one point per key."""
+    from tests.conftest import Clock, policy_config
+    from tests.test_service import DEGRADING, FIRST_FIRE
+    from triggers.service import RetrainService
+
+    launcher = FakeLauncher()
+    clock = Clock()
+    services = [RetrainService(policy_config(), store_factory(), launcher, clock=clock)
+                for _ in range(2)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    statuses: list[str] = []
+
+    def deliver(worker: int) -> None:
+        for day, value in enumerate(DEGRADING):
+            event = (f'{{"model": "fraud-detector", "metrics": {{"accuracy": {value}}}, '
+                     f'"window_end": "2026-11-{day + 1:02d}T00:00:00Z", "examples": 1000}}')
+            barrier.wait()
+            try:
+                result = services[worker].handle_delivery(
+                    Delivery(f"msg-{day}", event.encode(), "pubsub"))
+                statuses.append(result.status)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert set(statuses) <= {"recorded", "duplicate"} and len(statuses) == 20
+    store = services[0].store
+    assert all(store.is_processed(f"msg-{day}") for day in range(len(DEGRADING)))
+    assert len(launcher.runs) == 1
+    runs = store.runs("fraud-detector")
+    assert len(runs) == 1 and runs[0].state in ("launched", "running")  # submitted
+    trail = store.decisions("fraud-detector", limit=200)
+    assert [d.event_time for d in trail if d.kind == "fired"] == [
+        p.window_end for p in store.points("fraud-detector", "overall", "accuracy")][
+        FIRST_FIRE:FIRST_FIRE + 1]
+    assert len({d.decision_id for d in trail}) == len(trail)
+    assert len(store.points("fraud-detector", "overall", "accuracy")) == len(DEGRADING)
 
 
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:

@@ -30,9 +30,9 @@ def build_store(url: str) -> StateStore:
 
         return SQLiteStore.from_url(url)
     if url.startswith("firestore://"):
-        raise ConfigError(
-            "RETRAIN_STATE", "firestore:// is not built yet; use sqlite:///path (see README)"
-        )
+        from triggers.firestore_store import FirestoreStore  # the SDK loads on first use
+
+        return FirestoreStore.from_url(url)
     raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
 
 

@@ -1,6 +1,7 @@
 """Pytest fixtures around the emulator harness, for `tests/conftest.py` to import.
 
-Use: `from tests.support.fixtures import pubsub_emulator, pubsub_env, unique_name  # noqa: F401`.
+Use: `from tests.support.fixtures import pubsub_emulator, pubsub_env, unique_name  # noqa: F401`
+(and `firestore_emulator, firestore_env` for the Firestore emulator).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.emulators import PubSubEmulator
+from tests.support.emulators import FirestoreEmulator, PubSubEmulator
 
 _counter = itertools.count(1)
 _lock = threading.Lock()
@@ -64,3 +65,46 @@ def unique_name() -> Callable[[str], str]:
         return f"{prefix}-{run}-{next(_counter)}"
 
     return make
+
+
+_firestore_lock = threading.Lock()
+_firestore_shared: FirestoreEmulator | None = None
+_firestore_users = 0
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[FirestoreEmulator]:
+    """One Firestore emulator for the whole session (~2 s to start); killed at the end.
+
+    Shared like `pubsub_emulator` when imported into several modules. It does not touch
+    os.environ (use `firestore_env`). A missing gcloud/emulator fails the test with
+    "gcloud Firestore emulator not found: ...".
+    """
+    global _firestore_shared, _firestore_users
+    with _firestore_lock:
+        if _firestore_shared is None:
+            emulator = FirestoreEmulator()
+            emulator.start()
+            _firestore_shared = emulator
+        _firestore_users += 1
+        emulator = _firestore_shared
+    try:
+        yield emulator
+    finally:
+        with _firestore_lock:
+            _firestore_users -= 1
+            if _firestore_users == 0:
+                _firestore_shared = None
+                emulator.stop()
+
+
+@pytest.fixture
+def firestore_env(
+    firestore_emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> FirestoreEmulator:
+    """The session emulator, emptied, with FIRESTORE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT
+    set for one test."""
+    firestore_emulator.reset()
+    for key, value in firestore_emulator.env().items():
+        monkeypatch.setenv(key, value)
+    return firestore_emulator
