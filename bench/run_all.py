@@ -1,4 +1,4 @@
-"""Runs bench/cold_start.py, memory.py, throughput.py and firestore.py with their defaults and
+"""Runs bench/cold_start.py, memory.py, throughput.py, firestore.py and backtest.py with their defaults and
 prints a markdown summary (value, floor, ratio, target, PASS/MISS); always exits 0."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import PYTHON, ROOT, machine_banner  # noqa: E402
 
-SCRIPTS = ("cold_start.py", "memory.py", "throughput.py", "firestore.py")
+SCRIPTS = ("cold_start.py", "memory.py", "throughput.py", "firestore.py", "backtest.py")
 
 
 def _fmt(value: float | None, unit: str) -> str:

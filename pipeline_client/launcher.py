@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 from triggers.errors import LaunchRejectedError, TransientError
@@ -33,7 +33,9 @@ class LaunchRequest:
     kms_key_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """A plain dict (JSON-ready); a shallow copy: `asdict`'s deep copy cost a backtest a
+        third of its time."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["parameters"] = dict(self.parameters)
         data["labels"] = dict(self.labels)
         return data

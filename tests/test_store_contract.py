@@ -31,12 +31,12 @@ GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(
 StoreFactory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", "firestore"])
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory", "firestore"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Makes stores on one backend: each call is another "instance" (its own connection or
-    client) sharing the same state; the in-memory SQLite store can only share itself."""
+    client) sharing the same state; the in-memory stores can only share themselves."""
     made: list[StateStore] = []
-    memory: list[SQLiteStore] = []
+    memory: list[StateStore] = []
 
     def make() -> StateStore:
         if request.param == "sqlite-file":
@@ -44,6 +44,12 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         elif request.param == "sqlite-memory":
             if not memory:
                 memory.append(SQLiteStore(":memory:"))
+            store = memory[0]
+        elif request.param == "memory":
+            from triggers.memory_store import MemoryStore
+
+            if not memory:
+                memory.append(MemoryStore())
             store = memory[0]
         else:
             from triggers.firestore_store import FirestoreStore

@@ -13,6 +13,10 @@ def latest_usable(policy: Policy, points: Sequence[Point], count: int) -> list[P
 
     Touches only the tail (plus any unusable points inside it), never the whole series.
     """
+    if count <= 0:
+        return []
+    if not policy.spec.min_examples:  # every point is usable
+        return list(points[-count:])
     picked: list[Point] = []
     for index in range(len(points) - 1, -1, -1):
         if len(picked) == count:
@@ -39,6 +43,19 @@ class AbsolutePolicy(Policy):
         # Only the latest N usable points matter: O(N), however long the history is.
         return self._evaluate(latest_usable(self, points, self.spec.evaluation_points))
 
+    def fires(self, points: Sequence[Point]) -> bool:
+        # The rule of `_evaluate` without its verdict: N points, at least M of them breaches.
+        window = self.spec.evaluation_points
+        tail = latest_usable(self, points, window)
+        return len(tail) >= window and self._breaches(tail) >= self.spec.breaches_to_trigger
+
+    def _breaches(self, tail: Sequence[Point]) -> int:
+        """How many of `tail`'s values are strictly worse than the threshold."""
+        threshold = self.rule.threshold  # as `is_worse`, inlined: the backtest's hot loop
+        if self.higher_is_better:
+            return sum(1 for point in tail if point.value < threshold)
+        return sum(1 for point in tail if point.value > threshold)
+
     def _evaluate(self, points: Sequence[Point]) -> Verdict:
         needed, window = self.spec.breaches_to_trigger, self.spec.evaluation_points
         threshold = self.rule.threshold
@@ -51,7 +68,7 @@ class AbsolutePolicy(Policy):
                 threshold=threshold,
             )
         tail = points[-window:]
-        breaches = sum(1 for point in tail if self.is_worse(point.value, threshold))
+        breaches = self._breaches(tail)
         latest = tail[-1]
         fired = breaches >= needed
         side = "below" if self.higher_is_better else "above"

@@ -63,6 +63,12 @@ class Policy(ABC):
             points = [p for p in points if self.is_usable(p)]
         return self._evaluate(points)
 
+    def fires(self, points: Sequence[Point]) -> bool:
+        """Whether `evaluate(points)` fires. Subclasses that can tell without building the
+        verdict (its reason, its details) say so faster; the backtest asks this of every point
+        and builds verdicts only where a policy fires."""
+        return self.evaluate(points).fired
+
     def is_usable(self, point: Point) -> bool:
         """False for a point backed by fewer than `min_examples` labelled examples (noise)."""
         return point.examples is None or point.examples >= self.spec.min_examples

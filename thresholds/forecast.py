@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
 from thresholds.spec import ForecastSpec, PolicySpec
-from thresholds.trend import DAY, recent_usable, theil_sen, window_problem
+from thresholds.trend import (
+    DAY,
+    FitMemo,
+    RobustFit,
+    recent_usable,
+    theil_sen,
+    window_key,
+    window_problem,
+)
 
 #: Only the fit's slope and level are used; the CI level is irrelevant here.
 _CONFIDENCE = 0.95
@@ -31,6 +39,7 @@ class ForecastPolicy(Policy):
     already crossed)."""
 
     kind = "forecast"
+    fit_memo: FitMemo | None = None
 
     def __init__(self, spec: PolicySpec) -> None:
         super().__init__(spec)
@@ -41,20 +50,43 @@ class ForecastPolicy(Policy):
     def lookback(self) -> timedelta:
         return self.rule.lookback
 
+    def _fit(self, window: Sequence[Point]) -> RobustFit:
+        """The window's Theil–Sen fit (remembered with a `fit_memo`)."""
+        if self.fit_memo is None:
+            return theil_sen(window, _CONFIDENCE)
+        return self.fit_memo.get(("fit", _CONFIDENCE, *window_key(window)),
+                                 lambda: theil_sen(window, _CONFIDENCE))
+
     def evaluate(self, points: Sequence[Point]) -> Verdict:
         # Only the lookback window matters: walk back from the end, not over the whole series.
-        return self._evaluate(recent_usable(self, points, self.rule.lookback))
+        return self._judge(recent_usable(self, points, self.rule.lookback))
 
     def _evaluate(self, points: Sequence[Point]) -> Verdict:
+        return self._judge(recent_usable(self, points, self.rule.lookback))
+
+    def fires(self, points: Sequence[Point]) -> bool:
+        # The test of `_judge` without its verdict's text.
+        window = recent_usable(self, points, self.rule.lookback)
+        if window_problem(self, window, self.rule.min_points, self.rule.lookback):
+            return False
+        _, _, projected = self._projection(window)
+        return self.is_worse(projected, self.rule.threshold)
+
+    def _projection(self, window: Sequence[Point]) -> tuple[RobustFit, float, float]:
+        """The window's fit, the time it is projected to (the latest point's + horizon), and
+        the fitted line's value then."""
+        fit = self._fit(window)
+        target = window[-1].time + self.rule.horizon.total_seconds()
+        return fit, target, fit.at(target)
+
+    def _judge(self, window: list[Point]) -> Verdict:
+        """The verdict on the lookback window (usable points, oldest first)."""
         rule, threshold = self.rule, self.rule.threshold
-        window = recent_usable(self, points, rule.lookback)
         problem = window_problem(self, window, rule.min_points, rule.lookback)
         if problem:
             return self.verdict("insufficient_data", problem, limit=threshold, points=len(window))
-        fit = theil_sen(window, _CONFIDENCE)
+        fit, target, projected = self._projection(window)
         latest = window[-1].time
-        target = latest + rule.horizon.total_seconds()
-        projected = fit.at(target)
         # When the line reaches the threshold heading the bad way (None if it never does).
         crossing: float | None = None
         if self.is_worse(fit.slope, 0.0):

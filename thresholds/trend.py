@@ -7,9 +7,11 @@ scipy are imported inside the functions that use them, never at module import (c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
+from typing import Any, TypeVar
 
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
@@ -23,6 +25,16 @@ def recent_usable(policy: Policy, points: Sequence[Point], lookback: timedelta) 
 
     Walks back from the end of the (time-sorted) series and stops at the window's start.
     """
+    if not policy.spec.min_examples:  # every point is usable: the walk only compares times
+        if not points:
+            return []
+        start_time = points[-1].time - lookback.total_seconds()
+        count = 0
+        for point in reversed(points):
+            if point.time < start_time:
+                break
+            count += 1
+        return list(points[len(points) - count:])
     picked: list[Point] = []
     start: float | None = None
     for index in range(len(points) - 1, -1, -1):
@@ -67,38 +79,190 @@ class RobustFit:
         return self.level + self.slope * (time - self.origin) / DAY
 
 
-def _days(points: Sequence[Point]) -> tuple[list[float], list[float]]:
-    """(days relative to the latest point, values): real timestamps, irregular spacing kept."""
-    origin = points[-1].time
-    return [(point.time - origin) / DAY for point in points], [point.value for point in points]
+class _Pairs:
+    """A window's times (days before its latest point) and values, and the differences over
+    every pair of points: what the Theil–Sen fit and Kendall's test both need, built once."""
+
+    def __init__(self, points: Sequence[Point]) -> None:
+        import numpy as np
+
+        origin = points[-1].time
+        self.size = len(points)
+        self.days = (np.array([p.time for p in points], dtype=float) - origin) / DAY
+        self.values = np.array([p.value for p in points], dtype=float)
+        if self.size > 1 and not bool(np.all(self.days[1:] >= self.days[:-1])):
+            order = np.argsort(self.days, kind="stable")  # callers pass sorted windows
+            self.days, self.values = self.days[order], self.values[order]
+        earlier, later = _pair_indices(self.size)
+        # For sorted times, (later - earlier) is every pair with a non-negative time step:
+        # the same subtractions as scipy's `x[:, None] - x` where that is > 0.
+        self.time_steps = self.days[later] - self.days[earlier]
+        self.value_steps = self.values[later] - self.values[earlier]
+        self.time_tied = int(np.count_nonzero(self.time_steps == 0))
+        self.time_ties = _tie_sizes(self.days) if self.time_tied else []
+        self.sorted_values = np.sort(self.values)
+        self.value_ties = _tie_sizes(self.sorted_values)
+
+    def slopes(self) -> Any:
+        """The slope of every pair of points at distinct times."""
+        if self.time_tied:
+            distinct = self.time_steps > 0
+            return self.value_steps[distinct] / self.time_steps[distinct]
+        return self.value_steps / self.time_steps
+
+
+@lru_cache(maxsize=64)
+def _pair_indices(size: int) -> tuple[Any, Any]:
+    """(earlier, later) index arrays of every pair of `size` points (cached per size)."""
+    import numpy as np
+
+    return np.triu_indices(size, 1)
+
+
+def _tie_sizes(ordered: Any) -> list[int]:
+    """The sizes of the groups of equal values (of two or more) in sorted values."""
+    import numpy as np
+
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return []
+    edges = np.flatnonzero(np.concatenate(([True], ~same, [True])))
+    sizes = edges[1:] - edges[:-1]
+    return [int(size) for size in sizes[sizes > 1].tolist()]
+
+
+def _median(ordered: Any) -> float:
+    """The median of sorted values, as numpy computes it (the mean of the middle two)."""
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
+@lru_cache(maxsize=64)
+def _normal_quantile(probability: float) -> float:
+    from scipy.special import ndtri  # type: ignore[import-untyped,unused-ignore]
+
+    return float(ndtri(probability))
 
 
 def theil_sen(points: Sequence[Point], confidence: float) -> RobustFit:
     """The Theil–Sen fit of `points` (at least two distinct times) with a `confidence` CI."""
-    import numpy as np
-    from scipy.stats import theilslopes  # type: ignore[import-untyped,unused-ignore]
+    return _theil_sen(_Pairs(points), confidence, points[-1].time)
 
-    days, values = _days(points)
-    # Heavy ties in both time and value make Sen's variance negative: the CI is then NaN,
-    # which callers handle; numpy's warning about it is noise.
-    with np.errstate(invalid="ignore"):
-        result = theilslopes(values, days, alpha=confidence)
-    return RobustFit(
-        slope=float(result.slope),
-        low_slope=float(result.low_slope),
-        high_slope=float(result.high_slope),
-        level=float(result.intercept),
-        origin=points[-1].time,
-    )
+
+def _theil_sen(pairs: _Pairs, confidence: float, origin: float) -> RobustFit:
+    """The arithmetic of `scipy.stats.theilslopes` (method "separate"), step by step, without
+    its per-call overhead (a test checks the results are bit-identical). Sen's variance of
+    the CI, negative under heavy ties in both time and value, gives a NaN interval, which
+    callers handle."""
+
+    slopes = pairs.slopes()
+    count, size = slopes.size, pairs.size
+    if count == 0:
+        nan = float("nan")
+        return RobustFit(nan, nan, nan, nan, origin)
+    middle = count // 2
+    ranks = {middle} if count % 2 else {middle - 1, middle}
+    alpha = 1.0 - confidence if confidence > 0.5 else confidence
+    z = _normal_quantile(alpha / 2.0)
+    tied = sum(k * (k - 1) * (2 * k + 5) for k in (*pairs.time_ties, *pairs.value_ties))
+    variance = 1 / 18.0 * (size * (size - 1) * (2 * size + 5) - tied)
+    interval: tuple[int, int] | None = None
+    if variance >= 0:
+        sigma = math.sqrt(variance)
+        interval = (max(round((count + z * sigma) / 2.0) - 1, 0),
+                    min(round((count - z * sigma) / 2.0), count - 1))
+        ranks.update(interval)
+    slopes.partition(sorted(ranks))  # a fresh array: ordered in place
+    ordered = slopes
+    slope = (float(ordered[middle]) if count % 2
+             else float((ordered[middle - 1] + ordered[middle]) / 2))
+    low, high = ((float(ordered[interval[0]]), float(ordered[interval[1]])) if interval
+                 else (float("nan"), float("nan")))
+    level = _median(pairs.sorted_values) - slope * _median(pairs.days)
+    return RobustFit(slope=slope, low_slope=low, high_slope=high, level=level, origin=origin)
 
 
 def kendall_p_value(points: Sequence[Point], decreasing: bool) -> float:
     """One-sided p-value of Kendall's tau against "no trend" (alternative: the given sign)."""
-    from scipy.stats import kendalltau  # type: ignore[import-untyped,unused-ignore]
+    return _kendall_p_value(_Pairs(points), decreasing)
 
-    days, values = _days(points)
-    result = kendalltau(days, values, alternative="less" if decreasing else "greater")
-    return float(result.pvalue)
+
+def _kendall_p_value(pairs: _Pairs, decreasing: bool) -> float:
+    """The arithmetic of `scipy.stats.kendalltau(method="auto")`, step by step: the exact null
+    distribution without ties and with at most 33 points (or an almost perfect order), the
+    normal approximation with the tie-corrected variance otherwise (a test checks the
+    results are bit-identical)."""
+    import numpy as np
+    from scipy.special import ndtr  # type: ignore[import-untyped,unused-ignore]
+
+    size = pairs.size
+    steps, rises = pairs.time_steps, pairs.value_steps
+    discordant = int(np.count_nonzero((steps > 0) & (rises < 0)))
+    both_tied = (int(np.count_nonzero((steps == 0) & (rises == 0))) if pairs.time_tied else 0)
+    time_ties, value_ties = pairs.time_ties, pairs.value_ties
+    x_tie = sum(k * (k - 1) // 2 for k in time_ties)
+    y_tie = sum(k * (k - 1) // 2 for k in value_ties)
+    total = size * (size - 1) // 2
+    if x_tie == total or y_tie == total:
+        return float("nan")
+    alternative = "less" if decreasing else "greater"
+    if x_tie == 0 and y_tie == 0 and (size <= 33 or min(discordant, total - discordant) <= 1):
+        return _kendall_exact(size, total - discordant, alternative)
+    x0 = sum(k * (k - 1) * (k - 2) for k in time_ties)
+    y0 = sum(k * (k - 1) * (k - 2) for k in value_ties)
+    x1 = sum(k * (k - 1) * (2 * k + 5) for k in time_ties)
+    y1 = sum(k * (k - 1) * (2 * k + 5) for k in value_ties)
+    m = size * (size - 1.0)
+    variance = ((m * (2 * size + 5) - x1 - y1) / 18 + (2 * x_tie * y_tie) / m
+                + x0 * y0 / (9 * m * (size - 2)))
+    z = (total - x_tie - y_tie + both_tied - 2 * discordant) / math.sqrt(variance)
+    return float(ndtr(z) if decreasing else ndtr(-z))
+
+
+@lru_cache(maxsize=4096)
+def _kendall_exact(size: int, concordant: int, alternative: str) -> float:
+    """SciPy's exact one-sided p-value of Kendall's tau (no ties); a pure function, cached."""
+    from scipy.stats._mstats_basic import (  # type: ignore[import-untyped,unused-ignore]
+        _kendall_p_exact,
+    )
+
+    return float(_kendall_p_exact(size, concordant, alternative))
+
+
+_T = TypeVar("_T")
+
+
+class FitMemo:
+    """Robust fits of windows already seen, by the windows' points: a sweep over a policy's
+    limit (or a backtest of several policies on one metric) fits each window once. Opt-in
+    (`policy.fit_memo = FitMemo()`); holds at most `capacity` windows, oldest dropped first."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """The value remembered for `key`, else `compute()` (remembered)."""
+        entries = self._entries
+        if key in entries:
+            self.hits += 1
+            value: _T = entries[key]
+            return value
+        self.misses += 1
+        value = compute()
+        if len(entries) >= self.capacity:
+            del entries[next(iter(entries))]
+        entries[key] = value
+        return value
+
+
+def window_key(window: Sequence[Point]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A window's identity for `FitMemo`: its times and its values."""
+    return tuple([p.time for p in window]), tuple([p.value for p in window])
 
 
 class TrendPolicy(Policy):
@@ -107,11 +271,26 @@ class TrendPolicy(Policy):
     "no trend" at 1 - `confidence`."""
 
     kind = "trend"
+    fit_memo: FitMemo | None = None
 
     def __init__(self, spec: PolicySpec) -> None:
         super().__init__(spec)
         assert spec.trend is not None  # Policy.__init__ checked the kind
         self.rule: TrendSpec = spec.trend
+
+    def _statistics(self, window: Sequence[Point]) -> tuple[RobustFit, float]:
+        """The window's Theil–Sen fit and Kendall p-value (remembered with a `fit_memo`)."""
+        confidence, decreasing = self.rule.confidence, self.higher_is_better
+
+        def compute() -> tuple[RobustFit, float]:
+            pairs = _Pairs(window)
+            return (_theil_sen(pairs, confidence, window[-1].time),
+                    _kendall_p_value(pairs, decreasing))
+
+        if self.fit_memo is None:
+            return compute()
+        return self.fit_memo.get(("trend", confidence, decreasing, *window_key(window)),
+                                 compute)
 
     @property
     def lookback(self) -> timedelta:
@@ -125,11 +304,33 @@ class TrendPolicy(Policy):
 
     def evaluate(self, points: Sequence[Point]) -> Verdict:
         # Only the lookback window matters: walk back from the end, not over the whole series.
-        return self._evaluate(recent_usable(self, points, self.rule.lookback))
+        return self._judge(recent_usable(self, points, self.rule.lookback))
 
     def _evaluate(self, points: Sequence[Point]) -> Verdict:
+        return self._judge(recent_usable(self, points, self.rule.lookback))
+
+    def fires(self, points: Sequence[Point]) -> bool:
+        # The tests of `_judge` without its verdict's text.
+        window = recent_usable(self, points, self.rule.lookback)
+        if window_problem(self, window, self.rule.min_points, self.rule.lookback):
+            return False
+        values = [point.value for point in window]
+        if min(values) == max(values):
+            return False
+        beyond, significant = self._tests(*self._statistics(window))
+        return bool(beyond and significant)
+
+    def _tests(self, fit: RobustFit, p_value: float) -> tuple[bool | None, bool]:
+        """(the slope's interval lies beyond the limit — None when it is undefined, the
+        Kendall test rejects "no trend"): the policy fires when both hold."""
+        # The end of the interval nearest to "healthy" must itself be worse than the limit.
+        near_end = fit.high_slope if self.higher_is_better else fit.low_slope
+        beyond = self.is_worse(near_end, self.signed_limit) if math.isfinite(near_end) else None
+        return beyond, p_value < 1 - self.rule.confidence  # NaN compares False
+
+    def _judge(self, window: list[Point]) -> Verdict:
+        """The verdict on the lookback window (usable points, oldest first)."""
         rule, limit = self.rule, self.signed_limit
-        window = recent_usable(self, points, rule.lookback)
         span = format_duration(rule.lookback)
         problem = window_problem(self, window, rule.min_points, rule.lookback)
         if problem:
@@ -144,8 +345,7 @@ class TrendPolicy(Policy):
                 limit=limit,
                 points=len(window),
             )
-        fit = theil_sen(window, rule.confidence)
-        p_value = kendall_p_value(window, decreasing=self.higher_is_better)
+        fit, p_value = self._statistics(window)
         alpha = 1 - rule.confidence
         details: dict[str, float | int | str | None] = {
             "points": len(window),
@@ -158,9 +358,8 @@ class TrendPolicy(Policy):
             f"{self.metric} slope {fit.slope:+.3g}/day over {len(window)} points in {span} "
             f"({rule.confidence:.0%} CI {fit.low_slope:+.3g} to {fit.high_slope:+.3g})"
         )
-        # The end of the interval nearest to "healthy" must itself be worse than the limit.
-        near_end = fit.high_slope if self.higher_is_better else fit.low_slope
-        if not math.isfinite(near_end):
+        beyond, significant = self._tests(fit, p_value)
+        if beyond is None:
             return self.verdict(
                 "insufficient_data",
                 f"{described}: the confidence interval is undefined (too many tied values)",
@@ -169,8 +368,6 @@ class TrendPolicy(Policy):
                 **details,
             )
         side = "below" if self.higher_is_better else "above"
-        beyond = self.is_worse(near_end, limit)
-        significant = p_value < alpha  # NaN compares False
         fired = beyond and significant
         verdicts = [
             f"{'entirely' if beyond else 'not entirely'} {side} the {limit:+g}/day allowed",

@@ -15,7 +15,8 @@ anything else is sniffed: a first non-blank character `{` means JSONL):
   `examples` or `window_start`, is an error (publish a correction as a separate file).
   Empty optional cells are omitted (so `slice` defaults to `overall` in the service).
 
-`read_events` raises `ValueError("<path>:<line>: ...")` on the first malformed line. CSV input
+`read_events` raises `ValueError("<path>:<line>: ...")` on the first malformed line, or, given
+`skip`, tells it (line, reason) and goes on without that line (CSV: without that row). CSV input
 is read whole before the first event is yielded; JSONL streams, so call `list(read_events(p))`
 first to validate a whole file before publishing any of it.
 
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import IO, Any
 
 Progress = Callable[[int], None]
+SkipRow = Callable[[int, str], None]
+"""Told (line number, reason) of each malformed line that `read_events` leaves out."""
 NumberedEvents = Iterable["tuple[int, Mapping[str, Any]] | Mapping[str, Any]"]
 
 CSV_REQUIRED = ("model", "metric", "value", "window_end")
@@ -103,31 +106,45 @@ class PublishReport:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_events(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_events(
+    path: str | Path, fmt: str | None = None, skip: SkipRow | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, event) from a JSONL or CSV file (`-` reads JSONL/CSV from stdin).
 
     `fmt` ("jsonl" or "csv") overrides detection by extension/content.
-    Raises ValueError("<path>:<line>: <reason>") on the first malformed line.
+    Raises ValueError("<path>:<line>: <reason>") on the first malformed line; with `skip`,
+    reports each malformed line to it and leaves the line out instead (a CSV header that
+    lacks required columns still raises: no row of such a file can be read).
     """
     name = str(path)
     if name == "-":
         text = sys.stdin.read()
-        yield from _read_text(text, "<stdin>", fmt)
+        yield from _read_text(text, "<stdin>", fmt, skip)
         return
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             if (fmt or _detect_format(Path(path), handle)) == "csv":
-                yield from _read_csv(handle, name)
+                yield from _read_csv(handle, name, skip)
             else:
-                yield from _read_jsonl(handle, name)
+                yield from _read_jsonl(handle, name, skip)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _read_text(text: str, name: str, fmt: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_text(
+    text: str, name: str, fmt: str | None, skip: SkipRow | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     handle = io.StringIO(text.removeprefix("\ufeff"), newline="")
     fmt = fmt or ("jsonl" if text.lstrip("\ufeff \t\r\n").startswith("{") else "csv")
-    yield from (_read_csv(handle, name) if fmt == "csv" else _read_jsonl(handle, name))
+    yield from (_read_csv(handle, name, skip) if fmt == "csv"
+                else _read_jsonl(handle, name, skip))
+
+
+def _malformed(name: str, line: int, reason: str, skip: SkipRow | None) -> None:
+    """Raise for a malformed line, or report it to `skip`."""
+    if skip is None:
+        raise ValueError(f"{name}:{line}: {reason}")
+    skip(line, reason)
 
 
 def _detect_format(path: Path, handle: IO[str]) -> str:
@@ -146,29 +163,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (metric values must be finite numbers)")
 
 
-def _read_jsonl(handle: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_jsonl(
+    handle: IO[str], name: str, skip: SkipRow | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
         try:
             event = json.loads(line, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{name}:{number}: invalid JSON: {exc.msg} (column {exc.colno})"
-            ) from None
+            _malformed(name, number, f"invalid JSON: {exc.msg} (column {exc.colno})", skip)
+            continue
         except ValueError as exc:
-            raise ValueError(f"{name}:{number}: {exc}") from None
+            _malformed(name, number, str(exc), skip)
+            continue
         except RecursionError:
-            raise ValueError(f"{name}:{number}: JSON nested too deeply") from None
+            _malformed(name, number, "JSON nested too deeply", skip)
+            continue
         if not isinstance(event, dict):
-            raise ValueError(
-                f"{name}:{number}: expected a JSON object (one event per line), "
-                f"got {type(event).__name__}"
-            )
+            _malformed(name, number, "expected a JSON object (one event per line), "
+                       f"got {type(event).__name__}", skip)
+            continue
         yield number, event
 
 
-def _read_csv(handle: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_csv(
+    handle: IO[str], name: str, skip: SkipRow | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.reader(handle)
     header: list[str] | None = None
     header_line = 0
@@ -183,12 +204,14 @@ def _read_csv(handle: IO[str], name: str) -> Iterator[tuple[int, dict[str, Any]]
             _check_header(header, name, header_line)
             continue
         if len(row) != len(header):
-            raise ValueError(
-                f"{name}:{line}: expected {len(header)} columns ({','.join(header)}), "
-                f"got {len(row)}"
-            )
+            _malformed(name, line, f"expected {len(header)} columns ({','.join(header)}), "
+                       f"got {len(row)}", skip)
+            continue
         cells = {col: cell.strip() for col, cell in zip(header, row, strict=True)}
-        _merge_row(merged, cells, name, line)
+        try:
+            _merge_row(merged, cells, name, line)
+        except ValueError as exc:
+            _malformed(name, line, str(exc).removeprefix(f"{name}:{line}: "), skip)
     if header is None:
         raise ValueError(f"{name}:1: empty CSV: expected a header row {','.join(CSV_REQUIRED)}")
     for first_line, event, _ in merged.values():
@@ -249,19 +272,21 @@ def _merge_row(
             f"{where}: metric {metric!r} repeats line {metric_lines[metric]} for the same "
             f"(model, slice, model_version, window_end); publish corrections separately"
         )
-    for col, parsed in (
-        ("window_start", cells.get("window_start") or None),
-        ("examples", _count(cells["examples"], where) if cells.get("examples") else None),
-    ):
-        if parsed is None:
-            continue
-        if col not in event:
-            event[col] = parsed
-        elif event[col] != parsed:
+    given = {
+        col: parsed
+        for col, parsed in (
+            ("window_start", cells.get("window_start") or None),
+            ("examples", _count(cells["examples"], where) if cells.get("examples") else None),
+        )
+        if parsed is not None
+    }
+    for col, parsed in given.items():  # check everything before changing anything
+        if col in event and event[col] != parsed:
             raise ValueError(
                 f"{where}: {col} {parsed!r} disagrees with {event[col]!r} on line {first_line} "
                 f"(rows merged into one event must agree)"
             )
+    event.update(given)
     metric_lines[metric] = line
     event["metrics"][metric] = value
 
