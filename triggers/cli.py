@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                           "skipping them")
     backtest.add_argument("--run-duration", default="6h",
                           help="how long a simulated run lasts (default 6h)")
-    backtest.add_argument("--assume-recovery", type=float, metavar="VALUE",
-                          help="runs promote a model whose metric reads VALUE from the run's "
-                          "end on (simulated); default: runs end rejected")
+    backtest.add_argument("--assume-recovery", action="append", metavar="[METRIC=]VALUE",
+                          help="runs promote a model whose METRIC (default: the triggering "
+                          "policy's) reads VALUE from the run's end on (simulated; "
+                          "repeatable); default: runs end rejected")
     backtest.add_argument("--sweep", action="append", metavar="POLICY.FIELD=START:STOP:STEP",
                           help="run the backtest per value (STOP included); repeatable")
     backtest.add_argument("--slo", type=float, help="sweeps: the value of the swept metric "
