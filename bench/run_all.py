@@ -1,5 +1,5 @@
-"""Runs bench/cold_start.py, memory.py, throughput.py, firestore.py and backtest.py with their defaults and
-prints a markdown summary (value, floor, ratio, target, PASS/MISS); always exits 0."""
+"""Runs bench/cold_start.py, memory.py, throughput.py, firestore.py and backtest.py with their
+defaults and prints a markdown summary (value, floor, ratio, target, PASS/MISS); always exits 0."""
 
 from __future__ import annotations
 

@@ -173,9 +173,12 @@ def evaluate_promotion(
     if failed:
         return GateResult("reject", "rejected: " + "; ".join(c.reason for c in failed), checks,
                           n, seed)
-    if b is not None and not applied:
-        return GateResult("reject", "rejected: no promotion rules compare the challenger with "
-                          "the champion (set promotion: in the policy file)", checks, n, seed)
+    if b is not None and rules.primary is None:
+        # Floors and guardrails say "not too bad", never "better": without a primary metric
+        # nothing shows the challenger wins, and a champion is replaced only by a winner.
+        return GateResult("reject", "rejected: no primary rule says the challenger beats the "
+                          "champion (set promotion.primary in the policy file; floors and "
+                          "guardrails alone apply to a first model only)", checks, n, seed)
     if not applied:
         return GateResult("promote", "promoted: first model and no floors to meet", checks,
                           n, seed)

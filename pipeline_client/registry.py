@@ -130,6 +130,11 @@ class NoPreviousVersionError(RegistryError):
     """`rollback` has nothing to go back to (no champion, or no distinct previous version)."""
 
 
+class ChampionChangedError(RegistryError):
+    """The champion is not the one the caller compared against: promoting now would replace a
+    model the challenger never beat."""
+
+
 class RegistryUnavailableError(RegistryError, TransientError):
     """The registry service is unreachable or overloaded right now; a retry may succeed."""
 
@@ -150,8 +155,9 @@ class ModelRegistry(Protocol):
     """Versions of models, numbered by the registry, and two aliases moved by promote/rollback.
 
     `promote(model, v)`: `champion` moves to v and `previous` to the old champion (nothing moves
-    if v is the champion already). `rollback(model)` swaps them. At most one version of a model
-    holds each alias at any moment. Failures raise `RegistryError` subclasses; a transient one
+    if v is the champion already); with `expected_champion` ("" for none) it refuses with
+    ChampionChangedError unless the champion is still that one. `rollback(model)` swaps them.
+    At most one version of a model holds each alias at any moment. Failures raise `RegistryError` subclasses; a transient one
     is also a `TransientError`.
     """
 
@@ -173,7 +179,9 @@ class ModelRegistry(Protocol):
 
     def versions(self, model: str) -> list[ModelVersion]: ...
 
-    def promote(self, model: str, version: str) -> ModelVersion: ...
+    def promote(
+        self, model: str, version: str, expected_champion: str | None = None
+    ) -> ModelVersion: ...
 
     def rollback(self, model: str) -> ModelVersion: ...
 
@@ -225,6 +233,19 @@ def _promoted(aliases: _Aliases, version: str) -> _Aliases | None:
         return _Aliases(champion=version, previous=aliases.champion)
     previous = aliases.previous if aliases.previous != version else None
     return _Aliases(champion=version, previous=previous)
+
+
+def _check_expected(
+    model: str, version: str, current: str | None, expected: str | None
+) -> None:
+    """Refuse a promotion against a champion other than the one the challenger was compared
+    with (`expected`: None = no check, "" = there was no champion)."""
+    if expected is None or current == version:
+        return
+    if (current or "") != expected:
+        raise ChampionChangedError(
+            model, f"the champion is now {current or 'none'}, not {expected or 'none'} that "
+            f"version {version} was compared with; evaluate again", version)
 
 
 def _rolled_back(model: str, aliases: _Aliases) -> _Aliases:
@@ -298,12 +319,16 @@ class InMemoryRegistry:
             found = [self._with_aliases(model, v) for v in self._versions.get(model, {})]
             return sorted((v for v in found if v is not None), key=lambda v: int(v.version))
 
-    def promote(self, model: str, version: str) -> ModelVersion:
+    def promote(
+        self, model: str, version: str, expected_champion: str | None = None
+    ) -> ModelVersion:
         validate_model_name(model)
         with self._lock:
             if version not in self._versions.get(model, {}):
                 raise VersionNotFoundError(model, "no such version to promote", version)
-            changed = _promoted(self._aliases.get(model, _Aliases()), version)
+            aliases = self._aliases.get(model, _Aliases())
+            _check_expected(model, version, aliases.champion, expected_champion)
+            changed = _promoted(aliases, version)
             if changed is not None:
                 self._aliases[model] = changed
             promoted = self._with_aliases(model, version)
@@ -431,12 +456,15 @@ class LocalModelRegistry:
         assert loaded is not None
         return loaded
 
-    def promote(self, model: str, version: str) -> ModelVersion:
+    def promote(
+        self, model: str, version: str, expected_champion: str | None = None
+    ) -> ModelVersion:
         model_dir = self.model_dir(model)
         if not self._has_version(model_dir, version):
             raise VersionNotFoundError(model, "no such version to promote", version)
         with self._locked(model_dir):
             aliases = self._read_aliases(model, model_dir)
+            _check_expected(model, version, aliases.champion, expected_champion)
             changed = _promoted(aliases, version)
             if changed is not None:
                 self._write_aliases(model_dir, changed)
@@ -741,6 +769,9 @@ class VertexModelRegistry:
 
         validate_model_name(model)
         artifact_uri = str(artifact)
+        if artifact_uri.startswith("/gcs/"):  # a step's view of gs:// through Cloud Storage FUSE
+            artifact_uri = "gs://" + artifact_uri[len("/gcs/"):]
+            artifact = artifact_uri
         if isinstance(artifact, Path) or not artifact_uri.startswith("gs://"):
             raise InvalidRegistrationError(
                 model, f"Vertex AI needs a gs:// artifact URI, got {artifact_uri!r}"
@@ -770,13 +801,19 @@ class VertexModelRegistry:
             raise RegistryError(model, "the uploaded version is not readable", version_id)
         return self._to_version(model, found)
 
-    def promote(self, model: str, version: str) -> ModelVersion:
+    def promote(
+        self, model: str, version: str, expected_champion: str | None = None
+    ) -> ModelVersion:
+        """Moves the aliases (see the class docstring). Vertex has no compare-and-set on
+        aliases: `expected_champion` is checked on a read just before the first move."""
         target = self.get(model, version)
         if target is None:
             raise VersionNotFoundError(model, "no such version to promote", version)
         if target.is_champion:
             return target
         current = self.champion(model)
+        _check_expected(model, version, current.version if current else None,
+                        expected_champion)
         if current is not None:
             self._merge(model, current.version, [PREVIOUS])  # first: see the class docstring
             moves = [CHAMPION]

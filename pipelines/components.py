@@ -37,8 +37,9 @@ def evaluate_models(
 ) -> str:
     """Scores the registry's champion and the new challenger on the same held-out examples.
 
-    Writes `predictions` (labels and both models' scores, one row per example) and returns
-    the champion version that was scored ("" when there is none yet: a first model).
+    Writes `predictions` (labels and both models' scores, one row per example, matched to
+    each model's features by column name) and returns the champion version that was scored
+    ("" when there is none yet: a first model) — the only champion a promotion may replace.
     """
     import json
 
@@ -47,22 +48,26 @@ def evaluate_models(
     from pipeline_client.registry import open_registry
     from pipelines.logistic import LogisticModel
 
+    with open(holdout.path, encoding="utf-8") as handle:
+        columns = handle.readline().strip().split(",")[:-1]
     table = np.loadtxt(holdout.path, delimiter=",", skiprows=1, ndmin=2)
     x, labels = table[:, :-1], table[:, -1].astype(int)
-    challenger_scores = LogisticModel.load(challenger.path).predict_proba(x)
+    challenger_scores = LogisticModel.load(challenger.path).predict_named(columns, x)
     current = open_registry(registry).champion(model) if registry else None
     if current is None:
         champion_scores = None
         scored = ""
     else:
-        champion_scores = LogisticModel.load(current.artifact_uri).predict_proba(x).tolist()
+        champion_model = LogisticModel.load(current.artifact_uri)
+        champion_scores = champion_model.predict_named(columns, x).tolist()
         scored = current.version
     if champion_version and scored and champion_version != scored:
         print(f"note: the service believed champion {champion_version}, the registry holds "
               f"{scored}; the registry's champion is compared")
     with open(predictions.path, "w", encoding="utf-8") as handle:
         json.dump({"labels": labels.tolist(), "challenger": challenger_scores.tolist(),
-                   "champion": champion_scores, "champion_version": scored}, handle)
+                   "champion": champion_scores, "champion_version": scored,
+                   "holdout_days": list(holdout.metadata.get("days", []))}, handle)
     predictions.metadata["examples"] = int(len(labels))
     return scored
 
@@ -86,6 +91,7 @@ def promotion_gate(
     report = result.to_json()
     report["champion_version"] = data["champion_version"] or None
     report["examples"] = len(data["labels"])
+    report["holdout_days"] = data.get("holdout_days", [])
     print(f"gate: {result.decision}: {result.reason}")
     outputs = namedtuple("GateOutputs", ["decision", "report"])
     return outputs(result.decision, json.dumps(report, sort_keys=True))
@@ -93,10 +99,13 @@ def promotion_gate(
 
 @component
 def promote_model(
-    model: str, trigger_id: str, registry: str, gate_report: str, challenger: Input[Model]
+    model: str, trigger_id: str, registry: str, compared_with: str, gate_report: str,
+    challenger: Input[Model],
 ) -> str:
-    """Registers the challenger and moves `champion` to it (`previous` to the old one);
-    returns the new champion version."""
+    """Registers the challenger and moves `champion` to it (`previous` to the old one) —
+    only if the champion is still `compared_with`, the version the gate compared it with
+    (a rollback or another run in between fails this step instead); returns the new
+    champion version."""
     import json
 
     from pipeline_client.registry import open_registry
@@ -108,9 +117,11 @@ def promote_model(
     metrics = {c["metric"]: c["challenger"] for c in report.get("checks", [])
                if isinstance(c.get("challenger"), (int, float))}
     store = open_registry(registry)
-    version = store.register(model, challenger.path, metrics,
-                             {"trigger_id": trigger_id, "gate": report.get("reason", "")})
-    promoted = store.promote(model, version.version)
+    # Vertex wants the artifact's gs:// URI; a local registry copies the file it can read.
+    artifact = challenger.uri if registry.startswith("vertex://") else challenger.path
+    version = store.register(model, artifact, metrics,
+                             {"trigger_id": trigger_id, "gate": report.get("reason", "")[:500]})
+    promoted = store.promote(model, version.version, expected_champion=compared_with)
     print(f"promoted {model} version {promoted.version}")
     return promoted.version
 
@@ -127,8 +138,14 @@ def report_outcome(
     outcome_topic: str,
 ) -> str:
     """Publishes the run's outcome to `outcome_topic` (a Pub/Sub topic, or a local service's
-    URL; empty: nowhere) and returns it as JSON — the pipeline's one output."""
+    URL; empty: nowhere) and returns it as JSON — the pipeline's one output.
+
+    Publishing is retried for about a minute; if it still fails the step does NOT fail: the
+    promotion has happened, and a failed run would tell the service the opposite. The
+    service then learns the end from the launcher (the local launcher delivers this output).
+    """
     import json
+    import time
 
     from pipeline_client.outcome import publish_outcome
 
@@ -142,6 +159,13 @@ def report_outcome(
         "report": {"summary": gate.get("reason", ""), "gate": gate,
                    "training": json.loads(training_report)},
     }
-    if outcome_topic:
-        print(f"outcome published to {outcome_topic}: {publish_outcome(message, outcome_topic)}")
+    for attempt in range(6) if outcome_topic else ():
+        try:
+            sent = publish_outcome(message, outcome_topic)
+            print(f"outcome published to {outcome_topic}: {sent}")
+            break
+        except Exception as exc:  # any failure: retry, then report and go on
+            print(f"publishing the outcome to {outcome_topic} failed ({exc})")
+            if attempt < 5:
+                time.sleep(2 ** attempt)
     return json.dumps(message, sort_keys=True)

@@ -1,5 +1,9 @@
 """The reference pipeline's data source: one CSV of labelled examples per model and day,
-`<root>/<model>/<YYYY-MM-DD>.csv` with feature columns and a final `label` column."""
+`<root>/<model>/<YYYY-MM-DD>.csv` with feature columns and a final `label` column.
+
+`root` is a directory, a file:// URI, or gs://BUCKET/PATH (read through the /gcs mount a
+Vertex AI step has).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,19 @@ class LabelledDay:
     y: npt.NDArray[np.int_]
 
 
+def local_root(root: str | Path) -> Path:
+    """The directory `root` names (file:// and gs:// URIs mapped to local paths)."""
+    text = str(root)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if text.startswith("gs://"):
+        return Path("/gcs") / text[len("gs://"):]
+    return Path(text)
+
+
 def write_day(root: str | Path, model: str, day: LabelledDay) -> Path:
     """Stores one day (replacing an earlier file of that day); returns the file written."""
-    directory = Path(root) / model
+    directory = local_root(root) / model
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{day.day}.csv"
     table = np.hstack([day.x, day.y.reshape(-1, 1).astype(np.float64)])
@@ -35,7 +49,7 @@ def write_day(root: str | Path, model: str, day: LabelledDay) -> Path:
 
 def list_days(root: str | Path, model: str) -> list[str]:
     """The days stored for `model`, oldest first."""
-    directory = Path(root) / model
+    directory = local_root(root) / model
     if not directory.is_dir():
         return []
     return sorted(p.stem for p in directory.glob("*.csv"))
@@ -43,7 +57,7 @@ def list_days(root: str | Path, model: str) -> list[str]:
 
 def read_day(root: str | Path, model: str, day: str) -> LabelledDay:
     """One stored day."""
-    path = Path(root) / model / f"{day}.csv"
+    path = local_root(root) / model / f"{day}.csv"
     with open(path, encoding="utf-8") as handle:
         header = handle.readline().strip().split(",")
     if not header or header[-1] != "label":

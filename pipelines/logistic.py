@@ -29,6 +29,17 @@ class LogisticModel:
         probability: Array = 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
         return probability
 
+    def predict_named(self, columns: Sequence[str], x: Array) -> Array:
+        """`predict_proba` on a table whose columns are named: columns are matched to the
+        model's features by name (any order); a missing feature is an error naming it."""
+        index = {name: i for i, name in enumerate(columns)}
+        missing = [name for name in self.features if name not in index]
+        if missing:
+            raise ValueError(f"the data lacks the model's feature(s) {', '.join(missing)} "
+                             f"(columns: {', '.join(columns)})")
+        table = np.asarray(x, dtype=np.float64)
+        return self.predict_proba(table[:, [index[name] for name in self.features]])
+
     def save(self, directory: str | Path) -> Path:
         """Writes `model.json` into `directory` (created if missing); returns its path."""
         path = Path(directory) / MODEL_FILE

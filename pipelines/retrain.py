@@ -110,6 +110,7 @@ def retrain_pipeline(
                   outcome_topic=outcome_topic)
     with dsl.If(gate.outputs["decision"] == "promote", name="challenger-wins"):
         promoted = promote_model(model=model, trigger_id=trigger_id, registry=registry,
+                                 compared_with=scored.outputs["Output"],
                                  gate_report=gate.outputs["report"],
                                  challenger=trained.outputs["challenger"])
         won = report_outcome(promoted=True, champion_version=promoted.output, **common)

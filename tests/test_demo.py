@@ -67,3 +67,16 @@ def test_the_demo_rejects_a_noise_dip_promotes_on_drift_and_recovers(tmp_path: P
     assert champion is not None and champion.version == str(len(promotions) + 1)
     assert (workdir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "timeline (" in result.stdout and "rejected 1" in result.stdout
+
+
+def test_the_demo_never_empties_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    result = subprocess.run(
+        [sys.executable, "-m", "triggers", "demo", "--workdir", str(precious), "--days", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "is not empty and not a demo work directory" in result.stdout
+    assert (precious / "chapter1.tex").read_text() == "years of work"

@@ -199,7 +199,21 @@ def test_a_guardrail_needs_evidence_of_no_regression() -> None:
     assert guardrail.ci_low < -0.01  # the tolerance
     assert result.decision == "reject"
     same = evaluate_promotion(rules(**section), y, champion, champion)
-    assert check(same, "guardrail", "auc").ci_low == 0 and same.decision == "promote"
+    assert check(same, "guardrail", "auc").ci_low == 0 and check(same, "guardrail",
+                                                                 "auc").passed is True
+    # ...but a guardrail says "not worse", never "better": no primary, no promotion.
+    assert same.decision == "reject" and "no primary rule" in same.reason
+
+
+def test_floors_alone_never_replace_a_champion_but_admit_a_first_model() -> None:
+    y, worse, champion = scored(2000, 1.5, 0.5)  # the challenger is clearly worse
+    floors_only = rules(floors={"accuracy": 0.55})
+    replaced = evaluate_promotion(floors_only, y, worse, champion)
+    assert check(replaced, "floor", "accuracy").passed is True
+    assert replaced.decision == "reject"
+    assert replaced.reason.startswith("rejected: no primary rule says the challenger beats")
+    first = evaluate_promotion(floors_only, y, worse, None)
+    assert first.decision == "promote"
 
 
 def test_a_floor_miss_rejects_a_winner() -> None:

@@ -130,6 +130,11 @@ def test_a_better_challenger_is_promoted_and_the_service_rearms_on_it(
         promoted = next(d for d in trail if d["kind"] == "promoted")
         gate = promoted["details"]["report"]["gate"]
         assert gate["decision"] == "promote"
+        # Compared on the newest day, which the challenger never saw in training.
+        assert gate["holdout_days"] == ["2026-09-04"]
+        training = promoted["details"]["report"]["training"]
+        assert training["days"] == ["2026-09-01", "2026-09-02", "2026-09-03"]
+        assert gate["champion_version"] == "1" and gate["examples"] == 1500
         primary = next(c for c in gate["checks"] if c["kind"] == "primary")
         assert primary["metric"] == "accuracy" and primary["passed"] is True
         assert primary["challenger"] > primary["champion"] + 0.1
@@ -161,6 +166,20 @@ def test_a_better_challenger_is_promoted_and_the_service_rearms_on_it(
     store = SQLiteStore(workspace["state"])
     assert store.model_state(MODEL).champion_version == "1"
     assert store.decisions(MODEL, 1)[0].kind == "rollback"
+    # Repeating it with --to (say, after the state write failed) moves nothing twice.
+    again = rollback_cli(workspace, "--to", "1")
+    assert again.returncode == 0, again.stderr
+    assert "champion set to 1 (the registry already held it)" in again.stdout
+    champion = LocalModelRegistry(workspace["registry"]).champion(MODEL)
+    assert champion is not None and champion.version == "1"
+    assert store.model_state(MODEL).champion_version == "1"
+
+
+def rollback_cli(workspace: dict[str, Path], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triggers", "rollback", MODEL, *extra, "--policies",
+         str(workspace["policy"]), "--state", f"sqlite:///{workspace['state']}"],
+        cwd=workspace["root"], capture_output=True, text=True, timeout=60)
 
 
 def test_a_worse_challenger_is_rejected_and_the_champion_stays(
@@ -192,6 +211,9 @@ def test_a_worse_challenger_is_rejected_and_the_champion_stays(
         # Rejected → re-armed once the cooldown (0 s here) has passed: a breach fires again.
         again = call(base, "POST", "/events", event("1", 0.5, 11))
         assert "fired" in [d["kind"] for d in again["decisions"]], again
+        # A rollback while that run is in flight could be overtaken by its promotion: refused.
+        refused = rollback_cli(workspace)
+        assert refused.returncode == 1 and "is in flight" in refused.stderr, refused
         wait_for_end(base, again["launched"][0])
 
     registry = LocalModelRegistry(workspace["registry"])

@@ -20,6 +20,7 @@ from pipeline_client.registry import (
     ALIAS_STEPS,
     ALIASES_FILE,
     REGISTER_STEPS,
+    ChampionChangedError,
     InMemoryRegistry,
     InvalidModelNameError,
     InvalidRegistrationError,
@@ -154,6 +155,23 @@ def test_promote_moves_champion_and_previous(harness: Harness) -> None:
     assert holders(harness.registry) == ("3", "2")
     by_version = {v.version: roles(v) for v in harness.registry.versions(MODEL)}
     assert by_version == {"1": set(), "2": {"previous"}, "3": {"champion"}}
+
+
+def test_promote_refuses_when_the_champion_is_not_the_one_compared_with(
+    harness: Harness,
+) -> None:
+    for tag in "abc":
+        harness.register(tag)
+    harness.registry.promote(MODEL, "1", expected_champion="")  # first model: none expected
+    harness.registry.promote(MODEL, "2", expected_champion="1")
+    # Version 3 was compared with 1, but 2 is champion now: nothing moves.
+    with pytest.raises(ChampionChangedError, match="the champion is now 2, not 1") as caught:
+        harness.registry.promote(MODEL, "3", expected_champion="1")
+    assert (caught.value.model, caught.value.version) == (MODEL, "3")
+    with pytest.raises(ChampionChangedError, match="not none"):
+        harness.registry.promote(MODEL, "3", expected_champion="")
+    assert holders(harness.registry) == ("2", "1")
+    assert harness.registry.promote(MODEL, "2", expected_champion="1").version == "2"
 
 
 def test_promoting_the_champion_again_changes_nothing(harness: Harness) -> None:
@@ -748,6 +766,16 @@ def test_vertex_needs_a_gcs_artifact(
         with pytest.raises(InvalidRegistrationError, match="gs://"):
             vertex_registry.register(MODEL, artifact, {})
     assert vertex.requests == []
+
+
+def test_vertex_takes_a_steps_gcs_fuse_path_as_its_gs_uri(
+    vertex: FakeVertexServer, vertex_registry: VertexModelRegistry
+) -> None:
+    # A pipeline step sees its output artifact at /gcs/BUCKET/...; Vertex wants gs://.
+    version = vertex_registry.register(MODEL, "/gcs/acme-root/run-1/challenger", {})
+    assert version.artifact_uri == "gs://acme-root/run-1/challenger"
+    [upload] = vertex.model_requests("upload")
+    assert upload.body["model"]["artifactUri"] == "gs://acme-root/run-1/challenger"
 
 
 @pytest.mark.parametrize(

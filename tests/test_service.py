@@ -233,6 +233,24 @@ def test_promotion_starts_a_fresh_history_for_the_new_champion(harness: Harness)
     assert kinds(r) == ["ignored"]
 
 
+def test_a_new_champions_points_seen_before_its_promotion_count(harness: Harness) -> None:
+    # On Vertex the registry alias moves before the outcome arrives: the new version may be
+    # evaluated (and its points stored, as not-the-champion's) before the service hears.
+    for day, value in enumerate(DEGRADING[: FIRST_FIRE + 1]):
+        harness.send(harness.event(day, value, model_version="7"))
+    run = harness.store.in_flight_runs("fraud-detector")[0]
+    early = [harness.send(harness.event(day, 0.90, model_version="8")) for day in (30, 31)]
+    assert all(kinds(r) == ["ignored"] for r in early)
+    harness.service.apply_outcome({"model": "fraud-detector", "run_id": run.run_id,
+                                   "decision": "promoted", "champion_version": "8"},
+                                  harness.clock(), via="test")
+    harness.clock.advance(hours=73)
+    r = [harness.send(harness.event(day, 0.90, model_version="8")) for day in (32, 33, 34)]
+    # 5 points of version 8 (two from before the promotion): 3 of 5 breach → fires
+    assert kinds(r[-1]) == ["fired"], r[-1]
+    assert [kinds(x) for x in r[:2]] == [["insufficient_data"], ["insufficient_data"]]
+
+
 def test_rejected_challenger_re_arms_after_cooldown(harness: Harness) -> None:
     feed(harness, DEGRADING[: FIRST_FIRE + 1])
     run = harness.store.in_flight_runs("fraud-detector")[0]

@@ -67,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=7)
 
     rollback = commands.add_parser(
-        "rollback", help="move the model registry's `champion` back to `previous`")
+        "rollback", help="move the model registry's `champion` back to `previous` (or --to "
+        "a version) and make the service watch it")
     rollback.add_argument("model")
+    rollback.add_argument("--to", metavar="VERSION", help="the version to restore (default: "
+                          "`previous`); idempotent: repeat it safely after a failure")
+    rollback.add_argument("--force", action="store_true",
+                          help="roll back even while a retraining run is in flight")
     rollback.add_argument("--reason", default="manual rollback")
     rollback.add_argument("--registry", help="registry URI (default: the model's "
                           "pipeline.parameters.registry in the policy file)")
@@ -174,9 +179,19 @@ def _rollback(args: argparse.Namespace) -> int:
             print(f"rollback: no registry: pass --registry or set models.{args.model}"
                   ".pipeline.parameters.registry", file=sys.stderr)
             return 2
+        in_flight = service.store.in_flight_runs(args.model)
+        if in_flight and not args.force:
+            print(f"rollback: run {in_flight[0].run_id} is in flight and could promote over "
+                  "the restored version; wait for it, or pass --force", file=sys.stderr)
+            return 1
         registry = open_registry(str(uri))
         demoted = registry.champion(args.model)
-        restored = registry.rollback(args.model)
+        if args.to is not None:  # idempotent: promoting the champion again moves nothing
+            restored = registry.promote(args.model, args.to)
+        else:
+            restored = registry.rollback(args.model)
+        if demoted is not None and demoted.version == restored.version:
+            demoted = None  # already there (a repeated --to): only the service catches up
         decision = service.record_rollback(args.model, restored.version,
                                            demoted.version if demoted else None, args.reason)
     except RetrainError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from triggers.quickstart import ROOT, call, free_port, start_server, stop_server, wait_healthy
+from triggers.quickstart import (
+    ROOT,
+    call,
+    free_port,
+    fresh_workdir,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 
 MODEL = "demo-classifier"
 TEMPLATE = ROOT / "pipelines" / "retrain.yaml"
@@ -103,8 +110,11 @@ class Demo:
 
     # -------------------------------------------------------------- the loop
     def run(self) -> int:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        self.workdir.mkdir(parents=True)
+        try:
+            fresh_workdir(self.workdir, "demo")
+        except FileExistsError as exc:
+            self.say(f"demo: {exc}")
+            return 2
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         policies = self._write_policies()

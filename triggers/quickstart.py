@@ -42,6 +42,18 @@ def call(base: str, token: str, method: str, path: str, body: Any = None) -> tup
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def fresh_workdir(workdir: Path, owner: str) -> None:
+    """Empties `workdir` for a new run of `owner` (demo, quickstart) — only if it is missing,
+    empty, or one of that command's own work directories: never a user's folder."""
+    marker = workdir / f".retrain-{owner}"
+    if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
+        raise FileExistsError(f"{workdir} is not empty and not a {owner} work directory; "
+                              "choose another --workdir")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    marker.write_text(f"created by retrain-trigger {owner}; emptied by its next run\n")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,8 +96,11 @@ def wait_healthy(base: str, server: subprocess.Popen[bytes], deadline: float = 6
 
 
 def run_quickstart(workdir: Path, keep_serving: bool = False) -> int:
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    try:
+        fresh_workdir(workdir, "quickstart")
+    except FileExistsError as exc:
+        print(f"quickstart: {exc}", file=sys.stderr)
+        return 2
     token = secrets.token_urlsafe(16)
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -76,6 +76,8 @@ class EventResult:
 
 # A new champion's history starts this long (seconds) after the old champion's last point.
 HISTORY_EPSILON = 0.001
+# How many of a model's latest points are scanned for the old champion's last one.
+HISTORY_SCAN = 200
 
 _OUTCOME_DECISION = {
     "promoted": "promoted",
@@ -654,7 +656,7 @@ class RetrainService:
             previous = self.store.model_state(run.model).champion_version
             self.store.set_model_state(
                 ModelState(run.model, outcome.champion_version,
-                           self._fresh_history_start(run.model), now))
+                           self._fresh_history_start(run.model, outcome.champion_version), now))
             decisions.append(self._decision(
                 "champion", run.model, now, message_id,
                 f"version {outcome.champion_version} promoted over {previous}; history and "
@@ -724,13 +726,19 @@ class RetrainService:
         )
         return answer
 
-    def _fresh_history_start(self, model: str) -> float | None:
+    def _fresh_history_start(self, model: str, champion: str | None) -> float | None:
         """Where a new champion's history starts, in event time: just after the latest point
-        recorded so far (the old champion's); None (from the start) when there is none. Event
-        time, not the wall clock, so replays and simulations of past windows behave as live
-        traffic does."""
-        latest = self.store.latest_points(model, 1)
-        return latest[0].window_end + HISTORY_EPSILON if latest else None
+        recorded for any other version (the old champion's) — points the new champion was
+        already evaluated on stay in. None (from the start) when there is no such point.
+        Event time, not the wall clock, so replays and simulations of past windows behave as
+        live traffic does."""
+        scanned = self.store.latest_points(model, HISTORY_SCAN)
+        for point in scanned:
+            if champion is None or point.model_version != champion:
+                return point.window_end + HISTORY_EPSILON
+        if len(scanned) == HISTORY_SCAN:  # all the new champion's: start before the oldest
+            return scanned[-1].window_end - HISTORY_EPSILON
+        return None
 
     def record_rollback(
         self, model_name: str, restored: str, demoted: str | None, reason: str
@@ -740,14 +748,15 @@ class RetrainService:
         if model_name not in self.config.models:
             raise RequestError(404, f"model {model_name!r} is not configured", "model")
         now = self.clock()
+        moved = (f"champion rolled back from {demoted} to {restored}" if demoted else
+                 f"champion set to {restored} (the registry already held it)")
         decision = self._decision(
             "rollback", model_name, now, None,
-            f"champion rolled back from {demoted} to {restored}: {reason}; history and "
-            "baseline start fresh", details={"champion_version": restored,
-                                              "demoted_version": demoted})
+            f"{moved}: {reason}; history and baseline start fresh",
+            details={"champion_version": restored, "demoted_version": demoted})
         with self.store.atomic():
             self.store.set_model_state(ModelState(
-                model_name, restored, self._fresh_history_start(model_name), now))
+                model_name, restored, self._fresh_history_start(model_name, restored), now))
             self.store.record_decisions([decision])
         log_event(logger, logging.WARNING, decision.reason, labels={"model": model_name})
         return decision
