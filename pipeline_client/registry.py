@@ -157,8 +157,8 @@ class ModelRegistry(Protocol):
     `promote(model, v)`: `champion` moves to v and `previous` to the old champion (nothing moves
     if v is the champion already); with `expected_champion` ("" for none) it refuses with
     ChampionChangedError unless the champion is still that one. `rollback(model)` swaps them.
-    At most one version of a model holds each alias at any moment. Failures raise `RegistryError` subclasses; a transient one
-    is also a `TransientError`.
+    At most one version of a model holds each alias at any moment. Failures raise
+    `RegistryError` subclasses; a transient one is also a `TransientError`.
     """
 
     name: str
