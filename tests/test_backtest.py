@@ -407,6 +407,11 @@ def test_a_higher_floor_never_gives_fewer_triggers(tmp_path: Path) -> None:
 def test_sweep_specs_are_checked() -> None:
     assert parse_sweep("cast.lookback=1d:2d:12h").values == (86400.0, 129600.0, 172800.0)
     assert parse_sweep("a.b.evaluation_points=1:3:1").policy == "a.b"
+    # the spelling names the rule too
+    qualified = parse_sweep("accuracy-floor.absolute.threshold=0.90:0.99:0.005")
+    assert (qualified.policy, qualified.rule, qualified.field) == (
+        "accuracy-floor", "absolute", "threshold")
+    assert len(qualified.values) == 19 and qualified.values[-1] == 0.99
     for bad in ("floor.threshold", "floor=1:2:1", "floor.threshold=1:2", "x.y=2:1:1",
                 "x.y=1:2:0", "x.y=a:b:c"):
         with pytest.raises(BacktestInputError):
@@ -414,7 +419,7 @@ def test_sweep_specs_are_checked() -> None:
     cfg = config(FLOOR_3_OF_5)
     for bad in ("floor.horizon=1:2:1", "nope.threshold=1:2:1",
                 "floor.breaches_to_trigger=4:6:1",  # more than evaluation_points (5)
-                "floor.evaluation_points=1.5:2:1"):
+                "floor.evaluation_points=1.5:2:1", "floor.trend.threshold=1:2:1"):
         with pytest.raises(BacktestInputError):
             run_sweeps(cfg, parsed(events([HEALTHY] * 3)), BacktestSettings(),
                        [parse_sweep(bad)], ["m"], workers=1)

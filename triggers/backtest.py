@@ -792,22 +792,32 @@ def backtest(
 # ----------------------------------------------------------------------------- sweeps
 @dataclass(frozen=True)
 class SweepSpec:
-    """`POLICY.FIELD=START:STOP:STEP`: the values (STOP included when on the grid)."""
+    """`POLICY[.RULE].FIELD=START:STOP:STEP`: the values (STOP included when on the grid);
+    `rule` (absolute, baseline, trend, forecast) when the field was named with its rule."""
 
     policy: str
     field: str
     values: tuple[float, ...]
     text: str
+    rule: str | None = None
 
 
 _TOP_FIELDS = ("breaches_to_trigger", "evaluation_points", "min_examples")
 _DURATION_FIELDS = ("lookback", "horizon")
 
 
+_RULES = ("absolute", "baseline", "trend", "forecast")
+
+
 def parse_sweep(text: str) -> SweepSpec:
-    """Parse `POLICY.FIELD=START:STOP:STEP` (durations allowed for lookback and horizon)."""
+    """Parse `POLICY[.RULE].FIELD=START:STOP:STEP`, e.g. `accuracy-floor.threshold=…` or
+    `accuracy-floor.absolute.threshold=…` (durations allowed for lookback and horizon)."""
     target, sep, bounds = text.partition("=")
     policy, dot, name = target.rpartition(".")
+    rule = None
+    for kind in _RULES:
+        if policy.endswith("." + kind) and name not in _TOP_FIELDS:
+            policy, rule = policy[: -len(kind) - 1], kind
     parts = bounds.split(":")
     if not sep or not dot or not policy or not name or len(parts) != 3:
         raise BacktestInputError("--sweep", f"{text!r} is not POLICY.FIELD=START:STOP:STEP")
@@ -826,7 +836,7 @@ def parse_sweep(text: str) -> SweepSpec:
     if count > 1000:
         raise BacktestInputError("--sweep", f"{text!r} gives {count} values; at most 1000")
     values = tuple(float(f"{start + i * step:.12g}") for i in range(count))
-    return SweepSpec(policy, name, values, text)
+    return SweepSpec(policy, name, values, text, rule)
 
 
 def with_value(spec: PolicySpec, field_name: str, value: float) -> PolicySpec:
@@ -983,6 +993,9 @@ def prepare_sweep(
                                             f"{', '.join(owners)}: choose one with --model")
     model = config.models[owners[0]]
     policy = next(p for p in model.policies if p.name == sweep.policy)
+    if sweep.rule is not None and sweep.rule != policy.spec.kind:
+        raise BacktestInputError("--sweep", f"policy {sweep.policy!r} has a {policy.spec.kind} "
+                                            f"rule, not {sweep.rule}")
     specs = [with_value(policy.spec, sweep.field, value) for value in sweep.values]
     threshold = slo_value
     if threshold is None:
