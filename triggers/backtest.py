@@ -32,7 +32,7 @@ from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import InvalidEventError, RetrainError
 from triggers.events import MetricEvent, fast_event
 from triggers.memory_store import MemoryStore
-from triggers.service import RetrainService, is_champion_version, lookback_start
+from triggers.service import RetrainService, is_champion_version
 from triggers.store import IN_FLIGHT, Decision, ModelState, StoredPoint, iso
 
 DEFAULT_RUN_DURATION = timedelta(hours=6)
@@ -331,7 +331,7 @@ class Replay:
             track.times.append(now)
         try:
             for track, _, _ in chosen:
-                if track.policies and _any_fires(track, now):
+                if track.policies and _any_fires(track):
                     fired = True
                     break
         except (ArithmeticError, ValueError):  # the service logs it and judges without
@@ -445,16 +445,14 @@ class Replay:
                    for r in self.recoveries.get(model, ()))
 
 
-def _any_fires(track: _Track, now: float) -> bool:
+def _any_fires(track: _Track) -> bool:
     """Whether any policy of `track` fires on its points as the service would read them."""
     points = track.points
     for policy in track.count_based:
         if policy.fires(points):
             return True
-    for policy in track.lookback:
-        assert policy.lookback is not None
-        start = bisect_right(track.times, lookback_start(policy.lookback, now))
-        if policy.fires(points[start:]):
+    for policy in track.lookback:  # the policy walks back its own window from the end
+        if policy.fires(points):
             return True
     return False
 

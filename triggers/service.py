@@ -307,10 +307,21 @@ class RetrainService:
             """The points judging `as_of` needs, and those after it up to `until`."""
             if lookback is None:
                 return fetch(spec.evaluation_points + 1, since=start, until=until)
+            def read(lower: float) -> list[StoredPoint]:
+                return [p for p in self.store.points(
+                    model, spec.slice, policy.metric, since=max(lower, start or lower),
+                    until=until) if counts(p)]
+
             lower = lookback_start(lookback, as_of)
-            window = [p for p in self.store.points(
-                model, spec.slice, policy.metric, since=max(lower, start or lower), until=until)
-                if counts(p)]
+            window = read(lower)
+            judged = [p for p in window if p.window_end <= as_of]
+            if spec.min_examples and judged and not usable(judged[-1]):
+                # The policy ignores unusable points: its window ends at the newest usable one.
+                usable_ends = [p.window_end for p in fetch(1, since=start, until=as_of)
+                               if usable(p)]
+                if usable_ends:
+                    lower = lookback_start(lookback, max(usable_ends))
+                    window = read(lower)
             if window and window[0].window_start is not None:  # its predecessor, for gaps
                 window = fetch(1, since=start, until=lower) + window
             return window
