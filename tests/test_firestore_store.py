@@ -3,6 +3,7 @@ fields, transient errors, and every query it runs covered by deploy/firestore.in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,6 +34,7 @@ firestore_emulator = fixtures.firestore_emulator  # the session emulator (shared
 firestore_env = fixtures.firestore_env  # its per-test reset with the environment set
 INDEXES = ROOT / "deploy" / "firestore.indexes.json"
 NOW = 1_800_000_000.0
+DAY = timedelta(days=1)
 GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(days=1))
 
 
@@ -70,12 +72,16 @@ def test_url_names_database_retention_and_timeout() -> None:
     assert (named.database, named.project, named.retention, named.timeout) == (
         "retrain-state", None, timedelta(days=90), 5.0)
     assert FirestoreStore.from_url("firestore://?retention=none", env).retention is None
+    assert FirestoreStore.from_url("firestore://?retention=None", env).retention is None
+    with pytest.raises(ConfigError, match="retention"):
+        FirestoreStore(retention=timedelta(0))
     assert FirestoreStore.from_url("firestore://(default)", env).database == "(default)"
     for bad, words in [
         ("firestore://Bad_DB", "database id"),
         ("firestore://db/extra", "no path"),
         ("firestore://db?retention=soon", "retention"),
         ("firestore://db?retention=0s", "positive"),
+        ("firestore://db?retention=0", "retention must be positive"),
         ("firestore://db?ttl=3d", "unknown option 'ttl'"),
     ]:
         with pytest.raises(ConfigError) as info:
@@ -127,7 +133,7 @@ def test_a_run_changed_under_a_unit_fails_the_whole_unit(
     store: FirestoreStore, peer: FirestoreStore
 ) -> None:
     assert store.claim_run(run("run-1", "launching"), GUARDS, NOW, False).status == "claimed"
-    with pytest.raises(TransientError, match="run changed"), store.atomic():
+    with pytest.raises(TransientError, match="changed before it committed"), store.atomic():
         ended = store.update_run("run-1", frozenset({"launching"}), state="promoted")
         assert ended is not None and ended.state == "promoted"
         assert store.get_run("run-1") == ended  # the unit sees its own update
@@ -179,23 +185,31 @@ def test_an_outcome_is_applied_all_or_nothing(
 
 # ---------------------------------------------------------------------------- expiry
 def test_expiring_documents_carry_expire_at(firestore_env: FirestoreEmulator) -> None:
+    """`retention` everywhere, except that processed markers outlive Pub/Sub's 31 days."""
     store = FirestoreStore(project=firestore_env.project, retention=timedelta(days=30))
     store.record_points([StoredPoint("m", "overall", "accuracy", 10.0, 0.9, recorded_at=NOW)])
     store.finish_message("msg-1", NOW + 1, [Decision("d1", "m", "ok", NOW + 2, "r")])
     store.record_rejected(RejectedEvent("msg-2", NOW + 3, "pubsub", "data", "bad", "{", None))
     store.set_model_state(ModelState("m", "7", 5.0, NOW))
     store.claim_run(run("run-1"), GUARDS, NOW, False)
-    expected = {"retrain_points": NOW, "retrain_processed": NOW + 1,
-                "retrain_decisions": NOW + 2, "retrain_rejected": NOW + 3}
+    month = timedelta(days=30)
+    expected = {"retrain_points": (NOW, month), "retrain_processed": (NOW + 1, 31 * DAY),
+                "retrain_decisions": (NOW + 2, month), "retrain_rejected": (NOW + 3, month)}
     assert set(expected) == EXPIRING
     for group in COLLECTION_GROUPS:
         for doc in documents(store, group):
             if group in EXPIRING:
-                assert doc["expire_at"] == datetime.fromtimestamp(
-                    expected[group], UTC) + timedelta(days=30), group
+                at, kept = expected[group]
+                assert doc["expire_at"] == datetime.fromtimestamp(at, UTC) + kept, group
             else:
                 assert "expire_at" not in doc, group
     store.close()
+
+    long = FirestoreStore(project=firestore_env.project, retention=timedelta(days=90))
+    long.finish_message("msg-4", NOW, [])
+    marker = [doc for doc in documents(long, "retrain_processed") if doc["message_id"] == "msg-4"]
+    assert marker[0]["expire_at"] == datetime.fromtimestamp(NOW, UTC) + timedelta(days=90)
+    long.close()
 
     forever = FirestoreStore(project=firestore_env.project, retention=None)
     forever.finish_message("msg-3", NOW, [Decision("d3", "m", "ok", NOW, "r")])
@@ -210,6 +224,18 @@ def test_index_file_declares_a_ttl_policy_for_every_expiring_collection() -> Non
            if o.get("ttl") and o["fieldPath"] == "expire_at"}
     assert ttl == EXPIRING
     assert all(o.get("indexes") == [] for o in data["fieldOverrides"])  # TTL: no index churn
+
+
+def test_index_file_exempts_long_text_fields_from_indexing() -> None:
+    """Long free text is never queried: indexing it costs writes and can hit the 1500-byte
+    index entry limit."""
+    data = json.loads(INDEXES.read_text())
+    exempt = {(o["collectionGroup"], o["fieldPath"]) for o in data["fieldOverrides"]
+              if o.get("indexes") == []}
+    assert {("retrain_runs", "outcome"), ("retrain_runs", "reason"),
+            ("retrain_runs", "message"), ("retrain_runs", "request"),
+            ("retrain_decisions", "reason"), ("retrain_decisions", "details"),
+            ("retrain_rejected", "payload")} <= exempt
 
 
 # ---------------------------------------------------------------------------- errors
@@ -382,3 +408,281 @@ def test_paths_are_deterministic_and_valid_document_ids() -> None:
     path = _point_path("m", "overall", "accuracy", 1_700_000_000.0)
     assert path.endswith("/retrain_points/2023-11-14T22:13:20Z")
     assert path.count("/") == 5
+
+
+# ---------------------------------------------------------------------------- races
+# Each test interleaves a second instance's write (its own client) between the first one's
+# read and its commit, deterministically: in the test's own order, or from a hook on the
+# Firestore SDK client (never on the store's own code).
+def launch(run_id: str, champion: str, model: str = "m") -> RunRecord:
+    """A run as the service claims it: its request names the champion it was built for."""
+    return RunRecord(run_id, model, "p", "trig", "launching", "why", NOW,
+                     {"run_id": run_id, "parameters": {"champion_version": champion}},
+                     claimed_by="msg")
+
+
+def on_first_get_all(store: FirestoreStore, action: Any) -> list[bool]:
+    """Run `action` right after the store's next `get_all` (the claim's first read)."""
+    client = store.client
+    original = client.get_all
+    done: list[bool] = []
+
+    def get_all(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        found = list(original(*args, **kwargs))
+        if not done:
+            done.append(True)
+            action()
+        return iter(found)
+
+    client.get_all = get_all
+    return done
+
+
+def test_a_claim_after_a_promotion_it_did_not_evaluate_is_refused(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """The champion read, the evaluation and the claim must see one state: a promotion (or a
+    rollback restarting the history) committed in between fails the claim."""
+    peer.set_model_state(ModelState("m", "7", 5.0, NOW))
+    with pytest.raises(TransientError, match="champion state changed"), store.atomic():
+        assert store.model_state("m").champion_version == "7"
+        peer.set_model_state(ModelState("m", "8", 50.0, NOW + 1))  # promoted meanwhile
+        store.claim_run(launch("run-1", "7"), GUARDS, NOW, False)
+    assert peer.get_run("run-1") is None
+    with pytest.raises(TransientError, match="champion state changed"), store.atomic():
+        assert store.model_state("m").champion_version == "8"
+        peer.set_model_state(ModelState("m", "8", 60.0, NOW + 2))  # same version, new history
+        store.claim_run(launch("run-1", "8"), GUARDS, NOW, False)
+    assert peer.get_run("run-1") is None
+    # outside a unit (the manual trigger) the request's champion_version is the reference
+    with pytest.raises(TransientError, match="champion state changed"):
+        store.claim_run(launch("run-2", "7"), GUARDS, NOW, False)
+    assert store.claim_run(launch("run-2", "8"), GUARDS, NOW, False).status == "claimed"
+
+
+def test_a_promotion_between_evaluation_and_claim_launches_nothing_for_the_old_champion(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """Through the service: an event of champion 7 breaches; version 8 is promoted after the
+    event read the champion and before its claim. No run is launched for 7; the redelivery
+    sees 8 and records the event as `ignored`."""
+    clock = Clock()
+    launcher = FakeLauncher()
+    service = RetrainService(policy_config(), store, launcher, clock=clock)
+    peer.set_model_state(ModelState("churn", "7", None, clock()))
+    done = on_first_get_all(store, lambda: peer.set_model_state(
+        ModelState("churn", "8", None, clock())))
+    event = json.dumps({"model": "churn", "model_version": "7", "metrics": {"logloss": 0.5},
+                        "window_end": "2026-11-02T00:00:00Z"}).encode()
+    with pytest.raises(TransientError, match="champion state changed"):
+        service.handle_delivery(Delivery("msg-1", event, "pubsub"))
+    assert done and not launcher.runs and peer.runs("churn") == []
+    result = service.handle_delivery(Delivery("msg-1", event, "pubsub"))
+    assert [d.kind for d in result.decisions] == ["ignored"] and result.launched == []
+    assert not launcher.runs and peer.runs("churn") == []
+    assert peer.model_state("churn").champion_version == "8"
+
+
+def test_two_first_champions_one_wins_the_other_is_retried(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """Two first events (versions 7 and 8) both read "no champion" and both adopt: the one
+    committed second fails — it is neither a silent overwrite nor a dropped, acknowledged
+    unit — and its redelivery sees the winner."""
+    with pytest.raises(TransientError, match="created meanwhile"), store.atomic():
+        assert store.model_state("m").champion_version is None
+        with peer.atomic():
+            assert peer.model_state("m").champion_version is None
+            peer.set_model_state(ModelState("m", "8", None, NOW))
+            peer.finish_message("msg-8", NOW, [Decision("d8", "m", "champion", NOW, "8")])
+        store.set_model_state(ModelState("m", "7", None, NOW))
+        store.finish_message("msg-7", NOW, [Decision("d7", "m", "champion", NOW, "7")])
+    assert peer.model_state("m").champion_version == "8"
+    assert not peer.is_processed("msg-7") and [d.decision_id for d in peer.decisions()] == ["d8"]
+    with store.atomic():  # the redelivery
+        assert store.model_state("m").champion_version == "8"
+        store.finish_message("msg-7", NOW, [Decision("d7", "m", "ignored", NOW, "not 8")])
+    assert peer.is_processed("msg-7")
+
+
+def test_a_late_adopter_does_not_overwrite_a_promotion(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """The model document exists (a claim wrote it) without a champion; an adoption read it,
+    then a promotion committed: the adoption fails on the document's update time."""
+    assert peer.claim_run(run("run-0"), GUARDS, NOW, False).status == "claimed"
+    with pytest.raises(TransientError, match="changed before it committed"), store.atomic():
+        assert store.model_state("m").champion_version is None
+        peer.set_model_state(ModelState("m", "9", 20.0, NOW))
+        store.set_model_state(ModelState("m", "7", None, NOW))
+        store.finish_message("msg-7", NOW, [])
+    assert peer.model_state("m") == ModelState("m", "9", 20.0, NOW)
+    assert not peer.is_processed("msg-7")
+
+
+def test_a_champion_write_whose_champion_still_holds_is_rebased_not_refused(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """Conflicts that change no champion do not cost a redelivery: the same version adopted
+    by two first events (the second write is redundant), and a claim that rewrote only
+    `claim_last_*` after a promotion read the document (re-conditioned on the new version)."""
+    with store.atomic():
+        assert store.model_state("m").champion_version is None
+        with peer.atomic():
+            assert peer.model_state("m").champion_version is None
+            peer.set_model_state(ModelState("m", "7", None, NOW))
+        store.set_model_state(ModelState("m", "7", None, NOW + 1))
+        store.finish_message("msg-a", NOW, [])
+    assert peer.is_processed("msg-a") and peer.model_state("m") == ModelState("m", "7", None, NOW)
+    with store.atomic():
+        assert store.model_state("m").champion_version == "7"
+        assert peer.claim_run(run("run-1"), GUARDS, NOW, False).status == "claimed"
+        store.set_model_state(ModelState("m", "8", 50.0, NOW + 2))
+        store.finish_message("msg-b", NOW, [])
+    assert peer.model_state("m") == ModelState("m", "8", 50.0, NOW + 2)
+    assert peer.is_processed("msg-b")
+
+
+def test_an_adopted_champion_is_committed_with_the_units_claim(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    """A first event that adopts version 7 and claims a run: the claim commits the adoption
+    with the run, the unit still commits after its own claim changed the model document, and
+    an adopter that read "no champion" before that claim loses."""
+    with store.atomic():
+        assert store.model_state("m") == ModelState("m")
+        store.set_model_state(ModelState("m", "7", None, NOW))
+        with pytest.raises(TransientError, match="created meanwhile"), peer.atomic():
+            assert peer.model_state("m").champion_version is None
+            assert store.claim_run(launch("run-1", "7"), GUARDS, NOW, False).status == "claimed"
+            peer.set_model_state(ModelState("m", "8", None, NOW))
+        assert store.claim_run(launch("run-1", "7"), GUARDS, NOW, False).status == "resume"
+        store.finish_message("msg-7", NOW, [Decision("d7", "m", "champion", NOW, "7")])
+    assert peer.model_state("m") == ModelState("m", "7", None, NOW)
+    assert peer.is_processed("msg-7")
+    claimed = peer.get_run("run-1")
+    assert claimed is not None and claimed.request["parameters"]["champion_version"] == "7"
+
+
+def test_a_unit_too_large_for_one_commit_is_refused_whole(
+    store: FirestoreStore, peer: FirestoreStore
+) -> None:
+    from triggers.firestore_store import MAX_BATCH_WRITES, UnitTooLargeError
+
+    many = [Decision(f"d{i}", "m", "ok", NOW, "r") for i in range(MAX_BATCH_WRITES)]
+    with pytest.raises(UnitTooLargeError, match="refusing to split"), store.atomic():
+        store.finish_message("msg-1", NOW, many)  # 500 decisions and the marker
+    assert peer.decisions(limit=1) == [] and not peer.is_processed("msg-1")
+    # points are independent, idempotent writes: those may take several batches
+    store.record_points([StoredPoint("m", "overall", "accuracy", float(t), 0.9,
+                                     recorded_at=NOW) for t in range(MAX_BATCH_WRITES + 1)])
+    assert len(peer.points("m", "overall", "accuracy")) == MAX_BATCH_WRITES + 1
+
+
+# ---------------------------------------------------------------------------- bounded RPCs
+class FreezableProxy:
+    """A TCP relay in front of the emulator that can stop relaying (a network that hangs)."""
+
+    def __init__(self, upstream: str) -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream.rsplit(":", 1)
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.sockets: list[Any] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                down, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection((self.upstream[0], int(self.upstream[1])))
+            self.sockets += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: Any, target: Any) -> None:
+        while not self.closed.is_set():
+            try:
+                data = source.recv(65536)
+                while self.frozen.is_set() and not self.closed.is_set():
+                    time.sleep(0.01)
+                if not data or self.closed.is_set():
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.parametrize("rpc", ["begin_transaction", "run_query", "commit"])
+def test_a_hanging_transaction_is_bounded_by_the_store_timeout(
+    rpc: str, firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network stops answering just as the claim's transaction begins, reads (then it
+    rolls back) or commits: `?timeout=` bounds each of those RPCs (the library's defaults
+    would wait up to 60 s, retried) and the claim fails as a TransientError."""
+    proxy = FreezableProxy(firestore_env.host)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.host)
+    store = FirestoreStore(project=firestore_env.project, timeout=0.5, max_attempts=1)
+    api = store.client._firestore_api  # the SDK's GAPIC client: freeze before its call
+    original = getattr(api, rpc)
+    stranded: list[bytes] = []  # a transaction the emulator holds open (its rollback froze)
+
+    def frozen_call(*args: Any, **kwargs: Any) -> Any:
+        transaction = rpc == "begin_transaction" or kwargs["request"].get("transaction")
+        if transaction:
+            proxy.frozen.set()
+            if transaction is not True:
+                stranded.append(transaction)
+        return original(*args, **kwargs)
+
+    setattr(api, rpc, frozen_call)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match="claim_run"):
+            store.claim_run(run("run-1", "launching"), GUARDS, NOW, False)
+        elapsed = time.monotonic() - started
+        assert proxy.frozen.is_set()
+        assert elapsed < 5, f"claim_run took {elapsed:.1f}s with timeout=0.5s"
+    finally:
+        proxy.close()
+        store.close()
+        # release its locks, or later tests' transactions wait on them until it expires
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_env.host)
+        direct = FirestoreStore(project=firestore_env.project).client
+        for transaction in stranded:
+            with contextlib.suppress(Exception):
+                direct._firestore_api.rollback(request={
+                    "database": direct._database_string, "transaction": transaction})
+        direct.close()
+
+
+def test_a_client_that_cannot_be_built_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No emulator, no usable credentials: the first store call says what to set, as a
+    ConfigError naming RETRAIN_STATE (not the SDK's exception from wherever it surfaced)."""
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    store = FirestoreStore(project="test-project")
+    for call in (lambda: store.is_processed("msg-1"),
+                 lambda: store.points("m", "overall", "accuracy")):
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert info.value.variable == "RETRAIN_STATE"
+        assert "missing.json" in info.value.reason and "credentials" in info.value.reason
+    assert store._client is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -134,6 +135,52 @@ def test_claim_checks_guards_in_one_step(store: StateStore) -> None:
     assert budget.status == "blocked" and budget.reason.startswith("budget")
     later = NOW + 86400 + 61
     assert store.claim_run(run("run-3", later), GUARDS, later, False).status == "claimed"
+
+
+def interleaved(store: StateStore, action: Callable[[], None]) -> list[bool]:
+    """Make `action` (another instance's write) land inside `store`'s next claim where it
+    can: on Firestore right after the claim's first read (a hook on the SDK client's
+    `get_all`); the other stores claim under one lock, so there it simply runs first."""
+    from triggers.firestore_store import FirestoreStore
+
+    done: list[bool] = []
+    if not isinstance(store, FirestoreStore):
+        action()
+        done.append(True)
+        return done
+    client = store.client
+    original = client.get_all
+
+    def get_all(*args: object, **kwargs: object) -> Iterator[object]:
+        found = list(original(*args, **kwargs))
+        if not done:
+            done.append(True)
+            action()
+        return iter(found)
+
+    client.get_all = get_all
+    return done
+
+
+def test_a_run_claimed_by_another_instance_meanwhile_is_resumed_not_blocked(
+    store_factory: StoreFactory,
+) -> None:
+    """One message delivered to two instances at once: the other claims the run while this
+    claim is reading. This claim must answer `resume` with the other's record — a `blocked`
+    (by its own run in flight) would lose the message's `fired` audit entry."""
+    mine, other = store_factory(), store_factory()
+
+    def other_claims() -> None:
+        theirs = replace(run("run-1", NOW), claimed_by="other-instance")
+        assert other.claim_run(theirs, GUARDS, NOW, False).status == "claimed"
+
+    done = interleaved(mine, other_claims)
+    claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
+    assert done
+    assert (claim.status, claim.run.claimed_by) == ("resume", "other-instance"), claim
+    mine.update_run("run-1", IN_FLIGHT, state="launched", launched_at=NOW)
+    claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
+    assert (claim.status, claim.run.state) == ("exists", "launched")
 
 
 def test_update_run_only_from_the_given_states(store: StateStore) -> None:

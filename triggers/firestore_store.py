@@ -3,12 +3,17 @@ the shared, serverless state of a service that scales out (every instance sees o
 
 URL: `firestore://` ("(default)" database) or `firestore://DATABASE`, with optional
 `?retention=400d` (how long points, processed markers, decisions and rejected events are
-kept: their `expire_at` field, which a Firestore TTL policy deletes; `none` keeps them
-forever; keep it longer than the oldest point a policy reads — a baseline's reference points
-are its champion's first ones, however old) and `?timeout=10s` (per RPC). The project is
-GOOGLE_CLOUD_PROJECT (or what google.auth finds); FIRESTORE_EMULATOR_HOST is honoured by the
-client. `google.cloud.firestore` is imported on the first store call, never at import or
-construction (cold start).
+kept: their `expire_at` field, which a Firestore TTL policy deletes; `none` — and only
+`none` — keeps them forever, `0` is an error; keep it longer than the oldest point a policy
+reads — a baseline's reference points are its champion's first ones, however old) and
+`?timeout=10s` (per RPC, transaction begin/commit/rollback included; retries stop within it
+too). Processed-message markers are kept at least 31 days whatever `retention` says: Pub/Sub
+keeps a message (and may redeliver it, or replay it with seek) for at most 31 days — the
+topic retention's maximum — and a marker that expired earlier would let a redelivery launch
+again. The project is GOOGLE_CLOUD_PROJECT (or what google.auth finds); FIRESTORE_EMULATOR_HOST
+is honoured by the client. `google.cloud.firestore` is imported and the client built on the
+first store call, never at import or construction (cold start); a setup that cannot build it
+(no credentials, no project, SDK missing) raises ConfigError naming RETRAIN_STATE there.
 
 Document layout (ids are deterministic, so a retried write lands on the same document):
 
@@ -32,18 +37,32 @@ backend also locks query ranges. Two instances handling breaching events at once
 A plain read answers first what needs no write (the run exists, a guard blocks), so the
 breaching events that follow a launch cost no transaction; a transaction aborted by contention
 is retried after a random pause (the emulator aborts every party of a write-write race after
-~2 s, and immediate retries would collide again in lockstep).
+~2 s, and immediate retries would collide again in lockstep). A run the model's run queries
+already hold (another delivery of the same message claimed it between our reads) is resumed,
+never reported as blocked by itself.
+
+The claim also checks the champion: on SQLite the champion read, the evaluation and the claim
+see one state (one lock); here a promotion can commit in between. So the claim's reads compare
+the model document's `champion_version` and `history_start` with the state the evaluation used
+— what `model_state` returned inside the current `atomic()` unit, or else the run request's
+`parameters.champion_version` ("" meaning none) — and raise TransientError when they differ
+(5xx → redelivery re-evaluates on the new state). A champion the unit adopts (first version
+seen) is written by the claim's own transaction when the unit claims a run, so a run is never
+committed for a champion that is not committed with it.
 
 What `atomic()` means here. Firestore cannot hold a lock over arbitrary reads and writes the
 way SQLite's `BEGIN IMMEDIATE` does, so `atomic()` is a *unit of work*, not a lock:
 
 - Writes that finish something — decisions, model state, run updates, the processed marker —
   are buffered and committed in ONE batch when the outermost `atomic()` exits (discarded if it
-  raises). A run update carries a precondition on the run document's update time, so the
-  batch is a compare-and-set: a concurrent change fails it (TransientError → 5xx →
-  redelivery). An outcome's run end, champion, audit and ack are therefore all or nothing,
-  as on SQLite. Reads inside the unit see its buffered documents (model state, runs, the
-  processed marker); queries see only committed data.
+  raises). A run update carries a precondition on the run document's update time, and so does
+  a champion change after `model_state` was read in the unit (`create` if the model document
+  was missing then): the batch is a compare-and-set, and a concurrent change fails it
+  (TransientError → 5xx → redelivery, which then sees the winner). An outcome's run end,
+  champion, audit and ack are therefore all or nothing, as on SQLite. Reads inside the unit
+  see its buffered documents and the model state as first read (repeatable); queries see only
+  committed data. A unit is one batch or nothing: more than 500 writes raise
+  UnitTooLargeError rather than being split into batches that are not atomic together.
 - Points are written through at once, never buffered: a delivery writes its point before it
   reads the series, so of two concurrent deliveries at least one sees both points (what
   SQLite's lock gave us; the service re-evaluates later points after a late one).
@@ -54,8 +73,9 @@ resubmits the same id; "already exists" is success), the transactional claim, an
 processed marker created last — in the same batch as the message's decisions, so a message is
 never marked processed without them. A crash before that batch leaves the message
 unprocessed: Pub/Sub redelivers it and it is processed again, idempotently. Two concurrent
-deliveries of one message may both get this far: the second batch fails on the marker's
-AlreadyExists and is dropped (the first already wrote the same decisions).
+deliveries of one message may both get this far: the second batch fails on AlreadyExists and
+is dropped when — and only when — its processed marker now exists (the first already wrote
+the same decisions); any other AlreadyExists is a TransientError, never acknowledged.
 
 Transient Firestore errors (Unavailable, DeadlineExceeded, Aborted after the transaction's
 retries, ResourceExhausted, Internal, timeouts) raise `triggers.errors.TransientError`; the
@@ -64,6 +84,7 @@ rest (PermissionDenied, a missing index, ...) propagate as they are, loudly.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -71,11 +92,11 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from thresholds.durations import format_duration, parse_duration
@@ -110,11 +131,15 @@ DEFAULT_DATABASE = "(default)"
 DEFAULT_RETENTION = timedelta(days=400)
 DEFAULT_TIMEOUT = 10.0
 MAX_BATCH_WRITES = 500
+PROCESSED_MIN_RETENTION = timedelta(days=31)
+"""Processed markers outlive Pub/Sub's longest message retention (31 days), whatever
+`retention` says: an expired marker would let a late redelivery act twice."""
 _DATABASE_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 _CHANGEABLE_RUN_FIELDS = frozenset(_RUN_FIELDS) - {"run_id"}
 _URL_OPTIONS = ("retention", "timeout")
+_T = TypeVar("_T")
 
 
 class FirestoreStore:
@@ -133,6 +158,11 @@ class FirestoreStore:
                 "RETRAIN_STATE",
                 f"{database!r} is not a Firestore database id (4-63 lower-case letters, "
                 "digits and hyphens) or (default)")
+        if retention is not None and retention.total_seconds() <= 0:
+            raise ConfigError(
+                "RETRAIN_STATE",
+                "firestore:// option retention must be positive (write retention=none to keep "
+                "documents forever)")
         self.database = database
         self.project = project
         self.retention = retention
@@ -166,7 +196,7 @@ class FirestoreStore:
         timeout = DEFAULT_TIMEOUT
         if "retention" in options:
             text = options["retention"][-1]
-            retention = None if text.lower() in ("none", "0") else _duration(text, "retention")
+            retention = None if text.lower() == "none" else _duration(text, "retention")
         if "timeout" in options:
             timeout = _duration(options["timeout"][-1], "timeout").total_seconds()
         return cls(
@@ -189,11 +219,32 @@ class FirestoreStore:
         if client is None:
             with self._client_lock:
                 if self._client is None:
-                    from google.cloud import firestore
-
-                    self._client = firestore.Client(project=self.project, database=self.database)
+                    self._client = self._build_client()
                 client = self._client
         return client
+
+    def _build_client(self) -> Any:
+        """A bad setup fails here, clearly and not cached (the next call tries again): no SDK,
+        no project, no credentials → ConfigError naming RETRAIN_STATE; a transport error while
+        finding credentials → TransientError."""
+        where = (f"Firestore database {self.database!r} of project "
+                 f"{self.project or '(from google.auth)'}")
+        try:
+            from google.auth import exceptions as auth_exceptions
+            from google.cloud import firestore
+        except ImportError as exc:
+            raise ConfigError(
+                "RETRAIN_STATE",
+                f"firestore:// needs google-cloud-firestore (requirements.txt): {exc}") from exc
+        try:
+            return firestore.Client(project=self.project, database=self.database)
+        except auth_exceptions.TransportError as exc:
+            raise TransientError(f"{where}: credentials unavailable: {exc}") from exc
+        except (auth_exceptions.GoogleAuthError, OSError, ValueError) as exc:
+            raise ConfigError(
+                "RETRAIN_STATE",
+                f"cannot build a client for {where}: {exc} (set GOOGLE_CLOUD_PROJECT and "
+                "credentials, or FIRESTORE_EMULATOR_HOST for the emulator)") from exc
 
     def _forget_client(self) -> None:
         """After a fork: the parent's gRPC channel must never be used by the child."""
@@ -223,17 +274,61 @@ class FirestoreStore:
             return
         try:
             self._commit(writes, operation)
-        except _AlreadyFinished:
-            pass  # a concurrent delivery created the processed marker first: its batch stands
+        except _Exists as exists:
+            if not self._finished_elsewhere(writes):
+                raise TransientError(
+                    f"Firestore {operation}: a document it creates exists already ({exists}); "
+                    "retry") from exists
+            # a concurrent delivery created the processed marker first: its batch stands
 
-    def _commit(self, writes: Sequence[_Write], operation: str) -> None:
-        """Commit in batches of at most 500 writes, finishing writes in the last one.
+    def _finished_elsewhere(self, writes: Sequence[_Write]) -> bool:
+        """After AlreadyExists: whether the batch's processed marker exists now (a concurrent
+        delivery of the message finished it) — the one conflict that means "done"."""
+        markers = [w.path for w in writes
+                   if w.kind == "create" and w.path.startswith(PROCESSED + "/")]
+        return bool(markers) and all(
+            self._get(path, "finish_message")[0] is not None for path in markers)
 
-        Raises _AlreadyFinished (a `create` met an existing document), _Conflict (a run
-        changed since it was read) or TransientError.
+    def _rebased(self, writes: Sequence[_Write], unit: _UnitOfWork) -> list[_Write] | None:
+        """After a unit's commit failed, its conditional champion writes checked against the
+        model document as committed now: one the document already matches (another instance
+        adopted the same version, same history) is dropped; one whose document changed only
+        outside the champion fields (a claim wrote `claim_last_*`) is conditioned on the
+        new version. The writes to commit again, or None when a champion really changed (or
+        nothing could be rebased): then the unit must be retried."""
+        rebased, changed = [], False
+        for write in writes:
+            if write.kind in ("create", "update") and write.path.startswith(MODELS + "/"):
+                current, update_time = self._get(write.path, "atomic")
+                read = unit.read.get(write.path, (None, None))[0]
+                if current is None:
+                    return None
+                if _champion_fields(current) == _champion_fields(write.data):
+                    changed = True
+                    continue
+                if _champion_fields(current) != _champion_fields(read):
+                    return None
+                if update_time != write.update_time:
+                    write = _Write("update", write.path, write.data, update_time, True)
+                    changed = True
+            rebased.append(write)
+        return rebased if changed else None
+
+    def _commit(self, writes: Sequence[_Write], operation: str, split: bool = False) -> None:
+        """Commit `writes` in one batch (atomic). Only with `split` (independent, idempotent
+        writes: points) are more than 500 committed in several batches; otherwise that many
+        raise UnitTooLargeError.
+
+        Raises _Exists (a `create` met an existing document), _Conflict (a document changed
+        since it was read) or TransientError.
         """
         if not writes:
             return
+        if len(writes) > MAX_BATCH_WRITES and not split:
+            raise UnitTooLargeError(
+                f"Firestore {operation}: {len(writes)} writes in one unit of work, more than "
+                f"the {MAX_BATCH_WRITES} one commit takes; refusing to split it into batches "
+                "that would not be atomic together")
         client = self.client
         ordered = sorted(writes, key=lambda w: w.finishing)
         for start in range(0, len(ordered), MAX_BATCH_WRITES):
@@ -288,10 +383,11 @@ class FirestoreStore:
                                   timeout=self.timeout)
             return [snapshot.to_dict() for snapshot in stream]
 
-    def _expire_at(self, at: float) -> dict[str, datetime]:
+    def _expire_at(self, at: float, minimum: timedelta | None = None) -> dict[str, datetime]:
         if self.retention is None:
             return {}
-        return {"expire_at": datetime.fromtimestamp(at, UTC) + self.retention}
+        kept = max(self.retention, minimum) if minimum is not None else self.retention
+        return {"expire_at": datetime.fromtimestamp(at, UTC) + kept}
 
     # ------------------------------------------------------------------ processed messages
     def is_processed(self, message_id: str) -> bool:
@@ -300,7 +396,8 @@ class FirestoreStore:
 
     def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
         marker = _Write("create", _processed_path(message_id),
-                        {"message_id": message_id, "at": float(at), **self._expire_at(at)},
+                        {"message_id": message_id, "at": float(at),
+                         **self._expire_at(at, PROCESSED_MIN_RETENTION)},
                         finishing=True)
         self._write([*self._decision_writes(decisions), marker], "finish_message")
 
@@ -310,8 +407,8 @@ class FirestoreStore:
         writes = [_Write("set", _point_path(p.model, p.slice, p.metric, p.window_end),
                          {**_point_doc(p), **self._expire_at(p.recorded_at)}) for p in points]
         try:
-            self._commit(writes, "record_points")
-        except (_AlreadyFinished, _Conflict) as exc:  # pragma: no cover - sets never do
+            self._commit(writes, "record_points", split=True)
+        except (_Exists, _Conflict) as exc:  # pragma: no cover - sets never do
             raise TransientError(f"Firestore record_points: {exc}") from exc
 
     def points(
@@ -356,7 +453,7 @@ class FirestoreStore:
                        {**data, **self._expire_at(event.at)})
         try:
             self._commit([write], "record_rejected")
-        except _AlreadyFinished:
+        except _Exists:
             pass  # rejected before: the first record stands
 
     def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
@@ -391,22 +488,45 @@ class FirestoreStore:
 
     # ------------------------------------------------------------------ models
     def model_state(self, model: str) -> ModelState:
-        data, _ = self._get(_model_path(model), "model_state")
+        """Inside `atomic()` the first read is remembered (with the document's update time):
+        later reads in the unit return it, a champion change in the unit is written on
+        condition that the document is still as read, and a claim checks it."""
+        path = _model_path(model)
+        unit = self._scope()
+        fresh = unit is not None and path not in unit.overlay
+        data, update_time = self._get(path, "model_state")
+        if fresh:
+            assert unit is not None
+            unit.read[path] = (data, update_time)
+            unit.overlay[path] = (data, update_time)
         if data is None:
             return ModelState(model)
         return ModelState(model, data.get("champion_version"), data.get("history_start"),
                           data.get("updated_at"))
 
     def set_model_state(self, state: ModelState) -> None:
+        """Outside `atomic()`, or in a unit that did not read the model state first: a plain
+        merge (last write wins: an operator's rollback). After `model_state` in the unit: a
+        compare-and-set against what it read — `create` if the document was missing, else
+        an update conditioned on its update time — so two first champions, or an adoption
+        and a promotion, cannot overwrite each other (the loser's unit → TransientError)."""
         data = {"model": state.model, "champion_version": state.champion_version,
                 "history_start": _float(state.history_start),
                 "updated_at": _float(state.updated_at)}
         path = _model_path(state.model)
         unit = self._scope()
-        if unit is not None:
-            current, update_time = unit.overlay.get(path, (None, None))
-            unit.overlay[path] = ({**(current or {}), **data}, update_time)
-        self._write([_Write("merge", path, data, finishing=True)], "set_model_state")
+        if unit is None:
+            self._write([_Write("merge", path, data, finishing=True)], "set_model_state")
+            return
+        current, update_time = unit.overlay.get(path, (None, None))
+        unit.overlay[path] = ({**(current or {}), **data}, update_time)
+        read = unit.read.get(path)
+        if read is None:
+            unit.add(_Write("merge", path, data, finishing=True))
+        elif read[0] is None:
+            unit.add(_Write("create", path, data, finishing=True))
+        else:
+            unit.add(_Write("update", path, data, update_time=read[1], finishing=True))
 
     # ------------------------------------------------------------------ runs
     def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim:
@@ -416,17 +536,31 @@ class FirestoreStore:
         exists, or the guards block — as it would at that instant; only a claim that looks
         possible runs the transaction, which checks everything again. A transaction aborted by
         contention is retried after a random pause, so contenders do not collide in lockstep.
+        Both reads check that the champion is still the one the evaluation used (TransientError
+        if not; see the module docstring).
         """
-        from google.cloud import firestore
-
         client = self.client
         run_ref = client.document(_run_path(run.run_id))
-        model_ref = client.document(_model_path(run.model))
+        model_path = _model_path(run.model)
+        model_ref = client.document(model_path)
         in_flight = self._in_flight_query(run.model)
         recent = (client.collection(RUNS)
                   .where(filter=_field("model", "==", run.model))
                   .where(filter=_field("created_at", ">", float(now - guard_window(guards))))
                   .order_by("created_at", direction=_DESC))
+        unit = self._scope()
+        read = unit.read.get(model_path) if unit is not None else None
+        # a champion this unit adopts or changes: committed with the claim, never after it
+        pending = unit.writes.get(model_path) if unit is not None and read is not None else None
+        evaluated = _evaluated_state(
+            run, unit.overlay.get(model_path) if unit is not None and read is not None else None)
+        # what the model document may hold: the evaluated state, or (before the claim
+        # commits this unit's own pending change) the state the unit read
+        allowed = [evaluated]
+        if pending is not None and read is not None:
+            allowed.append(_champion_fields(read[0]))
+        claim_fields = {"model": run.model, "claim_last_run": run.run_id,
+                        "claim_last_at": float(now)}
 
         def judge(transaction: Any) -> Claim:
             """The answer as of these reads ("claimed" meaning: it may be claimed)."""
@@ -434,14 +568,23 @@ class FirestoreStore:
                 reader = transaction if transaction is not None else client
                 snapshots = {s.reference.path: s for s in reader.get_all(
                     [run_ref, model_ref], retry=self._retry(), timeout=self.timeout)}
+            model_doc = snapshots[model_ref.path]
+            current = (model_doc.to_dict() or {}) if model_doc.exists else {}
+            if evaluated and not any(
+                    all(current.get(k) == v for k, v in state.items()) for state in allowed):
+                found = {k: current.get(k) for k in evaluated}
+                raise TransientError(
+                    f"Firestore claim_run for model {run.model!r}: the champion state changed "
+                    f"after the evaluation read it (evaluated with {evaluated}, now {found}); "
+                    "retry the message to evaluate it on the new state")
             existing = snapshots[run_ref.path]
             if existing.exists:
-                record = _run(existing.to_dict())
-                if record.state == "launching":
-                    return Claim("resume", record, "run claimed earlier but not yet submitted")
-                return Claim("exists", record, f"run already {record.state}")
+                return _existing_claim(_run(existing.to_dict()))
             runs = {doc["run_id"]: _run(doc) for query in (in_flight, recent)
                     for doc in self._query(query, "claim_run", transaction)}
+            mine = runs.get(run.run_id)
+            if mine is not None:  # claimed by another delivery between our reads
+                return _existing_claim(mine)
             blocked = check_guards(runs.values(), guards, now, force)
             if blocked is not None:
                 return Claim("blocked", run, blocked)
@@ -451,29 +594,70 @@ class FirestoreStore:
             claim = judge(transaction)
             if claim.status == "claimed":
                 transaction.create(run_ref, _run_doc(run))
-                transaction.set(model_ref, {"model": run.model, "claim_last_run": run.run_id,
-                                            "claim_last_at": float(now)}, merge=True)
+                model_data = {**(pending.data if pending is not None else {}), **claim_fields}
+                transaction.set(model_ref, model_data, merge=True)
             return claim
 
         seen = judge(None)
         if seen.status != "claimed":
             return seen
-        aborted: BaseException | None = None
+        claim, results = self._transact(attempt, "claim_run", f"model {run.model!r}")
+        if claim.status == "claimed" and unit is not None and read is not None:
+            # The unit's view of the model document is now what the claim committed (its
+            # champion checked, any pending champion change included): later writes of the
+            # unit are conditioned on this version, not on one the claim itself replaced.
+            unit.writes.pop(model_path, None)
+            base = unit.overlay[model_path][0] if pending is not None else read[0]
+            committed = {**(base or {}), **claim_fields}
+            unit.read[model_path] = (committed, results[1].update_time)
+            unit.overlay[model_path] = (committed, results[1].update_time)
+        return claim
+
+    def _transact(self, attempt: Callable[[Any], _T], operation: str,
+                  what: str) -> tuple[_T, list[Any]]:
+        """Run `attempt(transaction)` in a read-write transaction and commit what it wrote: its
+        result and the commit's write results. Every RPC (begin, reads, commit, rollback) is
+        bounded by `timeout` with the store's short retries. Contention (Aborted, or a create
+        that met a document created meanwhile) runs it again after a random pause, up to
+        `max_attempts` times; any other commit error is a TransientError (whether it applied
+        is unknown: the redelivery re-reads and finds the claim if it did)."""
+        from google.api_core import exceptions
+
+        client = self.client
+        contention: BaseException | None = None
         for round_ in range(self.max_attempts):
             if round_:
                 time.sleep(random.uniform(0.0, min(1.0, 0.1 * 2**round_)))
-            with _Errors("claim_run"):
-                try:
-                    claim: Claim = firestore.transactional(attempt)(
-                        client.transaction(max_attempts=1))
-                    return claim
-                except Exception as exc:
-                    if not _aborted(exc):
-                        raise
-                    aborted = exc
+            transaction = _bounded_transaction(client, self._retry(), self._retry(commit=True),
+                                               self.timeout)
+            with _Errors(operation):
+                transaction._begin()
+            try:
+                result = attempt(transaction)
+            except BaseException as exc:
+                transaction.rollback_quietly()
+                if not _aborted(exc):
+                    raise
+                contention = exc
+                continue
+            if not transaction._write_pbs:
+                transaction.rollback_quietly()  # read only: release what it read
+                return result, []
+            try:
+                results: list[Any] = transaction._commit()
+            except (exceptions.Aborted, exceptions.AlreadyExists) as exc:
+                transaction.rollback_quietly()  # a failed commit may still hold its locks
+                contention = exc
+                continue
+            except Exception as exc:
+                transaction.rollback_quietly()
+                raise TransientError(
+                    f"Firestore {operation} for {what}: commit failed ({exc}); whether it "
+                    "applied is unknown, a retry re-reads") from exc
+            return result, results
         raise TransientError(
-            f"Firestore claim_run for model {run.model!r}: contention did not clear in "
-            f"{self.max_attempts} attempts ({aborted})")
+            f"Firestore {operation} for {what}: contention did not clear in "
+            f"{self.max_attempts} attempts ({contention})")
 
     def update_run(
         self, run_id: str, from_states: frozenset[str], **changes: Any
@@ -544,26 +728,27 @@ class _Write:
 
 
 class _UnitOfWork:
-    """The writes of one `atomic()` block (per thread) and the documents they leave."""
+    """The writes of one `atomic()` block (per thread), the documents they leave (`overlay`)
+    and the model documents as first read in it (`read`: data or None, update time)."""
 
     def __init__(self) -> None:
         self.depth = 0
         self.writes: dict[str, _Write] = {}
         self.overlay: dict[str, tuple[dict[str, Any] | None, Any]] = {}
+        self.read: dict[str, tuple[dict[str, Any] | None, Any]] = {}
 
     def add(self, write: _Write) -> None:
-        """Later writes of one document replace earlier ones (updates merge; the first
-        update's precondition stays; a second create of one document is the same create)."""
+        """Later writes of one document replace earlier ones; writes of the same kind merge
+        (the first one's precondition stays); a second create of one processed marker is the
+        same create (the first stands)."""
         old = self.writes.get(write.path)
-        if old is not None and old.kind == "update" and write.kind == "update":
-            write = _Write("update", write.path, {**old.data, **write.data}, old.update_time,
-                           True)
-        elif old is not None and old.kind == "create" and write.kind == "create":
-            return
-        elif old is not None and old.kind == "merge" and write.kind == "merge":
-            write = _Write("merge", write.path, {**old.data, **write.data}, None,
-                           write.finishing)
-        if write.kind == "create" and write.path.startswith(PROCESSED + "/"):
+        marker = write.path.startswith(PROCESSED + "/")
+        if old is not None and old.kind == write.kind and write.kind != "set":
+            if write.kind == "create" and marker:
+                return
+            write = _Write(write.kind, write.path, {**old.data, **write.data}, old.update_time,
+                           old.finishing or write.finishing)
+        if write.kind == "create" and marker:
             self.overlay[write.path] = (write.data, None)
         self.writes[write.path] = write
 
@@ -591,19 +776,34 @@ class _Atomic:
             return
         self.store._local.unit = None
         if exc is not None:
-            return  # discarded: nothing of the unit was committed
-        try:
-            self.store._commit(list(unit.writes.values()), "atomic")
-        except _AlreadyFinished:
-            pass  # the message was finished by a concurrent delivery of it: its unit stands
-        except _Conflict as conflict:
-            raise TransientError(
-                f"Firestore: a run changed while this unit of work used it ({conflict}); "
-                "retry the message") from conflict
+            return  # discarded: nothing of the unit was committed (a claim commits itself)
+        writes = list(unit.writes.values())
+        for round_ in range(2):
+            try:
+                self.store._commit(writes, "atomic")
+                return
+            except _Exists as exists:
+                if self.store._finished_elsewhere(writes):
+                    return  # a concurrent delivery of the message finished it: its unit stands
+                error: Exception = exists
+                why = "a document this unit of work creates was created meanwhile"
+            except _Conflict as conflict:
+                error = conflict
+                why = ("a document this unit of work read (a run, or the model's champion "
+                       "state) changed before it committed")
+            remaining = self.store._rebased(writes, unit) if not round_ else None
+            if remaining is None:
+                raise TransientError(f"Firestore: {why} ({error}); retry the message") from error
+            writes = remaining
 
 
-class _AlreadyFinished(Exception):
-    """A `create` met an existing document (processed marker, rejected event)."""
+class UnitTooLargeError(RuntimeError):
+    """A unit of work holds more writes than one atomic commit takes (a bug or a policy file
+    far beyond what one message should decide): never split, never half-applied."""
+
+
+class _Exists(Exception):
+    """A `create` met an existing document (processed marker, rejected event, model)."""
 
 
 class _Conflict(Exception):
@@ -637,13 +837,13 @@ class _Errors:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc is None or isinstance(exc, (TransientError, _AlreadyFinished, _Conflict)):
+        if exc is None or isinstance(exc, (TransientError, ConfigError, _Exists, _Conflict)):
             return
         from google.api_core import exceptions
         from google.auth import exceptions as auth_exceptions
 
         if self.commit and isinstance(exc, exceptions.AlreadyExists):
-            raise _AlreadyFinished(str(exc)) from exc
+            raise _Exists(str(exc)) from exc
         if self.commit and isinstance(exc, exceptions.FailedPrecondition):
             raise _Conflict(str(exc)) from exc
         transient = (
@@ -654,6 +854,90 @@ class _Errors:
         )
         if isinstance(exc, transient):
             raise TransientError(f"Firestore {self.operation} unavailable: {exc}") from exc
+
+
+_CHAMPION_FIELDS = ("champion_version", "history_start")
+
+
+def _champion_fields(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {key: (data or {}).get(key) for key in _CHAMPION_FIELDS}
+
+
+def _evaluated_state(run: RunRecord,
+                     seen: tuple[dict[str, Any] | None, Any] | None) -> dict[str, Any]:
+    """The champion fields a claim must still find: the model state the unit's evaluation
+    used (as read, with the unit's own change), else the champion the run's request was
+    built for; nothing to check for a request that names none (a run built elsewhere)."""
+    if seen is not None:
+        return _champion_fields(seen[0])
+    parameters = run.request.get("parameters")
+    if isinstance(parameters, Mapping) and "champion_version" in parameters:
+        return {"champion_version": parameters["champion_version"] or None}
+    return {}
+
+
+def _existing_claim(record: RunRecord) -> Claim:
+    if record.state == "launching":
+        return Claim("resume", record, "run claimed earlier but not yet submitted")
+    return Claim("exists", record, f"run already {record.state}")
+
+
+def _bounded_transaction(client: Any, retry: Any, commit_retry: Any, timeout: float) -> Any:
+    """A `Transaction` whose begin, commit and rollback RPCs carry our retry and timeout (the
+    SDK's own use the library defaults: up to 60 s each, retried)."""
+    return _transaction_class()(client, retry, commit_retry, timeout)
+
+
+@functools.cache
+def _transaction_class() -> Any:
+    """Defined on first use: the SDK is imported lazily. Written against
+    google-cloud-firestore 2.34 (pinned), whose Transaction keeps `_id`, `_write_pbs` and
+    `_clean_up()`; begin/commit/rollback are its own RPCs with our retry and timeout."""
+    from google.cloud.firestore_v1.transaction import Transaction
+
+    class BoundedTransaction(Transaction):
+        def __init__(self, client: Any, retry: Any, commit_retry: Any, timeout: float) -> None:
+            super().__init__(client, max_attempts=1)
+            self._bounds = {"retry": retry, "timeout": timeout}
+            self._commit_bounds = {"retry": commit_retry, "timeout": timeout}
+
+        def _begin(self, retry_id: bytes | None = None) -> None:
+            client = self._client
+            response = client._firestore_api.begin_transaction(
+                request={"database": client._database_string,
+                         "options": self._options_protobuf(retry_id)},
+                metadata=client._rpc_metadata, **self._bounds)
+            self._id = response.transaction
+
+        def _commit(self) -> list[Any]:
+            client = self._client
+            response = client._firestore_api.commit(
+                request={"database": client._database_string, "writes": self._write_pbs,
+                         "transaction": self._id},
+                metadata=client._rpc_metadata, **self._commit_bounds)
+            self._clean_up()
+            self.write_results = list(response.write_results)
+            self.commit_time = response.commit_time
+            return self.write_results
+
+        def _rollback(self) -> None:
+            client = self._client
+            try:
+                client._firestore_api.rollback(
+                    request={"database": client._database_string, "transaction": self._id},
+                    metadata=client._rpc_metadata, **self._bounds)
+            finally:
+                self._clean_up()
+
+        def rollback_quietly(self) -> None:
+            """Best effort (bounded): an abandoned transaction expires on its own."""
+            if self.in_progress:
+                try:
+                    self._rollback()
+                except Exception:  # noqa: BLE001 - the error that led here matters more
+                    pass
+
+    return BoundedTransaction
 
 
 _STORES: weakref.WeakSet[FirestoreStore] = weakref.WeakSet()
