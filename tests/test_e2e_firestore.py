@@ -200,9 +200,12 @@ def test_two_instances_one_firestore_one_run_per_degradation(
         trail = store.decisions(model, limit=200)
         assert [d.kind for d in trail].count("fired") == 1, [
             (d.kind, d.event_time, d.reason[:60]) for d in trail]
+    # Firestore has no lock around record + evaluate + claim: when the deliveries of the
+    # first breaching points race on two instances, either may win the one claim, so the run
+    # belongs to the first point that fires in order or to one after it (still one run).
     fired = [d for d in store.decisions("fraud-detector", limit=200) if d.kind == "fired"]
-    assert fired[0].event_time == store.points(
-        "fraud-detector", "overall", "accuracy")[FIRST_FIRE].window_end
+    points = store.points("fraud-detector", "overall", "accuracy")
+    assert fired[0].event_time in [p.window_end for p in points[FIRST_FIRE:]], fired[0]
 
     # the 503: its delivery failed on one instance and was finished by the other
     failed = [f for f in log if f.status >= 500]
