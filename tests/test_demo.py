@@ -16,10 +16,10 @@ from triggers.sqlite_store import SQLiteStore
 
 def test_the_demo_rejects_a_noise_dip_promotes_on_drift_and_recovers(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "triggers", "demo", "--workdir", str(workdir), "--days", "30",
+    result = subprocess.run(  # a relative --workdir, as `make run` passes its default
+        [sys.executable, "-m", "triggers", "demo", "--workdir", "demo", "--days", "30",
          "--examples", "1000"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        cwd=tmp_path, capture_output=True, text=True, timeout=400,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     timeline = json.loads((workdir / "timeline.json").read_text())

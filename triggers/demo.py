@@ -96,13 +96,13 @@ class Demo:
     def __init__(self, workdir: Path, settings: DemoSettings, out: TextIO = sys.stdout) -> None:
         from pipelines.drift import DriftingConcept
 
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # the server runs there: paths must not be relative
         self.settings = settings
         self.out = out
         self.concept = DriftingConcept(seed=settings.seed,
                                        examples_per_day=settings.examples_per_day)
-        self.data = workdir / "data"
-        self.registry_root = workdir / "registry"
+        self.data = self.workdir / "data"
+        self.registry_root = self.workdir / "registry"
         self.token = secrets.token_urlsafe(16)
         self.base = ""
         self.timeline: list[Day] = []
