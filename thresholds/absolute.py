@@ -46,15 +46,25 @@ class AbsolutePolicy(Policy):
     def fires(self, points: Sequence[Point]) -> bool:
         # The rule of `_evaluate` without its verdict: N points, at least M of them breaches.
         window = self.spec.evaluation_points
+        if not self.spec.min_examples:  # the backtest's hot loop: no copy of the tail
+            return len(points) >= window and self._breaches(
+                points, len(points) - window) >= self.spec.breaches_to_trigger
         tail = latest_usable(self, points, window)
         return len(tail) >= window and self._breaches(tail) >= self.spec.breaches_to_trigger
 
-    def _breaches(self, tail: Sequence[Point]) -> int:
-        """How many of `tail`'s values are strictly worse than the threshold."""
+    def _breaches(self, points: Sequence[Point], start: int = 0) -> int:
+        """How many values of `points[start:]` are strictly worse than the threshold."""
         threshold = self.rule.threshold  # as `is_worse`, inlined: the backtest's hot loop
+        count = 0
         if self.higher_is_better:
-            return sum(1 for point in tail if point.value < threshold)
-        return sum(1 for point in tail if point.value > threshold)
+            for index in range(start, len(points)):
+                if points[index].value < threshold:
+                    count += 1
+        else:
+            for index in range(start, len(points)):
+                if points[index].value > threshold:
+                    count += 1
+        return count
 
     def _evaluate(self, points: Sequence[Point]) -> Verdict:
         needed, window = self.spec.breaches_to_trigger, self.spec.evaluation_points
