@@ -28,6 +28,7 @@ from triggers.backtest import (
     BacktestSettings,
     Replay,
     backtest,
+    format_report,
     parse_recovery,
     parse_sweep,
     read_history,
@@ -243,6 +244,8 @@ def parity_history(seed: int) -> list[dict[str, Any]]:
                             "window_start": stamp(hour - 0.5), "window_end": stamp(hour + 0.5)})
         if hour % 131 == 7:
             history.append({**event, "metrics": {"acc": 0.5}})  # a correction
+        if hour % 120 in (85, 90, 95):  # corrections inside a slide that fire nothing
+            history.append({**event, "metrics": {"acc": 0.99}})
     return history
 
 
@@ -350,15 +353,14 @@ def test_assumed_recovery_replaces_later_points_and_ends_the_degradation() -> No
 
     replay, report = run(cfg, raw, BacktestSettings(6 * HOUR, recovery={"*": 0.97}))
     assert [(hours([r.launched])[0], r.state) for r in report.runs] == [(50.0, "promoted")]
-    # the promotion ends the run at hour 56: later points read 0.97, under the new version
+    # the promotion ends the run at hour 56: from that point on (the service learns of the
+    # promotion as the point at 56 arrives) values read 0.97, under the new version
     stored = replay.store.points("m", "overall", "acc")
-    assert {p.value for p in stored if p.window_end > T0.timestamp() + 56 * HOUR} == {0.97}
-    assert {p.model_version for p in stored[57:]} == {"simulated-1"}
-    # the window ending at 56 was the old model's, reported after the promotion: ignored
-    ignored = [d.event_time for d in replay.store.all_decisions() if d.kind == "ignored"]
-    assert hours([t for t in ignored if t is not None]) == [56.0]
+    assert {p.value for p in stored if p.window_end >= T0.timestamp() + 56 * HOUR} == {0.97}
+    assert {p.model_version for p in stored[56:]} == {"simulated-1"}
+    assert not [d for d in replay.store.all_decisions() if d.kind == "ignored"]
     floor = report.policies[0].time_worse
-    assert floor is not None and floor.worse == 7 * HOUR  # hours 50..56 were recorded bad
+    assert floor is not None and floor.worse == 6 * HOUR  # hours 50..55 were recorded bad
     assert any(note.startswith("SIMULATED") for note in report.notes)
     assert [t.simulated for t in report.triggers] == [False]
 
@@ -372,13 +374,13 @@ def test_recovery_values_per_metric() -> None:
     recovery = parse_recovery(["0.97", "auc=0.99"])
     assert recovery == {"*": 0.97, "auc": 0.99}
     replay, report = run(cfg, raw, BacktestSettings(2 * HOUR, recovery=recovery))
-    # the run launched at hour 5 ends at 7: from hour 8 on both metrics read their values
+    # the run launched at hour 5 ends at 7: from hour 7 on both metrics read their values
     after = T0.timestamp() + 7 * HOUR
     for metric, value in (("acc", 0.97), ("auc", 0.99)):
         stored = replay.store.points("m", "overall", metric)
-        assert {p.value for p in stored if p.window_end > after} == {value}
-        assert replay.is_simulated("m", metric, after + HOUR)
-        assert not replay.is_simulated("m", metric, after)
+        assert {p.value for p in stored if p.window_end >= after} == {value}
+        assert replay.is_simulated("m", metric, after)
+        assert not replay.is_simulated("m", metric, after - HOUR)
     assert len(report.runs) == 1
     for bad in (["acc="], ["=0.9"], ["x=nan"], ["high"]):
         with pytest.raises(BacktestInputError):
@@ -630,3 +632,82 @@ def test_a_sweep_reuses_fits_and_gives_the_same_answers() -> None:
                         BacktestSettings())
         assert (point.runs, len(report.suppressed)) == (len(report.runs), point.suppressed)
 
+
+
+# ------------------------------------------------------------------- review regressions
+FLOOR_1 = """
+    - {name: floor, metric: acc, direction: higher_is_better, absolute: {threshold: 0.95}}
+    """
+
+
+def test_recovery_starts_at_the_runs_end_even_without_versions() -> None:
+    # No model_version: the bad point at hour 56 (the run's end) is read by the new model.
+    values = [0.97] * 50 + [BAD] * 30
+    _, report = run(config(FLOOR_1, "{cooldown: 0s, max_runs: {count: 100, per: 1d}}"),
+                    events(values), BacktestSettings(6 * HOUR, recovery={"*": 0.97}))
+    assert [(hours([r.launched])[0], r.state) for r in report.runs] == [(50.0, "promoted")]
+
+
+def test_recovery_leaves_a_challengers_evaluations_alone() -> None:
+    cfg = config(FLOOR_1 + """- {name: base, metric: auc, direction: higher_is_better,
+       baseline: {max_relative_drop: 0.05}}
+    """, "{cooldown: 0s, max_runs: {count: 100, per: 1d}}")
+    raw = []
+    for h in range(80):
+        raw.append({"model": "m", "model_version": "7", "window_end": stamp(h),
+                    "metrics": {"acc": 0.97 if h < 50 else BAD, "auc": 0.9}})
+        if h % 10 == 3:  # a challenger, evaluated now and then: poor auc
+            raw.append({"model": "m", "model_version": "8", "window_end": stamp(h + 0.5),
+                        "metrics": {"acc": 0.99, "auc": 0.5}})
+    replay, report = run(cfg, raw, BacktestSettings(6 * HOUR, recovery={"*": 0.97}))
+    assert [(hours([r.launched])[0], r.policy) for r in report.runs] == [(50.0, "floor")]
+    challenger = [p for p in replay.store.points("m", "overall", "auc") if p.value == 0.5]
+    assert {p.model_version for p in challenger} == {"8"}
+    assert report.ignored_events == len(challenger)
+    assert "Not evaluated: 8 event(s)" in format_report(report)
+
+
+def test_staleness_is_not_credited_to_a_run_for_an_earlier_blip() -> None:
+    # hours 10-11 bad: a run at 10 (ends 16); hours 15-60 bad: the cooldown holds the next
+    # run until 34. Each point stands for the hour before it: 9→10 and 14→34 had no run.
+    values = [BAD if (10 <= h < 12 or 15 <= h < 61) else 0.97 for h in range(100)]
+    _, report = run(config(FLOOR_1, "{cooldown: 24h, max_runs: {count: 100, per: 7d}}"),
+                    events(values))
+    assert hours([r.launched for r in report.runs])[:2] == [10.0, 34.0]
+    worse = report.policies[0].time_worse
+    assert worse is not None and worse.stretches == 2
+    assert worse.before_a_run == (1 + 20) * HOUR  # not 1 h: the blip's run does not count
+
+
+def test_rolling_windows_are_not_counted_twice_and_small_windows_not_at_all() -> None:
+    rolling = [{"model": "m", "metrics": {"acc": BAD if 50 <= h < 60 else 0.97},
+                "window_start": stamp(h - 24), "window_end": stamp(h)} for h in range(100)]
+    _, report = run(config(FLOOR_1, COOLDOWN), rolling)
+    worse = report.policies[0].time_worse
+    assert worse is not None and worse.worse == 10 * HOUR
+    noisy = [{"model": "m", "window_end": stamp(h), "metrics": {"acc": v},
+              "examples": 20 if 20 <= h < 22 else 1000}
+             for h, v in enumerate([0.5 if 20 <= h < 22 else BAD if 24 <= h < 40 else 0.97
+                                    for h in range(60)])]
+    _, report = run(config("""
+    - {name: floor, metric: acc, direction: higher_is_better, min_examples: 500,
+       absolute: {threshold: 0.95}, breaches_to_trigger: 3, evaluation_points: 5}
+    """, COOLDOWN), noisy)
+    [trigger] = report.triggers
+    assert hours([trigger.time]) == [26.0] and trigger.detection_delay == 2 * HOUR
+    worse = report.policies[0].time_worse
+    assert worse is not None and worse.worse == 16 * HOUR and worse.stretches == 1
+
+
+def test_unusable_outputs_are_refused_before_any_work(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    history.write_text("".join(json.dumps(e) + "\n" for e in events([0.97] * 3)))
+    policies = tmp_path / "p.yaml"
+    policies.write_text("models:\n  m:\n    pipeline: {template: " + str(EXAMPLE_TEMPLATE)
+                        + "}\n    policies:\n" + FLOOR_1.replace("\n    -", "\n      -"))
+    for extra in (["--output", str(tmp_path / "missing" / "r.json")], ["--slo", "0.9"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "triggers", "backtest", "--policies", str(policies),
+             "--history", str(history), *extra], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert extra[0] in result.stderr

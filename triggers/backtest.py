@@ -197,12 +197,14 @@ def parse_recovery(texts: Sequence[str]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class _Recovery:
-    """After a simulated promotion: these metrics of the model read these values after
-    `after`, evaluated on the simulated champion `version`."""
+    """After a simulated promotion: from `after` on, the evaluations of the champion it
+    replaced (`replaced`; None: events that name no version) read these values and are the
+    simulated champion `version`'s; other versions' evaluations (challengers) are left alone."""
 
     values: Mapping[str, float]
     after: float
     version: str
+    replaced: str | None = None
 
 
 class _Track:
@@ -382,8 +384,9 @@ class Replay:
                 if metric is not None and TRIGGERING_METRIC in recovery:
                     values.setdefault(metric, recovery[TRIGGERING_METRIC])
                 if run.champion_version is not None:
+                    replaced = run.request.parameters.get("champion_version") or None
                     self.recoveries.setdefault(model.name, []).append(
-                        _Recovery(values, run.ends_at, run.champion_version))
+                        _Recovery(values, run.ends_at, run.champion_version, replaced))
         state = self.store.model_state(model.name)
         if state == self._states.get(model.name):
             return False
@@ -409,13 +412,16 @@ class Replay:
                    recoveries: Sequence[_Recovery]) -> MetricEvent:
         """The event as the simulated champion would have produced it."""
         metrics, version = dict(event.metrics), event.model_version
-        for recovery in recoveries:
-            if now > recovery.after:
-                for metric, value in recovery.values.items():
-                    if metric in metrics:
-                        metrics[metric] = value
-                if version is not None:
-                    version = recovery.version
+        for recovery in recoveries:  # in promotion order: v7 → simulated-1 → simulated-2 …
+            if now < recovery.after:
+                continue
+            if version is not None and version != recovery.replaced:
+                continue  # a challenger's evaluation, not the replaced champion's
+            for metric, value in recovery.values.items():
+                if metric in metrics:
+                    metrics[metric] = value
+            if version is not None:
+                version = recovery.version
         if metrics == event.metrics and version == event.model_version:
             return event
         return replace(event, metrics=metrics, model_version=version)
@@ -441,7 +447,7 @@ class Replay:
 
     def is_simulated(self, model: str, metric: str, time_: float) -> bool:
         """Whether the value of `metric` at `time_` was replaced by the recovery value."""
-        return any(metric in r.values and time_ > r.after
+        return any(metric in r.values and time_ >= r.after
                    for r in self.recoveries.get(model, ()))
 
 
@@ -546,6 +552,7 @@ class BacktestReport:
     fast_events: int
     elapsed: float
     notes: list[str] = field(default_factory=list)
+    ignored_events: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -572,11 +579,14 @@ def threshold_of(policy: Policy) -> float | None:
 
 
 def _coverage(points: Sequence[StoredPoint]) -> list[tuple[float, float]]:
-    """The stretch of time each point stands for: its window, or since the point before."""
+    """The stretch of time each point stands for: its window (clipped to start where the
+    point before ended: rolling windows overlap), or since the point before."""
     spans = []
     previous: float | None = None
     for point in points:
         start = point.window_start if point.window_start is not None else previous
+        if start is not None and previous is not None:
+            start = max(start, previous)
         spans.append((point.window_end if start is None else min(start, point.window_end),
                       point.window_end))
         previous = point.window_end
@@ -588,8 +598,8 @@ def time_worse_than(
     runs: Sequence[tuple[float, float]], model: str, slice_: str, metric: str,
 ) -> ThresholdTime:
     """How long the series was strictly worse than `threshold`, and the part of it before a
-    run was launched for that stretch (a run launched earlier and still in flight counts);
-    `runs` are (launched, ended) times."""
+    run was launched during that stretch (a run launched before it, for an earlier blip, does
+    not count); `runs` are (launched, ended) times."""
     spans = _coverage(points)
     worse_total = unattended = 0.0
     stretches = 0
@@ -598,9 +608,9 @@ def time_worse_than(
     def close(stretch_: list[float]) -> float:
         start, end = stretch_
         attention = end
-        for launched, ended in runs:
-            if launched <= end and ended >= start:
-                attention = min(attention, max(start, launched))
+        for launched, _ in runs:
+            if start <= launched <= end:
+                attention = min(attention, launched)
         return attention - start
 
     for point, (start, end) in zip(points, spans, strict=True):
@@ -667,7 +677,9 @@ def build_report(
             if d.model == model_name and d.kind in FIRED_KINDS and d.policy:
                 fired_at.setdefault(d.policy, []).append(_event_time(d))
         for policy in model.policies:
-            series = replay.champion_points(model_name, policy.spec.slice, policy.metric)
+            series = [p for p in replay.champion_points(model_name, policy.spec.slice,
+                                                        policy.metric)
+                      if p.examples is None or p.examples >= policy.spec.min_examples]
             times = [p.window_end for p in series]
             threshold = threshold_of(policy)
             if threshold is not None:
@@ -727,6 +739,7 @@ def build_report(
         runs=run_rows, triggers=triggers, suppressed=suppressed, policies=summaries,
         skipped_rows=list(skipped), fast_events=replay.fast_events, elapsed=elapsed,
         notes=what_is_counted(settings),
+        ignored_events=sum(1 for d in decisions if d.kind == "ignored"),
     )
 
 
@@ -761,8 +774,9 @@ def what_is_counted(settings: BacktestSettings) -> list[str]:
             "values. A backtest cannot know how a retrained model would really have scored.")
     notes.append(
         "Time worse than a threshold adds up each point's window (window_start to window_end, "
-        "else the time since the previous point); 'before a run' is the part of each stretch "
-        "before a run was launched (or while none was in flight).")
+        "clipped where the previous point ended, else the time since the previous point), "
+        "over points with at least the policy's min_examples; 'before a run' is the part of "
+        "each stretch before a run was launched during it.")
     notes.append(
         "Detection delay: from the first point of the episode that breached the policy's "
         "threshold (absolute, forecast; an episode ends after evaluation_points points in a "
@@ -959,8 +973,8 @@ def _run_value(task: tuple[int, int]) -> SweepPoint:
     degraded = time_worse_than(series, slo.threshold, slo.higher_is_better,
                                replay.run_spans(model), model, slo.slice, slo.metric)
     kinds: dict[str, int] = {}
-    for decision in replay.store.all_decisions():
-        if decision.model == model:
+    for decision in replay.store.all_decisions():  # the swept policy's own verdicts
+        if decision.model == model and decision.policy == prepared.sweep.policy:
             kinds[decision.kind] = kinds.get(decision.kind, 0) + 1
     return SweepPoint(prepared.sweep.values[index], len(runs), kinds.get("fired", 0),
                       kinds.get("suppressed", 0), degraded.worse, degraded.before_a_run,
@@ -1130,7 +1144,12 @@ def format_report(report: BacktestReport, limit: int = 50) -> str:
         outcomes[state] = outcomes.get(state, 0) + 1
     ended = ", ".join(f"{n} {state}" for state, n in sorted(outcomes.items()))
     w(f"Retraining runs: {len(report.runs)}" + (f" ({ended})" if ended else "")
-      + f"; suppressed triggers: {len(report.suppressed)}\n\n")
+      + f"; suppressed triggers: {len(report.suppressed)}\n")
+    if report.ignored_events:
+        w(f"Not evaluated: {report.ignored_events:,} event(s) of a model_version other than the "
+          "champion's. A backtest learns of promotions only from its own simulated runs "
+          "(--assume-recovery): replay one version's history, or one without versions.\n")
+    w("\n")
     w(f"Triggers: {len(report.triggers)} fired verdict(s) (policies firing on one point share "
       "a run; delay: since the episode's first breach, negative: ahead of it)\n")
     if report.triggers:
@@ -1270,6 +1289,18 @@ def run_command(args: argparse.Namespace) -> int:
         if run_duration <= 0:
             raise BacktestInputError("--run-duration", "must be longer than 0s")
         sweeps = [parse_sweep(text) for text in args.sweep or ()]
+        _check_writable("--output", args.output)
+        if sweeps:
+            _check_writable("--plot", str(args.plot or _default_plot(args.output)))
+            try:
+                import matplotlib  # noqa: F401 - checked before hours of sweeping
+            except ImportError:
+                raise BacktestInputError(
+                    "--sweep", "the sweep's plot needs matplotlib: pip install -r "
+                    "requirements-pipeline.txt") from None
+        elif args.plot is not None or args.slo is not None:
+            raise BacktestInputError("--plot" if args.plot is not None else "--slo",
+                                     "applies to --sweep only")
         recovery = parse_recovery(args.assume_recovery) if args.assume_recovery else None
         history = read_history(args.history, config, args.model)
         if history.errors and args.strict:
@@ -1318,6 +1349,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.output:
         print(f"written: {write_output(args.output, report)}")
     return 0
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    """Refuse, before any work, an output whose directory does not exist."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise BacktestInputError(option, f"{path}: its directory does not exist")
 
 
 def _default_plot(output: str | None) -> Path:
