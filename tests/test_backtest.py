@@ -711,3 +711,23 @@ def test_unusable_outputs_are_refused_before_any_work(tmp_path: Path) -> None:
              "--history", str(history), *extra], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert extra[0] in result.stderr
+
+
+def test_parity_holds_when_a_correction_fires_nothing_but_changes_a_later_window(
+    tmp_path: Path,
+) -> None:
+    # 3 of 4: hour 1 is corrected from healthy to a breach (nothing fires then: 3 points).
+    # At hour 3 the window holds hours 0-3 with three breaches and fires — a replay that
+    # appended the correction instead of replacing the value would see only two.
+    cfg = config("""
+    - {name: floor, metric: acc, direction: higher_is_better, absolute: {threshold: 0.95},
+       breaches_to_trigger: 3, evaluation_points: 4}
+    """, COOLDOWN)
+    history = events([BAD, 0.97, BAD, 0.97])
+    history.insert(2, {**history[1], "metrics": {"acc": BAD}})  # the correction of hour 1
+    store = SQLiteStore(tmp_path / "live.db")
+    live_replay(cfg, history, store)
+    replay, report = run(cfg, history)
+    assert audit(replay.store) == audit(store)
+    assert hours([t.time for t in report.triggers]) == [3.0]
+    store.close()
