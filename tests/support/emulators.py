@@ -1,5 +1,6 @@
 """Test harness for Google's official Pub/Sub and Firestore emulators (installed with the gcloud
-CLI). `FirestoreEmulator` (at the end) follows the same pattern; its notes are on the class.
+CLI). Both share `GcloudEmulator` (process group, readiness, stop); Firestore's notes are on
+its class at the end.
 
 `PubSubEmulator` starts `gcloud beta emulators pubsub start` in its own process group, waits
 until it answers, hands out admin helpers bound to it, and kills the whole group on exit.
@@ -102,13 +103,14 @@ def _group_alive(pgid: int) -> bool:
     return True  # pragma: no cover
 
 
-class PubSubEmulator:
-    """The gcloud Pub/Sub emulator as a context manager, with admin helpers bound to it.
+class GcloudEmulator:
+    """One `gcloud ... emulators ... start` process in its own process group, as a context
+    manager: started and waited for until `GET /` answers, stopped by killing the whole group
+    (gcloud and java). Subclasses name the command and what a missing component prints."""
 
-    The helpers build their own insecure gRPC channels to the emulator, so nothing here reads
-    or writes `PUBSUB_EMULATOR_HOST`; code under test that builds its own clients needs
-    `env()` applied (e.g. `monkeypatch.setenv`).
-    """
+    label = "emulator"
+    not_found_message = "gcloud emulator not found"
+    missing_markers: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -126,8 +128,10 @@ class PubSubEmulator:
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._log_path: Path | None = None
-        self._publisher: pubsub_v1.PublisherClient | None = None
-        self._subscriber: pubsub_v1.SubscriberClient | None = None
+
+    def command(self, gcloud: str, workdir: Path) -> list[str]:
+        """The gcloud command line that starts this emulator (`workdir`: its own temp dir)."""
+        raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -147,30 +151,23 @@ class PubSubEmulator:
         """Launch the emulator and block until it answers HTTP on its port."""
         gcloud = self._gcloud or shutil.which("gcloud")
         if gcloud is None:
-            raise EmulatorNotFoundError(NOT_FOUND_MESSAGE + " (no `gcloud` on PATH)")
-        self._tmp = tempfile.TemporaryDirectory(prefix="pubsub-emulator-")
-        data_dir = Path(self._tmp.name) / "data"
-        data_dir.mkdir()
-        self._log_path = Path(self._tmp.name) / "emulator.log"
-        cmd = [
-            gcloud, "beta", "emulators", "pubsub", "start",
-            f"--host-port={self.host}", f"--project={self.project}", f"--data-dir={data_dir}",
-            "--quiet",
-        ]  # fmt: skip
+            raise EmulatorNotFoundError(self.not_found_message + " (no `gcloud` on PATH)")
+        self._tmp = tempfile.TemporaryDirectory(
+            prefix=self.label.lower().replace("/", "") + "-emulator-")
+        workdir = Path(self._tmp.name)
+        self._log_path = workdir / "emulator.log"
+        cmd = self.command(gcloud, workdir)
         started = time.monotonic()
         try:
             with open(self._log_path, "wb") as log:
                 self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,  # own process group: stop() kills gcloud and java
                 )
         except OSError as exc:
             self.stop()
             raise EmulatorNotFoundError(
-                f"{NOT_FOUND_MESSAGE} (cannot run {gcloud}: {exc})"
+                f"{self.not_found_message} (cannot run {gcloud}: {exc})"
             ) from exc
         try:
             self._wait_ready(started)
@@ -185,10 +182,10 @@ class PubSubEmulator:
         while True:
             if self._proc.poll() is not None:
                 log = self.log_tail()
-                if any(marker in log.lower() for marker in _MISSING_MARKERS):
-                    raise EmulatorNotFoundError(f"{NOT_FOUND_MESSAGE}\n{log}")
+                if any(marker in log.lower() for marker in self.missing_markers):
+                    raise EmulatorNotFoundError(f"{self.not_found_message}\n{log}")
                 raise EmulatorStartError(
-                    f"Pub/Sub emulator exited with status {self._proc.returncode} "
+                    f"{self.label} emulator exited with status {self._proc.returncode} "
                     f"before answering on {self.host}:\n{log}"
                 )
             try:
@@ -199,38 +196,33 @@ class PubSubEmulator:
                 pass
             if time.monotonic() > deadline:
                 raise EmulatorStartError(
-                    f"Pub/Sub emulator did not answer on {self.host} within "
+                    f"{self.label} emulator did not answer on {self.host} within "
                     f"{self.start_timeout:.0f}s:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
 
+    def _close_clients(self) -> None:
+        """Close whatever clients a subclass keeps (before the process goes)."""
+
     def stop(self, grace: float = 5.0) -> None:
         """Close the clients and kill the emulator's whole process group (gcloud and java)."""
-        for client in (self._publisher, self._subscriber):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.transport.close()
-        self._publisher = self._subscriber = None
+        self._close_clients()
         proc, self._proc = self._proc, None
         if proc is not None:
             pgid = proc.pid  # start_new_session=True: the group id is the leader's pid
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, sig)
-                deadline = time.monotonic() + wait
-                while time.monotonic() < deadline:
+                deadline = time.monotonic() + grace
+                while time.monotonic() < deadline and _group_alive(pgid):
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=0.05)  # reap gcloud so it is not a zombie member
-                    if not _group_alive(pgid):
-                        break
-                    time.sleep(0.05)
-                else:
-                    continue
-                break
+                if not _group_alive(pgid):
+                    break
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=grace)
             if _group_alive(pgid):
-                raise RuntimeError(f"Pub/Sub emulator process group {pgid} survived SIGKILL")
+                raise RuntimeError(f"{self.label} emulator process group {pgid} survived SIGKILL")
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -246,6 +238,46 @@ class PubSubEmulator:
             return ""
         text = self._log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+class PubSubEmulator(GcloudEmulator):
+    """The gcloud Pub/Sub emulator as a context manager, with admin helpers bound to it.
+
+    The helpers build their own insecure gRPC channels to the emulator, so nothing here reads
+    or writes `PUBSUB_EMULATOR_HOST`; code under test that builds its own clients needs
+    `env()` applied (e.g. `monkeypatch.setenv`).
+    """
+
+    label = "Pub/Sub"
+    not_found_message = NOT_FOUND_MESSAGE
+    missing_markers = _MISSING_MARKERS
+
+    def __init__(
+        self,
+        project: str = "test-project",
+        port: int | None = None,
+        start_timeout: float = 60.0,
+        gcloud: str | None = None,
+    ) -> None:
+        super().__init__(project, port, start_timeout, gcloud)
+        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._subscriber: pubsub_v1.SubscriberClient | None = None
+
+    def command(self, gcloud: str, workdir: Path) -> list[str]:
+        data_dir = workdir / "data"
+        data_dir.mkdir()
+        return [
+            gcloud, "beta", "emulators", "pubsub", "start",
+            f"--host-port={self.host}", f"--project={self.project}", f"--data-dir={data_dir}",
+            "--quiet",
+        ]  # fmt: skip
+
+    def _close_clients(self) -> None:
+        for client in (self._publisher, self._subscriber):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.transport.close()
+        self._publisher = self._subscriber = None
 
     def env(self) -> dict[str, str]:
         """Environment that points google-cloud-pubsub clients at this emulator."""
@@ -420,7 +452,7 @@ _FIRESTORE_MISSING_MARKERS = (
 )
 
 
-class FirestoreEmulator:
+class FirestoreEmulator(GcloudEmulator):
     """The gcloud Firestore emulator (native mode) as a context manager.
 
     `gcloud emulators firestore start` in its own process group; ready once `GET /` answers
@@ -432,86 +464,12 @@ class FirestoreEmulator:
     GOOGLE_CLOUD_PROJECT) for code under test that builds its own client.
     """
 
-    def __init__(
-        self,
-        project: str = "test-project",
-        port: int | None = None,
-        start_timeout: float = 60.0,
-        gcloud: str | None = None,
-    ) -> None:
-        self.project = project
-        self.port = port or free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.start_timeout = start_timeout
-        self.startup_seconds: float | None = None
-        self._gcloud = gcloud
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._log_path: Path | None = None
+    label = "Firestore"
+    not_found_message = FIRESTORE_NOT_FOUND_MESSAGE
+    missing_markers = _FIRESTORE_MISSING_MARKERS
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Launch the emulator and block until it answers HTTP on its port."""
-        gcloud = self._gcloud or shutil.which("gcloud")
-        if gcloud is None:
-            raise EmulatorNotFoundError(FIRESTORE_NOT_FOUND_MESSAGE + " (no `gcloud` on PATH)")
-        self._tmp = tempfile.TemporaryDirectory(prefix="firestore-emulator-")
-        self._log_path = Path(self._tmp.name) / "emulator.log"
-        cmd = [gcloud, "emulators", "firestore", "start", f"--host-port={self.host}", "--quiet"]
-        started = time.monotonic()
-        try:
-            with open(self._log_path, "wb") as log:
-                self._proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own process group: stop() kills gcloud and java
-                )
-        except OSError as exc:
-            self.stop()
-            raise EmulatorNotFoundError(
-                f"{FIRESTORE_NOT_FOUND_MESSAGE} (cannot run {gcloud}: {exc})"
-            ) from exc
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-
-    def _wait_ready(self, started: float) -> None:
-        assert self._proc is not None
-        deadline = started + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                log = self.log_tail()
-                if any(marker in log.lower() for marker in _FIRESTORE_MISSING_MARKERS):
-                    raise EmulatorNotFoundError(f"{FIRESTORE_NOT_FOUND_MESSAGE}\n{log}")
-                raise EmulatorStartError(
-                    f"Firestore emulator exited with status {self._proc.returncode} "
-                    f"before answering on {self.host}:\n{log}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise EmulatorStartError(
-                    f"Firestore emulator did not answer on {self.host} within "
-                    f"{self.start_timeout:.0f}s:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+    def command(self, gcloud: str, workdir: Path) -> list[str]:
+        return [gcloud, "emulators", "firestore", "start", f"--host-port={self.host}", "--quiet"]
 
     def reset(self, database: str = "(default)") -> None:
         """Delete every document of `database` (the emulator's own reset endpoint)."""
@@ -521,40 +479,6 @@ class FirestoreEmulator:
         with urllib.request.urlopen(request, timeout=10) as resp:
             if resp.status != 200:
                 raise EmulatorStartError(f"Firestore emulator reset answered {resp.status}")
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Kill the emulator's whole process group (gcloud and java)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            pgid = proc.pid  # start_new_session=True: the group id is the leader's pid
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, sig)
-                deadline = time.monotonic() + grace
-                while time.monotonic() < deadline and _group_alive(pgid):
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=0.05)  # reap gcloud so it is not a zombie member
-                if not _group_alive(pgid):
-                    break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=grace)
-            if _group_alive(pgid):
-                raise RuntimeError(f"Firestore emulator process group {pgid} survived SIGKILL")
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the gcloud launcher (also the process group id), while running."""
-        return self._proc.pid if self._proc is not None else None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the emulator's combined stdout/stderr."""
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        text = self._log_path.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
 
     def env(self) -> dict[str, str]:
         """Environment that points google-cloud-firestore clients at this emulator."""
