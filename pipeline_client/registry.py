@@ -957,16 +957,11 @@ class VertexModelRegistry:
     def _create_client(self) -> ModelServiceClient:
         from google.cloud.aiplatform_v1 import ModelServiceClient
 
-        credentials = self.credentials
-        if credentials is None and self.endpoint.startswith("http://"):
-            from google.auth.credentials import AnonymousCredentials
+        from pipeline_client.vertex import rest_client
 
-            credentials = AnonymousCredentials()  # type: ignore[no-untyped-call,unused-ignore]
-        return ModelServiceClient(
-            credentials=credentials,
-            transport="rest",
-            client_options={"api_endpoint": self.endpoint},
-        )
+        client: ModelServiceClient = rest_client(ModelServiceClient, self.endpoint,
+                                                 self.credentials)
+        return client
 
 
 def _registry_error(kind: str, detail: str, model: str, version: str | None) -> RegistryError:

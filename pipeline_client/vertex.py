@@ -165,16 +165,19 @@ class VertexLauncher:
         # The package __init__ runs whichever submodule is named, so this is as light as it gets.
         from google.cloud.aiplatform_v1 import PipelineServiceClient
 
-        options = {"api_endpoint": self.endpoint}
-        if self.endpoint.startswith("http://"):
-            from google.auth.credentials import AnonymousCredentials
+        client: PipelineServiceClient = rest_client(PipelineServiceClient, self.endpoint)
+        return client
 
-            return PipelineServiceClient(
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call,unused-ignore]
-                transport="rest",
-                client_options=options,
-            )
-        return PipelineServiceClient(transport="rest", client_options=options)
+
+def rest_client(client_class: Any, endpoint: str, credentials: Any = None) -> Any:
+    """An aiplatform_v1 service client over REST at `endpoint`; an `http://` endpoint (a local
+    fake) gets anonymous credentials unless `credentials` are given."""
+    if credentials is None and endpoint.startswith("http://"):
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call,unused-ignore]
+    return client_class(credentials=credentials, transport="rest",
+                        client_options={"api_endpoint": endpoint})
 
 
 def _parameter_values(request: LaunchRequest, template: PipelineTemplate) -> dict[str, Any]:
