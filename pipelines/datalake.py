@@ -25,7 +25,8 @@ class LabelledDay:
 
 
 def local_root(root: str | Path) -> Path:
-    """The directory `root` names (file:// and gs:// URIs mapped to local paths)."""
+    """The local path `root` names: file:// URIs, and gs:// through the /gcs mount a Vertex AI
+    step has."""
     text = str(root)
     if text.startswith("file://"):
         return Path(text[len("file://"):])

@@ -52,12 +52,9 @@ class LogisticModel:
     @classmethod
     def load(cls, location: str | Path) -> LogisticModel:
         """Reads a model from its directory, its `model.json`, or a file:// or gs:// URI."""
-        text = str(location)
-        if text.startswith("file://"):
-            text = text[len("file://"):]
-        elif text.startswith("gs://"):  # Vertex mounts Cloud Storage at /gcs
-            text = "/gcs/" + text[len("gs://"):]
-        path = Path(text)
+        from pipelines.datalake import local_root
+
+        path = local_root(location)  # file:// and gs:// (Vertex's /gcs mount) to a local path
         if path.is_dir():
             path = path / MODEL_FILE
         data = json.loads(path.read_text(encoding="utf-8"))
