@@ -314,8 +314,9 @@ class RetrainService:
 
             lower = lookback_start(lookback, as_of)
             window = read(lower)
-            judged = [p for p in window if p.window_end <= as_of]
-            if spec.min_examples and judged and not usable(judged[-1]):
+            judged = ([p for p in window if p.window_end <= as_of] if spec.min_examples
+                      else None)
+            if judged and not usable(judged[-1]):
                 # The policy ignores unusable points: its window ends at the newest usable one.
                 usable_ends = [p.window_end for p in fetch(1, since=start, until=as_of)
                                if usable(p)]
