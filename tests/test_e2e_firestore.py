@@ -30,23 +30,14 @@ from tests.fakes.vertex_server import FakeVertexServer
 from tests.support import fixtures
 from tests.support.emulators import FirestoreEmulator, PubSubEmulator
 from tests.support.serve import serve_process
+from tests.test_e2e_pubsub import POLICIES as E2E_POLICIES
 from tests.test_service import DEGRADING, FIRST_FIRE
 from triggers.firestore_store import FirestoreStore
 
 firestore_emulator = fixtures.firestore_emulator  # the session emulator (shared) and
 firestore_env = fixtures.firestore_env  # its per-test reset with the environment set
 
-POLICIES = """
-models:
-  fraud-detector:
-    pipeline:
-      template: %(template)s
-      parameters: {training_days: 30}
-      pipeline_root: gs://retrain-test/root
-      service_account: retrain@test-project.iam.gserviceaccount.com
-    policies:
-      - {name: accuracy-floor, metric: accuracy, direction: higher_is_better,
-         absolute: {threshold: 0.95}, breaches_to_trigger: 3, evaluation_points: 5}
+POLICIES = E2E_POLICIES + """\
   churn:
     pipeline:
       template: %(template)s
