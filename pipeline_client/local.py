@@ -122,7 +122,11 @@ class LocalLauncher:
                 # The child writes its final state before it exits: read once more.
                 status = _read_status(run_dir) or status
                 state = status.get("state", "unknown")
-                if state in ("pending", "running"):
+                if state == "pending":
+                    # Not yet "running": between fork and exec the pid still shows the parent's
+                    # command line, so it is not judged dead before the start grace is over.
+                    return _pending_or_never_started(run_dir)
+                if state == "running":
                     return RunStatus("failed", message=NOT_REPORTING)
         outcome = status.get("outcome")
         return RunStatus(state, outcome, str(status.get("message", "")))

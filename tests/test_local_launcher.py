@@ -269,6 +269,21 @@ def test_run_never_started_is_failed_after_the_grace_period(launcher: LocalLaunc
     assert launcher.get_status("run-orphan") == RunStatus("failed", None, NEVER_STARTED)
 
 
+def test_a_pending_child_between_fork_and_exec_is_not_judged_dead(
+    launcher: LocalLauncher,
+) -> None:
+    # Right after the fork the child's pid still shows the parent's command line (here: this
+    # very process): a `pending` run with that pid is pending, not failed, until the grace.
+    run_dir = launcher.workdir / "run-forking"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "pending", "pid": os.getpid()}))
+
+    assert launcher.get_status("run-forking") == RunStatus("pending")
+    old = time.time() - 3600
+    os.utime(run_dir, (old, old))
+    assert launcher.get_status("run-forking") == RunStatus("failed", None, NEVER_STARTED)
+
+
 def test_unknown_and_invalid_run_ids(launcher: LocalLauncher) -> None:
     assert launcher.get_status("no-such-run").state == "unknown"
     assert launcher.get_status("../etc").state == "unknown"
