@@ -179,3 +179,22 @@ def test_validate_checks_a_local_template_declares_what_the_service_passes(
     assert ("models.churn.pipeline: the template does not declare input 'promotion'"
             in bad.stderr)
     assert "does not declare input 'data_uri'" in bad.stderr
+
+
+def test_store_and_vertex_timeouts_come_from_the_environment(tmp_path: Path) -> None:
+    """`sqlite:///path?timeout=2s` bounds a write's wait for a lock; RETRAIN_VERTEX_TIMEOUT
+    bounds each Vertex call. Bad values name the variable."""
+    from triggers.sqlite_store import SQLiteStore
+
+    assert SQLiteStore.from_url(f"sqlite:///{tmp_path}/a.db?timeout=2s").busy_timeout == 2.0
+    assert SQLiteStore.from_url(f"sqlite:///{tmp_path}/b.db").busy_timeout == 10.0
+    for bad in ("?timeout=0s", "?timeout=soon", "?wait=2s"):
+        with pytest.raises(ConfigError) as caught:
+            SQLiteStore.from_url(f"sqlite:///{tmp_path}/c.db{bad}")
+        assert caught.value.variable == "RETRAIN_STATE"
+    env = {"RETRAIN_POLICY_FILE": "p.yaml"}
+    assert Environment.from_env(env).vertex_timeout == 30.0
+    assert Environment.from_env({**env, "RETRAIN_VERTEX_TIMEOUT": "2s"}).vertex_timeout == 2.0
+    with pytest.raises(ConfigError) as caught:
+        Environment.from_env({**env, "RETRAIN_VERTEX_TIMEOUT": "fast"})
+    assert caught.value.variable == "RETRAIN_VERTEX_TIMEOUT"

@@ -103,6 +103,23 @@ def test_processed_and_rejected_are_idempotent(store: StateStore) -> None:
     assert store.rejected_events() == [event]
 
 
+def test_two_deliveries_finishing_one_message_both_keep_their_decisions(
+    store: StateStore,
+) -> None:
+    """Two deliveries of one message race: one records "suppressed", the other launched a run
+    and records "fired". Whichever finishes second still has its decisions kept (a storm on
+    Firestore once lost the "fired" one: the run was explained only as suppressed)."""
+    store.finish_message("m1", NOW, [Decision("d-suppressed", "m", "suppressed", NOW, "blocked")])
+    store.finish_message("m1", NOW + 1, [Decision("d-fired", "m", "fired", NOW, "fired",
+                                                   run_id="r1")])
+    with store.atomic():
+        store.record_decisions([Decision("d-unit", "m", "ok", NOW, "unit")])
+        store.finish_message("m1", NOW + 2, [Decision("d-unit-2", "m", "fired", NOW, "u2")])
+    assert store.is_processed("m1")
+    kept = {d.decision_id for d in store.decisions("m", limit=10)}
+    assert kept == {"d-suppressed", "d-fired", "d-unit", "d-unit-2"}
+
+
 def test_decisions_newest_first_filtered_and_replaced_by_id(store: StateStore) -> None:
     store.record_decisions([
         Decision(f"d{i}", "m" if i % 2 else "n", "ok", NOW + i, f"r{i}") for i in range(6)])

@@ -280,6 +280,14 @@ class FirestoreStore:
                     f"Firestore {operation}: a document it creates exists already ({exists}); "
                     "retry") from exists
             # a concurrent delivery created the processed marker first: its batch stands
+            self._keep_decisions(writes)
+
+    def _keep_decisions(self, writes: Sequence[_Write]) -> None:
+        """The audit entries of a delivery whose message a concurrent delivery finished first:
+        each delivery's decisions are kept (as SQLite keeps both), so a run this one launched
+        is never explained only by the other's "suppressed"."""
+        decisions = [w for w in writes if w.path.startswith(DECISIONS + "/")]
+        self._commit(decisions, "finish_message")  # sets: no _Exists or _Conflict
 
     def _finished_elsewhere(self, writes: Sequence[_Write]) -> bool:
         """After AlreadyExists: whether the batch's processed marker exists now (a concurrent
@@ -784,7 +792,9 @@ class _Atomic:
                 return
             except _Exists as exists:
                 if self.store._finished_elsewhere(writes):
-                    return  # a concurrent delivery of the message finished it: its unit stands
+                    # a concurrent delivery of the message finished it: its unit stands
+                    self.store._keep_decisions(writes)
+                    return
                 error: Exception = exists
                 why = "a document this unit of work creates was created meanwhile"
             except _Conflict as conflict:

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+from thresholds.durations import parse_duration
 from triggers.config import Guards
 from triggers.errors import ConfigError, TransientError
 from triggers.guards import check_guards, guard_window
@@ -98,7 +100,23 @@ class SQLiteStore:
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
-        return cls(path_from_url(url))
+        """`sqlite:///path[?timeout=10s]`: how long a write waits for a lock before the event
+        is answered as transient (5xx, redelivered)."""
+        path, _, query = url.partition("?")
+        timeout = 10.0
+        for key, values in parse_qs(query, keep_blank_values=True).items():
+            if key != "timeout":
+                raise ConfigError("RETRAIN_STATE", f"unknown option {key!r} in {url!r} "
+                                  "(known: timeout)")
+            try:
+                seconds = parse_duration(values[-1]).total_seconds()
+            except ValueError as exc:
+                raise ConfigError("RETRAIN_STATE", f"timeout: {exc}") from None
+            if seconds <= 0:
+                raise ConfigError("RETRAIN_STATE", f"timeout={values[-1]!r} must be positive, "
+                                  "e.g. '2s' or '1m'")
+            timeout = seconds
+        return cls(path_from_url(path), busy_timeout=timeout)
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -42,7 +42,8 @@ def build_launcher(env: Environment) -> PipelineLauncher:
         from pipeline_client.vertex import VertexLauncher
 
         assert env.project is not None
-        return VertexLauncher(env.project, env.location, endpoint=env.vertex_endpoint)
+        return VertexLauncher(env.project, env.location, endpoint=env.vertex_endpoint,
+                              timeout=env.vertex_timeout)
     from pipeline_client.local import LocalLauncher
 
     state_dir = _state_dir(env.state)
@@ -50,8 +51,9 @@ def build_launcher(env: Environment) -> PipelineLauncher:
 
 
 def _state_dir(url: str) -> Path:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///") :]).parent
+    path = url.partition("?")[0]
+    if path.startswith("sqlite:///") and path != "sqlite:///:memory:":
+        return Path(path[len("sqlite:///") :]).parent
     return Path(".retrain")
 
 

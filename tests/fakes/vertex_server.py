@@ -6,14 +6,17 @@ Real HTTP servers on 127.0.0.1 (threads); `python -m tests.fakes.vertex_server` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import random
 import re
 import signal
+import socket
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -119,6 +122,39 @@ class _Fault:
     skip: int = 0  # matching requests to let through before the first fault
 
 
+@dataclass
+class Chaos:
+    """Random faults on PipelineService calls: each call draws once; with probability `rate` it
+    gets one of `kinds`, counted in `injected`.
+
+    - "503": answered UNAVAILABLE before any work is done;
+    - "timeout": the work is done but the answer comes after `delay` seconds (past the client's
+      timeout, so the caller never hears);
+    - "close": the work is done, then the connection is closed without an answer.
+    """
+
+    rate: float
+    seed: int = 0
+    kinds: tuple[str, ...] = ("503", "timeout", "close")
+    ops: tuple[str, ...] = ("create", "get")
+    delay: float = 3.0
+    injected: dict[str, int] = field(default_factory=dict)
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, op: str) -> str | None:
+        if op not in self.ops:
+            return None
+        self.calls += 1
+        if self._random.random() >= self.rate:
+            return None
+        kind = self._random.choice(self.kinds)
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        return kind
+
+
 def google_error(status: int, code: str, message: str) -> Reply:
     """A reply in Google's JSON error format."""
     body = {"error": {"code": status, "message": message, "status": code}}
@@ -140,6 +176,7 @@ class _LocalServer:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
+        self.chaos: Chaos | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -264,11 +301,24 @@ class _LocalServer:
         )
         with self._lock:
             self.requests.append(recorded)
-        try:
-            status, headers, payload, delay = self._dispatch(recorded, split.path)
-        except Exception as exc:  # a bug in the fake: say so instead of hanging the client
-            status, headers, payload = google_error(500, "INTERNAL", f"fake crashed: {exc!r}")
+            chaos = self.chaos.draw(self._chaos_op(recorded)) if self.chaos else None
+        if chaos == "503":
+            status, headers, payload = google_error(503, "UNAVAILABLE", "fake chaos: unavailable")
             delay = 0.0
+        else:
+            try:
+                status, headers, payload, delay = self._dispatch(recorded, split.path)
+            except Exception as exc:  # a bug in the fake: say so instead of hanging the client
+                status, headers, payload = google_error(500, "INTERNAL", f"fake crashed: {exc!r}")
+                delay = 0.0
+        if chaos == "timeout":
+            assert self.chaos is not None
+            delay = max(delay, self.chaos.delay)
+        if chaos == "close":  # the work is done; the caller sees the connection drop
+            handler.close_connection = True
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            return
         if delay:
             time.sleep(delay)
         try:
@@ -283,6 +333,10 @@ class _LocalServer:
 
     def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
         raise NotImplementedError
+
+    def _chaos_op(self, request: RecordedRequest) -> str:
+        """The fault op a request counts as for `chaos` ("create", "get", ...)."""
+        return "any"
 
 
 class FakeVertexServer(_LocalServer):
@@ -353,6 +407,13 @@ class FakeVertexServer(_LocalServer):
             return model_answer
         message = f"fake Vertex: no route {request.method} {path}"
         return (*google_error(404, "NOT_FOUND", message), 0.0)
+
+    def _chaos_op(self, request: RecordedRequest) -> str:
+        if request.method == "POST" and _JOBS_PATH.match(request.path):
+            return "create"
+        if request.method == "GET" and _JOB_PATH.match(request.path):
+            return "get"
+        return _model_op(request) or "other"
 
     def _create(self, request: RecordedRequest, project: str, location: str) -> Answer:
         with self._lock:

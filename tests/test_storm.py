@@ -1,0 +1,140 @@
+"""The storm, short: thousands of pushed events (redelivered, out of order, malformed) on every
+store through the real service, then the store is checked: nothing lost, nothing twice.
+
+Full size: `python bench/storm.py` (20,000 events, 50 models).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pipeline_client.launcher import FakeLauncher
+from tests.conftest import EXAMPLE_TEMPLATE
+from tests.fakes.vertex_server import FakeVertexServer
+from tests.support.emulators import FirestoreEmulator
+from tests.support.fixtures import firestore_emulator  # noqa: F401
+from tests.support.serve import serve_process
+from tests.support.storm import (
+    RunFinisher,
+    StormPlan,
+    check_launcher_timeline,
+    check_store,
+    figures,
+    model_name,
+    policy_yaml,
+    storm,
+)
+from triggers.config import load_policy_file
+from triggers.events import Delivery
+from triggers.memory_store import MemoryStore
+from triggers.service import RetrainService
+from triggers.sqlite_store import SQLiteStore
+
+SHORT = int(os.environ.get("RETRAIN_STORM_EVENTS", "2000"))
+
+
+def vertex_env(tmp_path: Path, vertex: FakeVertexServer, models: int, state: str) -> dict[str, str]:
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(policy_yaml(models, str(EXAMPLE_TEMPLATE)))
+    return dict(
+        RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=state, RETRAIN_LAUNCHER="vertex",
+        RETRAIN_VERTEX_ENDPOINT=vertex.endpoint, GOOGLE_CLOUD_PROJECT="test-project",
+        RETRAIN_LOCATION="us-central1", RETRAIN_MANUAL_TOKEN="storm-token",
+    )
+
+
+@pytest.fixture
+def vertex() -> Iterator[FakeVertexServer]:
+    with FakeVertexServer() as server:
+        yield server
+
+
+def test_storm_on_sqlite_through_serve(tmp_path: Path, vertex: FakeVertexServer) -> None:
+    """2 workers × 4 threads on one SQLite file; runs end while the storm goes on, so models
+    are re-launched: each run once, never two of a model in flight, nothing lost."""
+    models = 10
+    plan = StormPlan.build(models, SHORT, seed=11)
+    env = vertex_env(tmp_path, vertex, models, f"sqlite:///{tmp_path}/state.db")
+    with serve_process(tmp_path, env, workers=2, threads=4) as base:
+        with RunFinisher(base, vertex, after=0.3) as finisher:
+            report = storm(base, plan, threads=12)
+        finisher.finish_due(everything=True)
+    check = check_store(SQLiteStore(tmp_path / "state.db"), plan,
+                        [model_name(i) for i in range(models)], vertex_jobs=vertex.jobs)
+    print(figures(plan, report, check))
+    assert check.problems == []
+    assert check_launcher_timeline(vertex.jobs) == []
+    assert check.points == len(plan.valid) and check.lost == 0 and check.duplicates == 0
+    assert check.rejected == plan.malformed
+    assert check.runs > models, "runs ended mid-storm should have let models retrain again"
+    assert check.suppressed > 0
+
+
+def test_storm_on_memory_store_in_process() -> None:
+    """The same storm straight into one service on MemoryStore from 8 threads at once."""
+    models = 5
+    plan = StormPlan.build(models, SHORT // 2, seed=12)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policies.yaml"
+        policy.write_text(policy_yaml(models, str(EXAMPLE_TEMPLATE)))
+        store = MemoryStore()
+        launcher = FakeLauncher()
+        service = RetrainService(load_policy_file(str(policy)), store, launcher)
+        lock = threading.Lock()
+        results: list[str] = []
+
+        def deliver(index: int) -> None:
+            message = plan.messages[index]
+            result = service.handle_delivery(Delivery(message.message_id, message.data, "pubsub"))
+            with lock:
+                results.append(result.status)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(deliver, plan.deliveries))
+    check = check_store(store, plan, [model_name(i) for i in range(models)],
+                        vertex_jobs=list(launcher.runs))
+    print(figures(plan, _report(len(results)), check))
+    assert check.problems == []
+    assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed
+    assert check.runs == models  # nothing ends the runs here: one per model, the rest suppressed
+
+
+def _report(n: int) -> object:
+    from tests.support.storm import StormReport
+
+    return StormReport(deliveries=n, acked=n, elapsed=1.0)
+
+
+def test_storm_on_firestore_two_workers(
+    tmp_path: Path, vertex: FakeVertexServer, firestore_emulator: FirestoreEmulator,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two serve workers on the Firestore emulator (slower per event: a shorter storm)."""
+    firestore_emulator.reset()
+    models = 4
+    plan = StormPlan.build(models, max(200, SHORT // 5), seed=13)
+    env = {**vertex_env(tmp_path, vertex, models, "firestore://?timeout=20s"),
+           **firestore_emulator.env()}
+    with serve_process(tmp_path, env, workers=2, threads=4) as base:
+        with RunFinisher(base, vertex, after=0.5) as finisher:
+            report = storm(base, plan, threads=8)
+        finisher.finish_due(everything=True)
+    for key, value in firestore_emulator.env().items():
+        monkeypatch.setenv(key, value)
+    from triggers.firestore_store import FirestoreStore
+
+    store = FirestoreStore(project=firestore_emulator.env()["GOOGLE_CLOUD_PROJECT"])
+    check = check_store(store, plan, [model_name(i) for i in range(models)],
+                        vertex_jobs=vertex.jobs)
+    print(figures(plan, report, check))
+    assert check.problems == []
+    assert check_launcher_timeline(vertex.jobs) == []
+    assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed
