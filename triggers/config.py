@@ -180,6 +180,7 @@ class Environment:
     vertex_endpoint: str | None
     manual_token: str | None
     trust_iam: bool
+    vertex_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -203,6 +204,14 @@ class Environment:
         trust = (env.get("RETRAIN_TRUST_IAM") or "false").lower()
         if trust not in ("true", "false", "1", "0", "yes", "no"):
             raise ConfigError("RETRAIN_TRUST_IAM", f"{trust!r} is not true or false")
+        vertex_timeout = 30.0
+        if env.get("RETRAIN_VERTEX_TIMEOUT"):
+            try:
+                vertex_timeout = parse_duration(env["RETRAIN_VERTEX_TIMEOUT"]).total_seconds()
+            except ValueError as exc:
+                raise ConfigError("RETRAIN_VERTEX_TIMEOUT", str(exc)) from None
+            if vertex_timeout <= 0:
+                raise ConfigError("RETRAIN_VERTEX_TIMEOUT", "must be positive, e.g. '30s'")
         return cls(
             policy_file=policy_file,
             state=state,
@@ -212,4 +221,5 @@ class Environment:
             vertex_endpoint=env.get("RETRAIN_VERTEX_ENDPOINT") or None,
             manual_token=env.get("RETRAIN_MANUAL_TOKEN") or None,
             trust_iam=trust in ("true", "1", "yes"),
+            vertex_timeout=vertex_timeout,
         )
