@@ -120,11 +120,11 @@ def test_storm_on_firestore_two_workers(
     """Two serve workers on the Firestore emulator (slower per event: a shorter storm)."""
     firestore_emulator.reset()
     models = 4
-    plan = StormPlan.build(models, max(200, SHORT // 5), seed=13)
+    plan = StormPlan.build(models, max(100, SHORT // 10), seed=13)
     env = {**vertex_env(tmp_path, vertex, models, "firestore://?timeout=20s"),
            **firestore_emulator.env()}
     with serve_process(tmp_path, env, workers=2, threads=4) as base:
-        with RunFinisher(base, vertex, after=0.5) as finisher:
+        with RunFinisher(base, vertex, after=2.0) as finisher:
             report = storm(base, plan, threads=8)
         finisher.finish_due(everything=True)
     for key, value in firestore_emulator.env().items():
