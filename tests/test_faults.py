@@ -5,8 +5,6 @@ exactly once and nothing lost; each test counts the faults it survived."""
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +16,14 @@ from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator  # noqa: F401
 from tests.support.serve import ServeProcess, served
 from tests.support.storm import (
+    BackgroundStorm,
     RunFinisher,
     StormPlan,
     StormReport,
     check_launcher_timeline,
     check_store,
     figures,
+    hold_sqlite_lock,
     model_name,
     storm,
 )
@@ -39,41 +39,6 @@ MODELS = 5
 def vertex() -> Iterator[FakeVertexServer]:
     with FakeVertexServer() as server:
         yield server
-
-
-class Storm:
-    """A storm pushed from a background thread; `when_acked(n)` waits for progress."""
-
-    def __init__(self, base: str, plan: StormPlan, threads: int = 12) -> None:
-        self.acked = 0
-        self._cond = threading.Condition()
-        self.report: StormReport | None = None
-        self.error: BaseException | None = None
-
-        def on_ack(_: int) -> None:
-            with self._cond:
-                self.acked += 1
-                self._cond.notify_all()
-
-        def push() -> None:
-            try:
-                self.report = storm(base, plan, threads=threads, deadline=300, on_ack=on_ack)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by result()
-                self.error = exc
-
-        self._thread = threading.Thread(target=push, daemon=True)
-        self._thread.start()
-
-    def when_acked(self, n: int, timeout: float = 300) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.acked >= n, timeout), "storm stalled"
-
-    def result(self) -> StormReport:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.report is not None
-        return self.report
 
 
 def run_checks(store: object, plan: StormPlan, vertex: FakeVertexServer,
@@ -106,15 +71,6 @@ def test_vertex_failing_at_random(tmp_path: Path, vertex: FakeVertexServer) -> N
     run_checks(SQLiteStore(tmp_path / "state.db"), plan, vertex, report)
 
 
-def hold_lock(db: Path, seconds: float) -> None:
-    """Another process's exclusive lock on the SQLite file (a backup, a stuck writer)."""
-    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    time.sleep(seconds)
-    conn.execute("ROLLBACK")
-    conn.close()
-
-
 def test_sqlite_locked_for_a_while(tmp_path: Path, vertex: FakeVertexServer) -> None:
     """Mid-storm the state file is locked for 3 s, longer than the store's 0.5 s wait: events
     are answered 5xx, redelivered, and nothing is lost or launched twice."""
@@ -123,9 +79,9 @@ def test_sqlite_locked_for_a_while(tmp_path: Path, vertex: FakeVertexServer) -> 
     env = vertex_env(tmp_path, vertex, MODELS, f"sqlite:///{db}?timeout=0.5s")
     with served(tmp_path, env, workers=2, threads=4) as server:
         with RunFinisher(server.base, vertex, after=0.3) as finisher:
-            running = Storm(server.base, plan)
+            running = BackgroundStorm(server.base, plan)
             running.when_acked(len(plan.deliveries) // 3)
-            hold_lock(db, 3.0)
+            hold_sqlite_lock(db, 3.0)
             report = running.result()
         finisher.finish_due(everything=True)
     failed = sum(n for status, n in report.statuses.items() if status.startswith("5"))
@@ -147,7 +103,7 @@ def test_firestore_unreachable_for_a_while(
                **firestore_emulator.env(), "FIRESTORE_EMULATOR_HOST": proxy.host}
         with served(tmp_path, env, workers=2, threads=2) as server:
             with RunFinisher(server.base, vertex, after=2.0) as finisher:
-                running = Storm(server.base, plan, threads=4)
+                running = BackgroundStorm(server.base, plan, threads=4)
                 running.when_acked(len(plan.deliveries) // 3)
                 proxy.down()
                 time.sleep(3.0)
@@ -178,7 +134,7 @@ def test_server_killed_mid_storm_and_restarted(tmp_path: Path, vertex: FakeVerte
     kills = 0
     try:
         with RunFinisher(server.base, vertex, after=0.3) as finisher:
-            running = Storm(server.base, plan)
+            running = BackgroundStorm(server.base, plan)
             for share in (1 / 3, 2 / 3):
                 running.when_acked(int(len(plan.deliveries) * share))
                 server.kill()

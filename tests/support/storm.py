@@ -10,12 +10,14 @@ import http.client
 import json
 import queue
 import random
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -254,6 +256,50 @@ def storm(base: str, plan: StormPlan, threads: int = 16, deadline: float = 600.0
     """Push every delivery of `plan` to `base`/pubsub/metrics until each is acknowledged."""
     bodies = [plan.messages[i].envelope() for i in plan.deliveries]
     return PushClient(base, threads, deadline=deadline).push(METRICS_PATH, bodies, on_ack)
+
+
+class BackgroundStorm:
+    """A storm pushed from a background thread; `when_acked(n)` waits for progress."""
+
+    def __init__(self, base: str, plan: StormPlan, threads: int = 12) -> None:
+        self.acked = 0
+        self._cond = threading.Condition()
+        self.report: StormReport | None = None
+        self.error: BaseException | None = None
+
+        def on_ack(_: int) -> None:
+            with self._cond:
+                self.acked += 1
+                self._cond.notify_all()
+
+        def push() -> None:
+            try:
+                self.report = storm(base, plan, threads=threads, deadline=300, on_ack=on_ack)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+                self.error = exc
+
+        self._thread = threading.Thread(target=push, daemon=True)
+        self._thread.start()
+
+    def when_acked(self, n: int, timeout: float = 300) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.acked >= n, timeout), "storm stalled"
+
+    def result(self) -> StormReport:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+
+def hold_sqlite_lock(db: str | Path, seconds: float) -> None:
+    """Another process's exclusive lock on the SQLite file (a backup, a stuck writer)."""
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    time.sleep(seconds)
+    conn.execute("ROLLBACK")
+    conn.close()
 
 
 def outcome_body(model: str, run_id: str, trigger_id: str, decision: str = "rejected") -> bytes:
