@@ -91,6 +91,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._memory_lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
+        # Writers of this process queue here rather than in SQLite's busy handler, which
+        # sleeps 1–100 ms between tries: handing the write lock over at once under load.
+        self._writer_lock = threading.RLock()
         _STORES.add(self)
         if self.path == ":memory:":
             self._shared = self._connect()
@@ -149,6 +152,7 @@ class SQLiteStore:
     def _forget_connections(self) -> None:
         """After a fork: the parent's connections must never be used by the child."""
         self._local = threading.local()
+        self._writer_lock = threading.RLock()  # it may have been held by a parent's thread
 
     def atomic(self) -> _Transaction:
         """One IMMEDIATE transaction for everything inside (nested calls join it)."""
@@ -413,7 +417,8 @@ class _Transaction:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self.outer = False
-        self.lock: Any = store._memory_lock if store._shared is not None else _NO_LOCK
+        self.lock: Any = (store._memory_lock if store._shared is not None
+                          else store._writer_lock)
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.__enter__()

@@ -133,11 +133,12 @@ class StormPlan:
                       "window_end": iso(T0.timestamp())}
             messages.insert(rng.randrange(len(messages) + 1),
                             Message(f"bad-{number:05d}", make(sample), why=why))
-        deliveries = list(range(len(messages)))
         again = rng.sample(range(len(messages)), round(len(messages) * redeliver))
-        for n, index in enumerate(again):
-            at = deliveries.index(index) + 1 if n % 2 == 0 else rng.randrange(len(deliveries) + 1)
-            deliveries.insert(at, index)
+        keyed = [(float(index), index) for index in range(len(messages))]
+        for n, index in enumerate(again):  # always after the first delivery
+            later = index + 0.5 if n % 2 == 0 else rng.uniform(index + 0.5, len(messages))
+            keyed.append((later, index))
+        deliveries = [index for _, index in sorted(keyed)]
         return cls(messages, deliveries, len(again), len(moved), n_bad)
 
     @property
