@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -198,7 +199,8 @@ class RetrainService:
             labels={"model": model},
             message_id=delivery.message_id,
             field=error.field,
-            payload=payload[:256],
+            payload_bytes=len(delivery.payload),  # the payload itself is kept in the store only:
+            payload_sha256=hashlib.sha256(delivery.payload).hexdigest()[:16],  # it may hold secrets
         )
         self.store.record_rejected(
             RejectedEvent(delivery.message_id, now, delivery.source, error.field, error.reason,
