@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,3 +139,28 @@ def test_storm_on_firestore_two_workers(
     assert check.problems == []
     assert check_launcher_timeline(vertex.jobs) == []
     assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed
+
+
+def test_storm_with_the_local_launcher(tmp_path: Path) -> None:
+    """The laptop set-up under a short storm: real kfp.local runs in detached children, whose
+    outcomes re-arm the policies; every run has one run directory and one fired decision."""
+    models = 2
+    plan = StormPlan.build(models, max(100, SHORT // 10), seed=14)
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(policy_yaml(models, str(EXAMPLE_TEMPLATE), cloud=False))
+    db = tmp_path / "state.db"
+    env = dict(RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=f"sqlite:///{db}",
+               RETRAIN_LAUNCHER="local", RETRAIN_MANUAL_TOKEN="storm-token")
+    with serve_process(tmp_path, env, workers=2, threads=2) as base:
+        report = storm(base, plan, threads=6)
+        store = SQLiteStore(db)
+        deadline = time.monotonic() + 180
+        while store.in_flight_runs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert not store.in_flight_runs(), "local runs never reported their outcome"
+    check = check_store(store, plan, [model_name(i) for i in range(models)])
+    print(figures(plan, report, check))
+    assert check.problems == []
+    assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed
+    run_dirs = {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()}
+    assert run_dirs == {r.run_id for r in store.runs(limit=1000)} and run_dirs

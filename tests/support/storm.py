@@ -46,7 +46,7 @@ def model_name(index: int) -> str:
     return f"storm-{index:02d}"
 
 
-def policy_yaml(models: int, template: str, cooldown: str = "0s") -> str:
+def policy_yaml(models: int, template: str, cooldown: str = "0s", cloud: bool = True) -> str:
     """One breach policy per model (3 of the latest 5 below 0.9); runs may follow each other."""
     lines = [
         "defaults:",
@@ -59,8 +59,9 @@ def policy_yaml(models: int, template: str, cooldown: str = "0s") -> str:
             f"  {model_name(index)}:",
             "    pipeline:",
             f"      template: {template}",
-            "      pipeline_root: gs://storm-test/root",
-            "      service_account: retrain@test-project.iam.gserviceaccount.com",
+            *(["      pipeline_root: gs://storm-test/root",
+               "      service_account: retrain@test-project.iam.gserviceaccount.com"]
+              if cloud else []),
             "    policies:",
             "      - {name: accuracy-floor, metric: accuracy, direction: higher_is_better,",
             f"         absolute: {{threshold: {THRESHOLD}}}, breaches_to_trigger: {BREACHES},"
