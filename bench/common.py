@@ -51,6 +51,32 @@ PUSH_HEADERS = {"Content-Type": "application/json", "User-Agent": "bench"}
 
 
 # ----------------------------------------------------------------------------- reporting
+def _first_field(path: str, key: str) -> str:
+    """The value of the first `key: value` line of a /proc or /etc file ("" if none)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                name, sep, value = line.partition(":" if path.startswith("/proc") else "=")
+                if sep and name.strip() == key:
+                    return value.strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, RAM, OS and Python: what a published figure needs beside it."""
+    ram_kib = _first_field("/proc/meminfo", "MemTotal").split()
+    return {
+        "cpu": _first_field("/proc/cpuinfo", "model name") or platform.processor() or "?",
+        "cores": str(os.cpu_count() or 0),
+        "ram": f"{int(ram_kib[0]) / 1024 ** 2:.1f} GiB" if ram_kib else "?",
+        "os": (_first_field("/etc/os-release", "PRETTY_NAME") or platform.system())
+        + f" (kernel {platform.release()})",
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+    }
+
+
 def machine_banner(script: str, argv: Sequence[str]) -> None:
     """Print the machine and the command that reproduces this run."""
     from importlib.metadata import version
@@ -67,6 +93,7 @@ def machine_banner(script: str, argv: Sequence[str]) -> None:
         f"functions-framework={version('functions-framework')} gunicorn={version('gunicorn')} "
         f"loadavg={load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
     )
+    print("# host: " + "; ".join(f"{k} {v}" for k, v in machine_info().items()))
     rel = os.path.relpath(PYTHON, ROOT) if PYTHON.startswith(str(ROOT)) else PYTHON
     print(f"# reproduce: cd {ROOT} && {rel} bench/{script} {shlex.join(argv)}".rstrip())
     sys.stdout.flush()

@@ -1,5 +1,6 @@
-"""Runs bench/cold_start.py, memory.py, throughput.py, firestore.py and backtest.py with their
-defaults and prints a markdown summary (value, floor, ratio, target, PASS/MISS); always exits 0."""
+"""Runs bench/evidence.py, cold_start.py, memory.py, throughput.py, firestore.py, backtest.py
+and storm.py with their defaults and prints a markdown summary (value, floor, ratio, target, PASS/MISS);
+always exits 0."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import PYTHON, ROOT, machine_banner  # noqa: E402
 
-SCRIPTS = ("cold_start.py", "memory.py", "throughput.py", "firestore.py", "backtest.py")
+SCRIPTS = ("evidence.py", "cold_start.py", "memory.py", "throughput.py", "firestore.py",
+           "backtest.py", "storm.py")
 
 
 def _fmt(value: float | None, unit: str) -> str:
