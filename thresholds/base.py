@@ -5,11 +5,12 @@ Subclasses implement `_evaluate` on points already filtered by `min_examples`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, overload
 
 from thresholds.spec import PolicyKind, PolicySpec
 
@@ -93,4 +94,23 @@ class Policy(ABC):
         limit: float | None = None,
         **details: float | int | str | None,
     ) -> Verdict:
-        return Verdict(self.name, self.metric, status, reason, statistic, limit, details)
+        """A verdict whose numbers are finite or None (undefined): extreme but valid series
+        can overflow a slope, and ties leave a confidence interval undefined (NaN); JSON, the
+        audit trail and the HTTP answers have no NaN or infinity."""
+        return Verdict(self.name, self.metric, status, reason, _finite(statistic),
+                       _finite(limit), {key: _finite(value) for key, value in details.items()})
+
+
+@overload
+def _finite(value: float | None) -> float | None: ...
+
+
+@overload
+def _finite(value: float | int | str | None) -> float | int | str | None: ...
+
+
+def _finite(value: float | int | str | None) -> float | int | str | None:
+    """`value`, or None in place of NaN and infinities."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -104,11 +104,15 @@ class _Pairs:
         self.value_ties = _tie_sizes(self.sorted_values)
 
     def slopes(self) -> Any:
-        """The slope of every pair of points at distinct times."""
-        if self.time_tied:
-            distinct = self.time_steps > 0
-            return self.value_steps[distinct] / self.time_steps[distinct]
-        return self.value_steps / self.time_steps
+        """The slope of every pair of points at distinct times (±inf where a huge step over
+        microseconds overflows: the verdict reports such numbers as undefined)."""
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            if self.time_tied:
+                distinct = self.time_steps > 0
+                return self.value_steps[distinct] / self.time_steps[distinct]
+            return self.value_steps / self.time_steps
 
 
 @lru_cache(maxsize=64)
@@ -324,8 +328,10 @@ class TrendPolicy(Policy):
         """(the slope's interval lies beyond the limit — None when it is undefined, the
         Kendall test rejects "no trend"): the policy fires when both hold."""
         # The end of the interval nearest to "healthy" must itself be worse than the limit.
+        # NaN: undefined (ties); ±inf: a step of ~1e300 within microseconds overflowed, which
+        # is beyond any limit, not "too many tied values"
         near_end = fit.high_slope if self.higher_is_better else fit.low_slope
-        beyond = self.is_worse(near_end, self.signed_limit) if math.isfinite(near_end) else None
+        beyond = None if math.isnan(near_end) else self.is_worse(near_end, self.signed_limit)
         return beyond, p_value < 1 - self.rule.confidence  # NaN compares False
 
     def _judge(self, window: list[Point]) -> Verdict:

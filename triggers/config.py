@@ -146,7 +146,10 @@ def load_policy_file(path: str | os.PathLike[str]) -> ServiceConfig:
         and compiled.get("format") == COMPILED_FORMAT
         and compiled.get("source_sha256") == digest
     ):
-        return ServiceConfig.from_dict(compiled["policy_file"], base_dir, str(file))
+        try:
+            return ServiceConfig.from_dict(compiled["policy_file"], base_dir, str(file))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # a damaged compiled file is a stale one: validate the source below
     return ServiceConfig.from_yaml(raw.decode("utf-8", errors="replace"), base_dir, str(file))
 
 

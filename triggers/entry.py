@@ -11,7 +11,7 @@ from typing import Any
 
 from triggers import ids, wiring
 from triggers.errors import InvalidEventError
-from triggers.events import Delivery, delivery_from_pubsub
+from triggers.events import Delivery, delivery_from_pubsub, storable_id
 from triggers.http_api import handle, json_response
 from triggers.service import EventResult, RetrainService
 
@@ -20,16 +20,23 @@ def delivery_from_cloudevent(cloud_event: Any) -> tuple[Delivery, InvalidEventEr
     """The Pub/Sub message inside an Eventarc CloudEvent (or a converted push body)."""
     data = cloud_event.data
     event_id = str(cloud_event["id"]) if cloud_event.get("id") else None
+    raw: bytes | None = None
     if isinstance(data, (bytes, bytearray)):
+        raw = bytes(data)  # kept as it came for the rejected record
         try:
-            data = json.loads(bytes(data).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
             data = None
     try:
         return delivery_from_pubsub(data, fallback_id=event_id), None
     except InvalidEventError as exc:
-        raw = json.dumps(data, default=str).encode("utf-8")
-        message_id = event_id or f"envelope-{ids.digest(raw.decode('utf-8'), length=32)}"
+        if raw is None:
+            try:
+                raw = json.dumps(data, default=str).encode("utf-8")
+            except (RecursionError, ValueError):
+                raw = b'"(an envelope nested too deeply to store)"'
+        digest = ids.digest(raw.decode("utf-8", errors="replace"), length=32)
+        message_id = storable_id(event_id) or f"envelope-{digest}"
         return Delivery(message_id=message_id, payload=raw, source="pubsub"), exc
 
 

@@ -17,6 +17,7 @@ from triggers.events import (
     MAX_METRICS,
     NAME,
     MetricEvent,
+    clip,
     parse_timestamp,
 )
 
@@ -67,7 +68,8 @@ class MetricEventSchema(BaseModel):
             raise ValueError("must name at least one metric")
         if len(value) > MAX_METRICS:
             raise ValueError(f"at most {MAX_METRICS} metrics per event")
-        for name, number in value.items():
+        for key, number in value.items():
+            name = clip(str(key))  # an error names the metric, never quotes a long payload
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise ValueError(f"metric {name!r} must be a number, got {type(number).__name__}")
             if isinstance(number, float) and not math.isfinite(number):
@@ -92,7 +94,7 @@ def validate_event(data: Any) -> MetricEvent:
         model = MetricEventSchema.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "data"
+        field = ".".join(clip(str(part)) for part in error["loc"]) or "data"
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             reason = "unknown field (allowed: " + ", ".join(MetricEventSchema.model_fields) + ")"

@@ -23,6 +23,8 @@ MAX_EVENT_BYTES = 64 * 1024
 """Largest metric event accepted; a real one is a few hundred bytes."""
 
 MAX_METRICS = 100
+MAX_MESSAGE_ID = 512
+"""Longest message id kept (Pub/Sub's are about 17 digits); a longer one is no id."""
 MAX_MAGNITUDE = 1e300
 """Metric values beyond this are refused: sums and slopes over them would overflow."""
 MAX_EXAMPLES = 2**63 - 1
@@ -150,6 +152,11 @@ def delivery_from_pubsub(data: Any, fallback_id: str | None = None) -> Delivery:
     message_id = message.get("messageId") or message.get("message_id") or fallback_id
     if not isinstance(message_id, str) or not message_id:
         raise InvalidEventError("message.messageId", "missing")
+    if storable_id(message_id) is None:
+        raise InvalidEventError(
+            "message.messageId",
+            f"not an id: longer than {MAX_MESSAGE_ID} characters, or not valid Unicode text",
+        )
     encoded = message.get("data")
     if not isinstance(encoded, str):
         raise InvalidEventError("message.data", "missing: the message carries no data")
@@ -168,10 +175,29 @@ def delivery_from_pubsub(data: Any, fallback_id: str | None = None) -> Delivery:
     )
 
 
+def storable_id(value: object) -> str | None:
+    """`value` when it can key a message in any store: a non-empty string of at most
+    `MAX_MESSAGE_ID` characters that UTF-8 can encode (JSON escapes can carry lone
+    surrogates, which no store accepts); else None."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_MESSAGE_ID:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def delivery_from_https(body: bytes) -> Delivery:
     """A Delivery for a bare JSON event posted over HTTPS; its id is the body's digest."""
     digest = hashlib.sha256(body).hexdigest()[:32]
     return Delivery(message_id=f"https-{digest}", payload=body, source="https")
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """`text` cut to `limit` characters for an error message: errors name a field or a metric,
+    they never carry a payload's text into the logs."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def truncated(payload: bytes, limit: int = 1024) -> str:

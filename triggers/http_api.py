@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from typing import Any, Protocol
 
 from triggers.config import Environment
@@ -144,10 +145,9 @@ def _parse_retrain(body: bytes) -> Any:
 def _limit(text: str | None) -> int:
     if text is None or text == "":
         return 50
-    try:
-        value = int(text)
-    except ValueError:
-        raise RequestError(400, "limit must be a whole number from 1 to 1000", "limit") from None
+    if not (text.isascii() and text.isdigit() and len(text) <= 4):  # int() takes "1_0", "５"
+        raise RequestError(400, "limit must be a whole number from 1 to 1000", "limit")
+    value = int(text)
     if not 1 <= value <= 1000:
         raise RequestError(400, "limit must be a whole number from 1 to 1000", "limit")
     return value
@@ -157,11 +157,26 @@ def json_response(body: dict[str, Any], status: int, headers: dict[str, str]) ->
     """A Flask response for `handle`'s answer."""
     import flask
 
+    try:
+        text = json.dumps(body, default=str, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or infinity (a pipeline's report, say): not JSON, so null
+        text = json.dumps(_finite(body), default=str, ensure_ascii=False)
     response = flask.Response(
-        json.dumps(body, default=str, ensure_ascii=False) + "\n",
+        (text + "\n").encode("utf-8", errors="replace"),  # a lone surrogate cannot be UTF-8
         status=status,
         mimetype="application/json",
     )
     for key, value in headers.items():
         response.headers[key] = value
     return response
+
+
+def _finite(value: Any) -> Any:
+    """`value` (JSON-like) with NaN and infinities replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

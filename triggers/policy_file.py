@@ -61,7 +61,27 @@ class PipelineSpec(StrictModel):
             raise ValueError(
                 f"{', '.join(taken)} are set by the service and cannot be fixed in the file"
             )
+        problem = _not_json(value)
+        if problem:
+            raise ValueError(problem)
         return value
+
+
+def _not_json(parameters: dict[str, Any]) -> str | None:
+    """What keeps the parameters from reaching the pipeline as written: NaN and infinities
+    (not JSON; nested ones became null) and binary data (`!!binary`, which broke loading)."""
+    stack: list[tuple[Any, str]] = [(value, key) for key, value in parameters.items()]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{where}: {item} is not a finite number"
+        if isinstance(item, (bytes, bytearray)):
+            return f"{where}: binary data cannot be a pipeline parameter; write text"
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}") for key, child in item.items())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((child, f"{where}.{index}") for index, child in enumerate(item))
+    return None
 
 
 Confidence = Annotated[float, Field(gt=0.5, lt=1)]
@@ -258,8 +278,13 @@ def parse_policy_file(text: str, source: str = "<memory>") -> PolicyFile:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyConfigError("<file>", None, f"{source} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise PolicyConfigError("<file>", None, f"{source} nests too deeply") from None
     if not isinstance(data, dict):
         raise PolicyConfigError("<file>", None, f"{source} must be a YAML mapping")
+    problem = _oversized(data)
+    if problem:
+        raise PolicyConfigError("<file>", None, f"{source} {problem}")
     try:
         return PolicyFile.model_validate(data)
     except ValidationError as exc:
@@ -267,6 +292,35 @@ def parse_policy_file(text: str, source: str = "<memory>") -> PolicyFile:
         first = errors[0]
         first.errors = errors  # type: ignore[attr-defined]
         raise first from None
+
+
+MAX_VALUES = 100_000
+"""Most values (mappings, lists, scalars) a policy file may hold once YAML aliases are
+expanded: a real one has hundreds; nine nested aliases of ten items each expand to 10^9."""
+MAX_DEPTH = 32
+"""Deepest nesting of a policy file (validation recurses; a real one nests about 6 levels)."""
+
+
+def _oversized(data: Any) -> str | None:
+    """Why the loaded file is too big to validate, if it is; the walk stops at the limits."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return (f"holds more than {MAX_VALUES} values once its aliases (*name) are "
+                    "expanded")
+        if depth > MAX_DEPTH:
+            return f"nests deeper than {MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            children = list(item.keys()) + list(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def policy_file_schema() -> dict[str, Any]:
