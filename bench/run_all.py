@@ -1,5 +1,6 @@
 """Runs bench/evidence.py, cold_start.py, memory.py, throughput.py, firestore.py,
-backtest.py and storm.py with their defaults and prints a markdown summary (value, floor, ratio, target, PASS/MISS);
+backtest.py and storm.py with their defaults and prints a markdown summary (value, floor,
+ratio, target, PASS/MISS);
 always exits 0."""
 
 from __future__ import annotations
