@@ -29,6 +29,8 @@ locals {
     GOOGLE_CLOUD_PROJECT = var.project_id
     RETRAIN_LOCATION     = var.region
     RETRAIN_TRUST_IAM    = "false"
+    # each Vertex call is bounded well inside the function's timeout; a redelivery retries
+    RETRAIN_VERTEX_TIMEOUT = "30s"
   }
   # manual-trigger: Cloud Run IAM authenticates every caller (no allUsers binding), so trust it.
   manual_env = merge(local.function_env, { RETRAIN_TRUST_IAM = "true" })
