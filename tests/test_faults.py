@@ -30,6 +30,7 @@ from tests.support.storm import (
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_storm import vertex_env
 from triggers.sqlite_store import SQLiteStore
+from triggers.store import StateStore
 
 EVENTS = int(os.environ.get("RETRAIN_STORM_EVENTS", "2000")) // 2
 MODELS = 5
@@ -41,9 +42,9 @@ def vertex() -> Iterator[FakeVertexServer]:
         yield server
 
 
-def run_checks(store: object, plan: StormPlan, vertex: FakeVertexServer,
+def run_checks(store: StateStore, plan: StormPlan, vertex: FakeVertexServer,
                report: StormReport) -> None:
-    check = check_store(store, plan, [model_name(i) for i in range(MODELS)],  # type: ignore[arg-type]
+    check = check_store(store, plan, [model_name(i) for i in range(MODELS)],
                         vertex_jobs=vertex.jobs)
     print(figures(plan, report, check))
     assert check.problems == []

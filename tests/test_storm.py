@@ -24,6 +24,7 @@ from tests.support.serve import serve_process
 from tests.support.storm import (
     RunFinisher,
     StormPlan,
+    StormReport,
     check_launcher_timeline,
     check_store,
     figures,
@@ -98,20 +99,17 @@ def test_storm_on_memory_store_in_process() -> None:
             with lock:
                 results.append(result.status)
 
+        started = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(deliver, plan.deliveries))
+        report = StormReport(deliveries=len(results), acked=len(results),
+                             elapsed=time.perf_counter() - started)
     check = check_store(store, plan, [model_name(i) for i in range(models)],
                         vertex_jobs=list(launcher.runs))
-    print(figures(plan, _report(len(results)), check))
+    print(figures(plan, report, check))
     assert check.problems == []
     assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed
     assert check.runs == models  # nothing ends the runs here: one per model, the rest suppressed
-
-
-def _report(n: int) -> object:
-    from tests.support.storm import StormReport
-
-    return StormReport(deliveries=n, acked=n, elapsed=1.0)
 
 
 def test_storm_on_firestore_two_workers(

@@ -331,7 +331,7 @@ class RunFinisher:
         self._stop.set()
         self._thread.join()
 
-    def finish_due(self, now: float | None = None, everything: bool = False) -> int:
+    def finish_due(self, everything: bool = False) -> int:
         due = []
         with self.vertex._lock:
             for run_id, job in self.vertex.jobs.items():
