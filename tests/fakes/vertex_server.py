@@ -124,8 +124,8 @@ class _Fault:
 
 @dataclass
 class Chaos:
-    """Random faults on PipelineService calls: each call draws once; with probability `rate` it
-    gets one of `kinds`, counted in `injected`.
+    """Random faults on PipelineService calls: each call draws once from its op's seeded
+    sequence; with probability `rate` it gets one of `kinds`, counted in `injected`.
 
     - "503": answered UNAVAILABLE before any work is done;
     - "timeout": the work is done but the answer comes after `delay` seconds (past the client's
@@ -139,19 +139,23 @@ class Chaos:
     ops: tuple[str, ...] = ("create", "get")
     delay: float = 3.0
     injected: dict[str, int] = field(default_factory=dict)
+    by_op: dict[str, int] = field(default_factory=dict)
     calls: int = 0
 
     def __post_init__(self) -> None:
-        self._random = random.Random(self.seed)
+        # one sequence per op: the n-th create's fate does not depend on how gets interleave
+        self._random = {op: random.Random(f"{self.seed}-{op}") for op in self.ops}
 
     def draw(self, op: str) -> str | None:
         if op not in self.ops:
             return None
         self.calls += 1
-        if self._random.random() >= self.rate:
+        rng = self._random[op]
+        if rng.random() >= self.rate:
             return None
-        kind = self._random.choice(self.kinds)
+        kind = rng.choice(self.kinds)
         self.injected[kind] = self.injected.get(kind, 0) + 1
+        self.by_op[op] = self.by_op.get(op, 0) + 1
         return kind
 
 
