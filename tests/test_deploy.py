@@ -271,9 +271,7 @@ def test_runtime_roles_are_the_least_needed() -> None:
     assert "databases/${var.firestore_database}" in attrs(condition.body)["expression"]
     topic_grants = [attrs(b.body) for b in resources("google_pubsub_topic_iam_member").values()
                     if attrs(b.body)["member"] == runtime]
-    assert topic_grants == [{"project": "var.project_id",
-                             "topic": "google_pubsub_topic.outcomes.name",
-                             "role": '"roles/pubsub.publisher"', "member": runtime}]
+    assert topic_grants == []  # the functions publish nothing (only the pipeline's last step)
     # Nothing else names the runtime account except the function's identity and bucket reads.
     others = {b.labels[0] for b in all_resources() if runtime in b.body} - {
         "google_project_iam_member", "google_pubsub_topic_iam_member",
@@ -580,14 +578,24 @@ if source:
 with open(os.environ["GCLOUD_LOG"], "a") as log:
     log.write(json.dumps(record) + "\n")
 exists = os.environ.get("GCLOUD_EXISTS") == "1"
+# GCLOUD_FAULTS: [[argv prefix, times, stderr]]: the first `times` calls so prefixed fail.
+faults = json.loads(os.environ.get("GCLOUD_FAULTS") or "[]")
+counts_path = os.environ["GCLOUD_LOG"] + ".faults"
+counts = json.load(open(counts_path)) if os.path.exists(counts_path) else {}
+for i, (prefix, times, stderr) in enumerate(faults):
+    if args[:len(prefix)] == prefix and counts.get(str(i), 0) < times:
+        counts[str(i)] = counts.get(str(i), 0) + 1
+        json.dump(counts, open(counts_path, "w"))
+        print(stderr, file=sys.stderr)
+        sys.exit(1)
 if args[:2] == ["projects", "describe"]:
     print("123456789")
 elif args[:2] == ["functions", "describe"]:
     fmt = next(a for a in args if a.startswith("--format="))
-    print("projects/test-proj/locations/us-central1/triggers/on-metric-event-1"
+    print(f"projects/test-proj/locations/us-central1/triggers/{args[2]}-1"
           if "eventTrigger" in fmt else "https://manual-trigger-x.a.run.app")
 elif args[:3] == ["eventarc", "triggers", "describe"]:
-    print("projects/test-proj/subscriptions/eventarc-us-central1-on-metric-event-1-sub-1")
+    print(f"projects/test-proj/subscriptions/eventarc-us-central1-{args[3]}-sub-1")
 elif "describe" in args and not exists:
     sys.exit(1)
 elif args[:4] == ["firestore", "indexes", "composite", "create"] and exists:
@@ -605,9 +613,11 @@ def _run_script(tmp_path: Path, source: Path, exists: bool = False,
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / f"gcloud-{exists}.jsonl"
     log.unlink(missing_ok=True)
+    Path(f"{log}.faults").unlink(missing_ok=True)
     run_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "GCLOUD_LOG": str(log), "GCLOUD_EXISTS": "1" if exists else "0",
                "PROJECT": PROJECT, "SOURCE_DIR": str(source), "PYTHON": sys.executable,
+               "RETRY_PAUSE": "0",
                "MANUAL_INVOKERS": "user:ops@example.com group:oncall@example.com", **env}
     result = subprocess.run(["bash", str(SCRIPT)], env=run_env, capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
@@ -677,7 +687,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     assert _flag(act_as[0], "member") == f"serviceAccount:{RUNTIME_SA}"
     runtime_topics = {a[3] for a in named("pubsub", "topics", "add-iam-policy-binding")
                       if _flag(a, "member") == f"serviceAccount:{RUNTIME_SA}"}
-    assert runtime_topics == {"retrain-outcomes"}
+    assert runtime_topics == set()  # it publishes nothing; the pipeline publishes outcomes
     agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert ["pubsub", "topics", "add-iam-policy-binding", "model-metrics-dead-letter"] in [
         a[:4] for a in named("pubsub", "topics", "add-iam-policy-binding")
@@ -750,8 +760,8 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
 
     # Dead letter on the subscription Eventarc made for on-metric-event.
     subscription = "projects/test-proj/subscriptions/eventarc-us-central1-on-metric-event-1-sub-1"
-    (update,) = named("pubsub", "subscriptions", "update")
-    assert update[3] == subscription
+    updates = {a[3]: a for a in named("pubsub", "subscriptions", "update")}
+    update = updates[subscription]
     dead_letter_topic = f"projects/{PROJECT}/topics/model-metrics-dead-letter"
     assert _flag(update, "dead-letter-topic") == dead_letter_topic
     assert _flag(update, "max-delivery-attempts") == "10"
@@ -824,3 +834,206 @@ def test_deploy_script_refuses_public_access_and_small_memory(
     result, calls = _run_script(tmp_path, deploy_source, **env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert calls == []
+
+
+# ------------------------------------------------------- a fresh project: first run succeeds
+PROPAGATION = ("ERROR: (gcloud.functions.deploy) INVALID_ARGUMENT: Validation failed for trigger "
+               "projects/test-proj/locations/us-central1/triggers/on-metric-event-1: Invalid "
+               'resource state for "": Permission denied while using the Eventarc Service Agent. '
+               "If you recently started to use Eventarc, it may take a few minutes before all "
+               "necessary permissions are propagated to the Service Agent. Otherwise, verify "
+               "that it has Eventarc Service Agent role.")
+CONTENTION = ("ERROR: (gcloud.firestore.indexes.composite.create) ABORTED: Aborted due to "
+              "cross-transaction contention. This occurs when multiple transactions attempt to "
+              "access the same data, requiring Firestore to abort at least one (HTTP 409)")
+
+
+def _faults(*faults: tuple[list[str], int, str]) -> str:
+    return json.dumps([list(f) for f in faults])
+
+
+def _count(calls: list[dict], *prefix: str) -> int:  # type: ignore[type-arg]
+    return sum(1 for c in calls if c["args"][:len(prefix)] == list(prefix))
+
+
+def test_deploy_script_waits_out_service_agent_iam_propagation(
+        tmp_path: Path, deploy_source: Path) -> None:
+    """A fresh project: the first trigger creations meet the Eventarc service agent's roles
+    still propagating; the script retries those (bounded) and succeeds."""
+    faults = _faults((["functions", "deploy", "on-metric-event"], 2, PROPAGATION),
+                     (["functions", "deploy", "on-run-outcome"], 1, PROPAGATION))
+    result, calls = _run_script(tmp_path, deploy_source, GCLOUD_FAULTS=faults)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _count(calls, "functions", "deploy", "on-metric-event") == 3
+    assert _count(calls, "functions", "deploy", "on-run-outcome") == 2
+    assert "not ready yet" in result.stderr
+
+
+def test_deploy_script_gives_up_on_other_errors_and_after_its_bound(
+        tmp_path: Path, deploy_source: Path) -> None:
+    denied = "ERROR: (gcloud.functions.deploy) PERMISSION_DENIED: caller lacks run.services.create"
+    result, calls = _run_script(tmp_path, deploy_source, GCLOUD_FAULTS=_faults(
+        (["functions", "deploy", "on-metric-event"], 1, denied)))
+    assert result.returncode != 0 and "PERMISSION_DENIED" in result.stderr
+    assert _count(calls, "functions", "deploy", "on-metric-event") == 1  # not retried
+    result, calls = _run_script(tmp_path, deploy_source, PROPAGATION_ATTEMPTS="3",
+                                GCLOUD_FAULTS=_faults(
+                                    (["functions", "deploy", "on-metric-event"], 9, PROPAGATION)))
+    assert result.returncode != 0
+    assert _count(calls, "functions", "deploy", "on-metric-event") == 3
+
+
+def test_deploy_script_retries_firestore_operations_that_conflict(
+        tmp_path: Path, deploy_source: Path) -> None:
+    """Index, field and TTL operations racing on a new database answer 409/ABORTED: each is
+    retried; TTL operations are waited for (no --async), so they do not race each other."""
+    busy_field = ("ERROR: (gcloud.firestore.indexes.fields.update) HTTPError 409: Please retry, "
+                  "underlying data changed")
+    faults = _faults((["firestore", "indexes", "composite", "create"], 1, CONTENTION),
+                     (["firestore", "indexes", "fields", "update"], 1, busy_field),
+                     (["firestore", "fields", "ttls", "update"], 1, busy_field))
+    clean, clean_calls = _run_script(tmp_path, deploy_source)
+    assert clean.returncode == 0
+    result, calls = _run_script(tmp_path, deploy_source, GCLOUD_FAULTS=faults)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for prefix in (("firestore", "indexes", "composite", "create"),
+                   ("firestore", "indexes", "fields", "update"),
+                   ("firestore", "fields", "ttls", "update")):
+        assert _count(calls, *prefix) == _count(clean_calls, *prefix) + 1, prefix
+    assert not [c for c in calls if c["args"][:3] == ["firestore", "fields", "ttls"]
+                and "--async" in c["args"]]
+
+
+def test_deploy_script_dead_letters_outcomes_too(tmp_path: Path, deploy_source: Path) -> None:
+    result, calls = _run_script(tmp_path, deploy_source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [c["args"] for c in calls]
+    created = {tuple(a[:4]) for a in commands if "create" in a[:4]}
+    assert {("pubsub", "topics", "create", "retrain-outcomes-dead-letter"),
+            ("pubsub", "subscriptions", "create", "retrain-outcomes-dead-letter-hold")} <= created
+    (hold,) = [a for a in commands if a[:4] == ["pubsub", "subscriptions", "create",
+                                                "retrain-outcomes-dead-letter-hold"]]
+    assert _flag(hold, "topic") == "retrain-outcomes-dead-letter"
+    agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
+    assert ("retrain-outcomes-dead-letter", agent, "roles/pubsub.publisher") in {
+        (a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+        if a[:3] == ["pubsub", "topics", "add-iam-policy-binding"]}
+    subscription = "projects/test-proj/subscriptions/eventarc-us-central1-on-run-outcome-1-sub-1"
+    updates = {a[3]: a for a in commands if a[:3] == ["pubsub", "subscriptions", "update"]}
+    assert _flag(updates[subscription], "dead-letter-topic") == (
+        f"projects/{PROJECT}/topics/retrain-outcomes-dead-letter")
+    assert (subscription, agent, "roles/pubsub.subscriber") in {
+        (a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+        if a[:3] == ["pubsub", "subscriptions", "add-iam-policy-binding"]}
+    named = _run_script(tmp_path, deploy_source, OUTCOME_DEAD_LETTER_TOPIC="outcomes-dlq")[1]
+    assert "--dead-letter-topic=projects/test-proj/topics/outcomes-dlq" in [
+        x for c in named if c["args"][:3] == ["pubsub", "subscriptions", "update"]
+        for x in c["args"]]
+
+
+def test_deploy_script_pipeline_account_cannot_write_templates(
+        tmp_path: Path, deploy_source: Path) -> None:
+    result, calls = _run_script(tmp_path, deploy_source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [c["args"] for c in calls]
+    templates, pipelines = f"gs://{PROJECT}-retrain-templates", f"gs://{PROJECT}-retrain-pipelines"
+    assert ["storage", "buckets", "create", templates] in [a[:4] for a in commands]
+    grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+              if a[:3] == ["storage", "buckets", "add-iam-policy-binding"]}
+    assert grants == {(templates, f"serviceAccount:{RUNTIME_SA}", "roles/storage.objectViewer"),
+                      (pipelines, f"serviceAccount:{PIPELINE_SA}", "roles/storage.objectUser")}
+    project_roles = {_flag(a, "role") for a in commands
+                     if a[:2] == ["projects", "add-iam-policy-binding"]
+                     and _flag(a, "member") == f"serviceAccount:{PIPELINE_SA}"}
+    assert not {r for r in project_roles if r and r.startswith("roles/storage.")}
+
+
+@pytest.mark.parametrize("member", ["allUsers", "ALLUSERS", "allauthenticatedusers",
+                                    "domain:example.com", "Domain:example.com"])
+def test_deploy_script_refuses_wide_invokers(tmp_path: Path, deploy_source: Path,
+                                             member: str) -> None:
+    result, calls = _run_script(tmp_path, deploy_source,
+                                MANUAL_INVOKERS=f"user:a@example.com {member}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert member in result.stderr and "MANUAL_INVOKERS" in result.stderr
+    assert calls == []
+
+
+# --------------------------------------------------- Terraform: fresh project, least privilege
+def test_terraform_waits_for_service_agents_before_the_triggers() -> None:
+    versions = (TF_DIR / "versions.tf").read_text()
+    assert re.search(r'time\s*=\s*\{\s*source\s*=\s*"hashicorp/time"', versions)
+    (wait,) = resources("time_sleep").values()
+    assert attrs(wait.body)["create_duration"] == "var.service_agent_wait"
+    depends = attrs(wait.body)["depends_on"]
+    for grant in ("google_project_service.apis",
+                  "google_service_account_iam_member.pubsub_mints_trigger_tokens",
+                  "google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher",
+                  "google_pubsub_topic_iam_member.pubsub_agent_outcome_dead_letter_publisher"):
+        assert grant in depends, grant
+    (function,) = resources("google_cloudfunctions2_function").values()
+    assert "time_sleep.service_agents" in attrs(function.body)["depends_on"]
+
+
+def test_terraform_sequences_firestore_index_and_field_operations() -> None:
+    indexes = resources("google_firestore_index")
+    assert set(indexes) == {"first", "composite"}
+    assert "local.first_index_key" in attrs(indexes["first"].body)["for_each"]
+    assert "local.first_index_key" in attrs(indexes["composite"].body)["for_each"]
+    assert attrs(indexes["composite"].body)["depends_on"] == "[google_firestore_index.first]"
+    field_depends = attrs(resources("google_firestore_field")["overrides"].body)["depends_on"]
+    assert "google_firestore_index.first" in field_depends
+    assert "google_firestore_index.composite" in field_depends
+
+
+def test_terraform_dead_letters_outcomes_too() -> None:
+    variables = {b.labels[0]: attrs(b.body)
+                 for b in blocks((TF_DIR / "variables.tf").read_text(), "variable")}
+    assert variables["outcome_dead_letter_topic"]["default"] == '"retrain-outcomes-dead-letter"'
+    topic = attrs(resources("google_pubsub_topic")["outcome_dead_letter"].body)
+    assert topic["name"] == "var.outcome_dead_letter_topic"
+    hold = attrs(resources("google_pubsub_subscription")["outcome_dead_letter"].body)
+    assert hold["topic"] == "google_pubsub_topic.outcome_dead_letter.id"
+    assert hold["name"] == '"${var.outcome_dead_letter_topic}-hold"'
+    publisher = attrs(resources("google_pubsub_topic_iam_member")[
+        "pubsub_agent_outcome_dead_letter_publisher"].body)
+    assert publisher["topic"] == "google_pubsub_topic.outcome_dead_letter.name"
+    assert publisher["member"] == '"serviceAccount:${local.pubsub_agent}"'
+    assert publisher["role"] == '"roles/pubsub.publisher"'
+    step = resources("terraform_data")["outcome_dead_letter"].body
+    assert "dead_letter.sh" in step
+    (exec_,) = blocks(step, "provisioner")
+    env = _object(attrs(exec_.body)["environment"])
+    assert env["TRIGGER"] == (
+        'google_cloudfunctions2_function.fn["run_outcome"].event_trigger[0].trigger')
+    assert env["DEAD_LETTER_TOPIC"] == "google_pubsub_topic.outcome_dead_letter.id"
+
+
+def test_terraform_pipeline_account_cannot_write_templates() -> None:
+    buckets = resources("google_storage_bucket")
+    assert attrs(buckets["templates"].body)["name"] == "local.template_bucket"
+    assert '"${var.project_id}-retrain-templates"' in locals_map()["template_bucket"]
+    pipeline = "google_service_account.pipeline.member"
+    runtime = "google_service_account.runtime.member"
+    grants = [attrs(b.body) for b in resources("google_storage_bucket_iam_member").values()]
+    assert [(g["bucket"], g["role"]) for g in grants if g["member"] == pipeline] == [
+        ("google_storage_bucket.pipelines.name", '"roles/storage.objectUser"')]
+    (reads,) = [g for g in grants if g["member"] == runtime]
+    assert reads["role"] == '"roles/storage.objectViewer"'
+    assert "google_storage_bucket.templates.name" in reads["for_each"]
+    assert "pipelines" not in reads["for_each"]
+    assert not [b for b in resources("google_project_iam_member").values()
+                if attrs(b.body)["member"] == pipeline and "storage" in attrs(b.body)["role"]]
+    outputs = {b.labels[0]: attrs(b.body)
+               for b in blocks((TF_DIR / "outputs.tf").read_text(), "output")}
+    assert "google_storage_bucket.templates.name" in outputs["template_prefix"]["value"]
+
+
+@needs_terraform
+@pytest.mark.parametrize("member", ["allUsers", "AllUsers", "allAuthenticatedUsers",
+                                    "domain:example.com", "DOMAIN:example.com"])
+def test_terraform_refuses_wide_invokers(locals_probe, member: str) -> None:  # type: ignore[no-untyped-def]
+    evaluate, _ = locals_probe
+    refused = evaluate(f'manual_trigger_invokers=["user:a@example.com","{member}"]')
+    assert refused.returncode != 0 and "never public" in refused.stderr, refused.stderr
+    assert evaluate('manual_trigger_invokers=["group:oncall@example.com"]').returncode == 0

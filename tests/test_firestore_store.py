@@ -6,18 +6,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 
 from pipeline_client.launcher import FakeLauncher
 from tests.conftest import ROOT, Clock, policy_config
 from tests.support import fixtures
 from tests.support.emulators import FirestoreEmulator, free_port
+from tests.support.grpc_recorder import GrpcRecorder, RecordedCall
 from tests.test_service import DEGRADING, FIRST_FIRE
+from triggers import firestore_sdk
 from triggers.config import Guards
 from triggers.errors import ConfigError, TransientError
 from triggers.events import Delivery
@@ -686,3 +690,95 @@ def test_a_client_that_cannot_be_built_is_a_config_error(
         assert info.value.variable == "RETRAIN_STATE"
         assert "missing.json" in info.value.reason and "credentials" in info.value.reason
     assert store._client is None
+
+
+# ---------------------------------------------------------------------------- SDK internals
+def test_the_installed_sdk_still_has_every_private_name_the_store_uses() -> None:
+    """An SDK upgrade that drops or changes a private name the claim transaction uses fails
+    here, naming the name and the installed version (not somewhere deep in a claim)."""
+    missing = firestore_sdk.missing_private_names()
+    assert not missing, "\n".join(missing)
+
+
+def test_the_private_name_check_names_what_is_missing_and_the_version() -> None:
+    gone = firestore_sdk.PrivateName(
+        "google.cloud.firestore_v1.transaction.Transaction", "_no_such_state", "a test",
+        instance=True)
+    renamed = firestore_sdk.PrivateName(
+        "google.cloud.firestore_v1.services.firestore.client.FirestoreClient", "commit",
+        "a test", keywords=("request", "deadline"))
+    version = firestore_sdk.installed_version()
+    assert version == firestore_sdk.WRITTEN_FOR  # the pin in requirements.txt
+    first, second = firestore_sdk.missing_private_names((gone, renamed))
+    assert "Transaction._no_such_state is missing" in first and version in first
+    assert "FirestoreClient.commit no longer takes keyword(s) deadline" in second
+    assert f"google-cloud-firestore {version}" in second
+
+
+def _transaction_of(call: RecordedCall) -> bytes:
+    """The transaction id a recorded Firestore request ran in (b"" for none)."""
+    from google.cloud.firestore_v1.types import firestore as messages
+
+    kinds = {"Commit": messages.CommitRequest, "Rollback": messages.RollbackRequest,
+             "RunQuery": messages.RunQueryRequest,
+             "BatchGetDocuments": messages.BatchGetDocumentsRequest}
+    kind = kinds.get(call.method.rsplit("/", 1)[1])
+    return bytes(kind.deserialize(call.request).transaction) if kind is not None else b""
+
+
+def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
+    firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent claims of one model conflict on its document: the emulator aborts some.
+    Observed on the wire (a recording gRPC proxy in front of the emulator): every retry's
+    BeginTransaction carries `options.read_write.retry_transaction` = the id of the attempt
+    that was aborted (as the SDK's own retry does), so a retried claim is not starved by
+    newer transactions; a first attempt carries none."""
+    from google.cloud.firestore_v1.types import firestore as messages
+
+    loose = Guards(cooldown=timedelta(0), max_runs=100, max_runs_per=timedelta(days=1))
+    with GrpcRecorder(firestore_env.host) as recorder:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", recorder.host)
+        stores = [FirestoreStore(project=firestore_env.project) for _ in range(3)]
+        aborted: set[bytes] = set()
+        try:
+            for round_ in range(3):  # contention is near certain; a calm round tries again
+                barrier = threading.Barrier(len(stores))
+                statuses: list[str] = []
+
+                def claim(i: int, store: FirestoreStore, model: str,
+                          barrier: threading.Barrier = barrier,
+                          statuses: list[str] = statuses) -> None:
+                    record = RunRecord(f"{model}-run-{i}", model, "p", "trig", "launching",
+                                       "why", NOW, {"run_id": f"run-{i}"}, claimed_by="msg")
+                    barrier.wait()
+                    statuses.append(store.claim_run(record, loose, NOW, False).status)
+
+                threads = [threading.Thread(target=claim, args=(i, s, f"m{round_}"))
+                           for i, s in enumerate(stores)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(timeout=60)
+                assert statuses.count("claimed") == 1, statuses  # one in flight at a time
+                aborted = {_transaction_of(c) for c in recorder.calls
+                           if c.code == grpc.StatusCode.ABORTED}
+                if aborted:
+                    break
+        finally:
+            for store in stores:
+                store.close()
+        begins = [(bytes(messages.BeginTransactionRequest.deserialize(c.request)
+                         .options.read_write.retry_transaction),
+                   bytes(messages.BeginTransactionResponse.deserialize(c.responses[0])
+                         .transaction))
+                  for c in recorder.of("BeginTransaction")]
+    assert aborted and b"" not in aborted, "the emulator aborted no claim: nothing retried"
+    issued = {given for _, given in begins}
+    retried = [asked for asked, _ in begins if asked]
+    assert aborted <= issued
+    missing = aborted - set(retried)
+    assert not missing, (f"{len(missing)} aborted claim transaction(s) were retried without "
+                         f"retry_transaction naming them; BeginTransaction requests: {begins}")
+    assert set(retried) <= aborted, "retry_transaction named a transaction that was not aborted"
+    assert len(retried) == len(set(retried))  # each aborted attempt is retried once

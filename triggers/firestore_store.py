@@ -37,9 +37,11 @@ backend also locks query ranges. Two instances handling breaching events at once
 A plain read answers first what needs no write (the run exists, a guard blocks), so the
 breaching events that follow a launch cost no transaction; a transaction aborted by contention
 is retried after a random pause (the emulator aborts every party of a write-write race after
-~2 s, and immediate retries would collide again in lockstep). A run the model's run queries
-already hold (another delivery of the same message claimed it between our reads) is resumed,
-never reported as blocked by itself.
+~2 s, and immediate retries would collide again in lockstep), and the retry's BeginTransaction
+names the aborted one (`retry_transaction`, as the SDK's own retry does) so it keeps its
+priority for the locks (the SDK internals this takes are isolated in `triggers.firestore_sdk`).
+A run the model's run queries already hold (another delivery of the same message claimed it
+between our reads) is resumed, never reported as blocked by itself.
 
 The claim also checks the champion: on SQLite the champion read, the evaluation and the claim
 see one state (one lock); here a promotion can commit in between. So the claim's reads compare
@@ -84,7 +86,6 @@ rest (PermissionDenied, a missing index, ...) propagate as they are, loudly.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -100,7 +101,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from thresholds.durations import format_duration, parse_duration
-from triggers import ids
+from triggers import firestore_sdk, ids
 from triggers.config import Guards
 from triggers.errors import ConfigError, TransientError
 from triggers.guards import check_guards, guard_window
@@ -385,7 +386,7 @@ class FirestoreStore:
 
     def _query(self, query: Any, operation: str, transaction: Any = None) -> list[dict[str, Any]]:
         if self.executed_queries is not None:
-            self.executed_queries.append(query._to_protobuf())
+            self.executed_queries.append(firestore_sdk.query_protobuf(query))
         with _Errors(operation):
             stream = query.stream(transaction=transaction, retry=self._retry(),
                                   timeout=self.timeout)
@@ -633,13 +634,16 @@ class FirestoreStore:
 
         client = self.client
         contention: BaseException | None = None
+        retry_transaction: bytes | None = None
         for round_ in range(self.max_attempts):
             if round_:
                 time.sleep(random.uniform(0.0, min(1.0, 0.1 * 2**round_)))
-            transaction = _bounded_transaction(client, self._retry(), self._retry(commit=True),
-                                               self.timeout)
+            transaction = firestore_sdk.bounded_transaction(
+                client, self._retry(), self._retry(commit=True), self.timeout)
             with _Errors(operation):
-                transaction._begin()
+                # a retry names the attempt that lost: it keeps that one's place in the
+                # lock queue (what the SDK's own retry does), so it is not starved
+                retry_transaction = transaction.begin_bounded(retry_transaction)
             try:
                 result = attempt(transaction)
             except BaseException as exc:
@@ -648,11 +652,11 @@ class FirestoreStore:
                     raise
                 contention = exc
                 continue
-            if not transaction._write_pbs:
+            if not transaction.has_writes:
                 transaction.rollback_quietly()  # read only: release what it read
                 return result, []
             try:
-                results: list[Any] = transaction._commit()
+                results: list[Any] = transaction.commit_bounded()
             except (exceptions.Aborted, exceptions.AlreadyExists) as exc:
                 transaction.rollback_quietly()  # a failed commit may still hold its locks
                 contention = exc
@@ -890,64 +894,6 @@ def _existing_claim(record: RunRecord) -> Claim:
     if record.state == "launching":
         return Claim("resume", record, "run claimed earlier but not yet submitted")
     return Claim("exists", record, f"run already {record.state}")
-
-
-def _bounded_transaction(client: Any, retry: Any, commit_retry: Any, timeout: float) -> Any:
-    """A `Transaction` whose begin, commit and rollback RPCs carry our retry and timeout (the
-    SDK's own use the library defaults: up to 60 s each, retried)."""
-    return _transaction_class()(client, retry, commit_retry, timeout)
-
-
-@functools.cache
-def _transaction_class() -> Any:
-    """Defined on first use: the SDK is imported lazily. Written against
-    google-cloud-firestore 2.34 (pinned), whose Transaction keeps `_id`, `_write_pbs` and
-    `_clean_up()`; begin/commit/rollback are its own RPCs with our retry and timeout."""
-    from google.cloud.firestore_v1.transaction import Transaction
-
-    class BoundedTransaction(Transaction):
-        def __init__(self, client: Any, retry: Any, commit_retry: Any, timeout: float) -> None:
-            super().__init__(client, max_attempts=1)
-            self._bounds = {"retry": retry, "timeout": timeout}
-            self._commit_bounds = {"retry": commit_retry, "timeout": timeout}
-
-        def _begin(self, retry_id: bytes | None = None) -> None:
-            client = self._client
-            response = client._firestore_api.begin_transaction(
-                request={"database": client._database_string,
-                         "options": self._options_protobuf(retry_id)},
-                metadata=client._rpc_metadata, **self._bounds)
-            self._id = response.transaction
-
-        def _commit(self) -> list[Any]:
-            client = self._client
-            response = client._firestore_api.commit(
-                request={"database": client._database_string, "writes": self._write_pbs,
-                         "transaction": self._id},
-                metadata=client._rpc_metadata, **self._commit_bounds)
-            self._clean_up()
-            self.write_results = list(response.write_results)
-            self.commit_time = response.commit_time
-            return self.write_results
-
-        def _rollback(self) -> None:
-            client = self._client
-            try:
-                client._firestore_api.rollback(
-                    request={"database": client._database_string, "transaction": self._id},
-                    metadata=client._rpc_metadata, **self._bounds)
-            finally:
-                self._clean_up()
-
-        def rollback_quietly(self) -> None:
-            """Best effort (bounded): an abandoned transaction expires on its own."""
-            if self.in_progress:
-                try:
-                    self._rollback()
-                except Exception:  # noqa: BLE001 - the error that led here matters more
-                    pass
-
-    return BoundedTransaction
 
 
 _STORES: weakref.WeakSet[FirestoreStore] = weakref.WeakSet()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Attach a dead-letter topic to the Pub/Sub subscription that Eventarc created for a function's
-# trigger. Used by deploy.sh and by Terraform (terraform_data.metrics_dead_letter), because no
-# Terraform resource can manage a subscription that Eventarc owns. Idempotent.
+# trigger (on-metric-event's and on-run-outcome's). Used by deploy.sh and by Terraform
+# (terraform_data.metrics_dead_letter and .outcome_dead_letter), because no Terraform resource
+# can manage a subscription that Eventarc owns. Idempotent.
 #
 # Environment: PROJECT, REGION, TRIGGER (the Eventarc trigger: projects/P/locations/L/triggers/T
 # or just T), DEAD_LETTER_TOPIC (projects/P/topics/T or T), MAX_DELIVERY_ATTEMPTS (5..100),

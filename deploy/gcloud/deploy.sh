@@ -21,18 +21,22 @@ STATE_RETENTION="${STATE_RETENTION:-}"                 # e.g. 400d or none; empt
 METRICS_TOPIC="${METRICS_TOPIC:-model-metrics}"
 DEAD_LETTER_TOPIC="${DEAD_LETTER_TOPIC:-model-metrics-dead-letter}"
 OUTCOME_TOPIC="${OUTCOME_TOPIC:-retrain-outcomes}"
+OUTCOME_DEAD_LETTER_TOPIC="${OUTCOME_DEAD_LETTER_TOPIC:-retrain-outcomes-dead-letter}"
 MAX_DELIVERY_ATTEMPTS="${MAX_DELIVERY_ATTEMPTS:-10}"
 RUNTIME_SA_ID="${RUNTIME_SA_ID:-retrain-trigger}"
 PIPELINE_SA_ID="${PIPELINE_SA_ID:-retrain-pipeline}"
 TRIGGER_SA_ID="${TRIGGER_SA_ID:-retrain-events}"
 BUILD_SA="${BUILD_SA:-}"                               # empty: the project's default build account
 SOURCE_BUCKET="${SOURCE_BUCKET:-$PROJECT-retrain-trigger-source}"
-PIPELINE_BUCKET="${PIPELINE_BUCKET:-$PROJECT-retrain-pipelines}"
+PIPELINE_BUCKET="${PIPELINE_BUCKET:-$PROJECT-retrain-pipelines}"  # pipeline_root: the pipeline SA writes
+TEMPLATE_BUCKET="${TEMPLATE_BUCKET:-$PROJECT-retrain-templates}"  # templates: runtime reads, pipeline SA can't write
 MANUAL_INVOKERS="${MANUAL_INVOKERS:-}"                 # e.g. "user:a@x.com group:oncall@x.com"
 MEMORY="${MEMORY:-512Mi}"                              # at least 256Mi
 CPU="${CPU:-1}"
 MAX_INSTANCES="${MAX_INSTANCES:-10}"
 TIMEOUT="${TIMEOUT:-120}"
+RETRY_PAUSE="${RETRY_PAUSE:-20}"                       # seconds between retries of a waiting step
+PROPAGATION_ATTEMPTS="${PROPAGATION_ATTEMPTS:-10}"     # ~RETRY_PAUSE each: IAM takes up to minutes
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
   [ -x "$SOURCE_DIR/.venv/bin/python" ] && PYTHON="$SOURCE_DIR/.venv/bin/python"
@@ -58,10 +62,39 @@ retry() {
     sleep $((n * 5))
   done
 }
+# Run a command, retrying (bounded) while it fails with an error matching PATTERN: what Google
+# answers while something it depends on is still settling. Any other failure stops at once.
+retry_while() {  # PATTERN ATTEMPTS WHAT COMMAND...
+  local pattern="$1" attempts="$2" what="$3" n=1 out
+  shift 3
+  while true; do
+    if out=$("$@" 2>&1); then
+      printf '%s\n' "$out"
+      return 0
+    fi
+    # "already exists" (also a 409) is an answer, not a busy database: never retried here
+    if [ "$n" -ge "$attempts" ] || ! grep -qiE "$pattern" <<<"$out" ||
+      grep -qiE 'already exists|ALREADY_EXISTS' <<<"$out"; then
+      printf '%s\n' "$out" >&2
+      return 1
+    fi
+    echo "$what: not ready yet (attempt $n of $attempts), retrying in ${RETRY_PAUSE}s" >&2
+    n=$((n + 1))
+    sleep "$RETRY_PAUSE"
+  done
+}
+# On a fresh project the Eventarc and Pub/Sub service agents get their roles minutes after the
+# APIs are enabled: a trigger created before that fails with this message.
+PROPAGATION_ERROR='Permission denied while using the Eventarc Service Agent|permissions are propagated|verify that it has Eventarc Service Agent role'
+# Index, field and TTL operations on one database conflict while another runs: 409 / ABORTED.
+FIRESTORE_BUSY='409|ABORTED|Please retry|underlying data changed|contention|another operation'
+firestore_op() {  # COMMAND... (retried while the database is busy with another operation)
+  retry_while "$FIRESTORE_BUSY" 10 "Firestore ${3:-} ${4:-}" "$@"
+}
 # Run a create command; "already exists" counts as success.
 create_or_exists() {
   local out
-  if out=$("$@" 2>&1); then return 0; fi
+  if out=$(firestore_op "$@" 2>&1); then return 0; fi
   if grep -qiE 'already exists|ALREADY_EXISTS' <<<"$out"; then return 0; fi
   printf '%s\n' "$out" >&2
   return 1
@@ -78,8 +111,9 @@ case "$MEMORY" in
 esac
 for member in $MANUAL_INVOKERS; do
   case "${member,,}" in
-    allusers | allauthenticatedusers)
-      echo "manual-trigger is never public: name users, groups or service accounts" >&2; exit 2 ;;
+    allusers | allauthenticatedusers | domain:*)
+      echo "MANUAL_INVOKERS: $member refused: manual-trigger is never public (refused: allUsers, allAuthenticatedUsers, domain:); name users, groups or service accounts" >&2
+      exit 2 ;;
   esac
 done
 
@@ -118,18 +152,20 @@ done
 
 # ---------------------------------------------------------------------------- Pub/Sub topics
 log "topics"
-for topic in "$METRICS_TOPIC" "$DEAD_LETTER_TOPIC" "$OUTCOME_TOPIC"; do
+for topic in "$METRICS_TOPIC" "$DEAD_LETTER_TOPIC" "$OUTCOME_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
   gcloud pubsub topics describe "$topic" "${G[@]}" >/dev/null 2>&1 ||
     gcloud pubsub topics create "$topic" --labels=app=retrain-trigger "${G[@]}"
 done
 # Messages published to a topic without subscriptions are lost: hold dead letters for a week.
-gcloud pubsub subscriptions describe "$DEAD_LETTER_TOPIC-hold" "${G[@]}" >/dev/null 2>&1 ||
-  gcloud pubsub subscriptions create "$DEAD_LETTER_TOPIC-hold" --topic="$DEAD_LETTER_TOPIC" \
-    --message-retention-duration=7d --ack-deadline=60 --expiration-period=never "${G[@]}"
+for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
+  gcloud pubsub subscriptions describe "$topic-hold" "${G[@]}" >/dev/null 2>&1 ||
+    gcloud pubsub subscriptions create "$topic-hold" --topic="$topic" \
+      --message-retention-duration=7d --ack-deadline=60 --expiration-period=never "${G[@]}"
+done
 
 # ----------------------------------------------------------------------------------- Buckets
 log "buckets"
-for bucket in "$SOURCE_BUCKET" "$PIPELINE_BUCKET"; do
+for bucket in "$SOURCE_BUCKET" "$PIPELINE_BUCKET" "$TEMPLATE_BUCKET"; do
   gcloud storage buckets describe "gs://$bucket" "${G[@]}" >/dev/null 2>&1 ||
     gcloud storage buckets create "gs://$bucket" --location="$REGION" \
       --uniform-bucket-level-access --public-access-prevention "${G[@]}"
@@ -137,32 +173,35 @@ done
 
 # --------------------------------------------------------------------------------------- IAM
 log "IAM"
-# Runtime: launch pipelines, act as the pipeline account (on that account only), its own
-# Firestore database only, publish outcomes (on that topic only), logs, read templates.
+# Each role is the narrowest predefined one covering what the code calls (as in Terraform's
+# main.tf, which says why for each). Runtime: launch pipelines and move Model Registry aliases
+# (aiplatform.user), act as the pipeline account (on that account only), its own Firestore
+# database only, logs, read templates (from the templates bucket only). It publishes nothing.
 bind_project "serviceAccount:$RUNTIME_SA" roles/aiplatform.user
 bind_project "serviceAccount:$RUNTIME_SA" roles/logging.logWriter
 bind_project "serviceAccount:$RUNTIME_SA" roles/datastore.user \
   "expression=resource.name == \"projects/$PROJECT/databases/$FIRESTORE_DB\",title=retrain-trigger-database-only"
 retry gcloud iam service-accounts add-iam-policy-binding "$PIPELINE_SA" \
   --member="serviceAccount:$RUNTIME_SA" --role=roles/iam.serviceAccountUser "${G[@]}" >/dev/null
-retry gcloud pubsub topics add-iam-policy-binding "$OUTCOME_TOPIC" \
-  --member="serviceAccount:$RUNTIME_SA" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
-retry gcloud storage buckets add-iam-policy-binding "gs://$PIPELINE_BUCKET" \
+retry gcloud storage buckets add-iam-policy-binding "gs://$TEMPLATE_BUCKET" \
   --member="serviceAccount:$RUNTIME_SA" --role=roles/storage.objectViewer "${G[@]}" >/dev/null
-# Pipeline runs: Vertex jobs, their pipeline_root, the run's outcome, logs.
+# Pipeline runs: Vertex jobs and model uploads, their pipeline_root (objectUser: objects only, no
+# IAM; the only bucket it writes — never the templates bucket), the run's outcome, logs.
 bind_project "serviceAccount:$PIPELINE_SA" roles/aiplatform.user
 bind_project "serviceAccount:$PIPELINE_SA" roles/logging.logWriter
 retry gcloud storage buckets add-iam-policy-binding "gs://$PIPELINE_BUCKET" \
-  --member="serviceAccount:$PIPELINE_SA" --role=roles/storage.objectAdmin "${G[@]}" >/dev/null
+  --member="serviceAccount:$PIPELINE_SA" --role=roles/storage.objectUser "${G[@]}" >/dev/null
 retry gcloud pubsub topics add-iam-policy-binding "$OUTCOME_TOPIC" \
   --member="serviceAccount:$PIPELINE_SA" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
 # Eventarc's identity: Pub/Sub mints its tokens (projects created before April 2021 need it).
 retry gcloud iam service-accounts add-iam-policy-binding "$TRIGGER_SA" \
   --member="serviceAccount:$PUBSUB_AGENT" --role=roles/iam.serviceAccountTokenCreator \
   "${G[@]}" >/dev/null
-# Dead-lettering: the Pub/Sub service agent publishes to the dead-letter topic.
-retry gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" \
-  --member="serviceAccount:$PUBSUB_AGENT" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
+# Dead-lettering: the Pub/Sub service agent publishes to the dead-letter topics.
+for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
+  retry gcloud pubsub topics add-iam-policy-binding "$topic" \
+    --member="serviceAccount:$PUBSUB_AGENT" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
+done
 
 # --------------------------------------------------------------------------------- Firestore
 log "Firestore database $FIRESTORE_DB, indexes and TTL policies from $INDEXES_FILE"
@@ -193,16 +232,17 @@ while IFS=$'\t' read -r -a override; do
   group="${override[0]}" field="${override[1]}" ttl="${override[2]}"
   case "${override[3]}" in
     inherit) ;;
-    none) gcloud firestore indexes fields update "$field" --database="$FIRESTORE_DB" \
-            --collection-group="$group" --disable-indexes "${G[@]}" ;;
+    none) firestore_op gcloud firestore indexes fields update "$field" \
+            --database="$FIRESTORE_DB" --collection-group="$group" --disable-indexes "${G[@]}" ;;
     *) args=()
        for spec in "${override[@]:3}"; do args+=("--index=$spec"); done
-       gcloud firestore indexes fields update "$field" --database="$FIRESTORE_DB" \
+       firestore_op gcloud firestore indexes fields update "$field" --database="$FIRESTORE_DB" \
          --collection-group="$group" "${args[@]}" "${G[@]}" ;;
   esac
+  # Without --async: gcloud waits for the operation, so the next one does not race it.
   if [ "$ttl" = 1 ]; then
-    gcloud firestore fields ttls update "$field" --database="$FIRESTORE_DB" \
-      --collection-group="$group" --enable-ttl --async "${G[@]}"
+    firestore_op gcloud firestore fields ttls update "$field" --database="$FIRESTORE_DB" \
+      --collection-group="$group" --enable-ttl "${G[@]}"
   fi
 done < <(python3 - "$INDEXES_FILE" <<'PY'
 import json, sys
@@ -240,12 +280,16 @@ COMMON=(--gen2 --runtime=python311 --region="$REGION" --source="$STAGE"
   --max-instances="$MAX_INSTANCES" --concurrency=1 "${G[@]}")
 [ -z "$BUILD_SA" ] || COMMON+=(--build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA")
 
+# The event-driven ones create Eventarc triggers: retried while the service agents' roles are
+# still propagating (a fresh project), bounded by PROPAGATION_ATTEMPTS.
 log "function on-metric-event (Eventarc Pub/Sub trigger on $METRICS_TOPIC, retried on failure)"
-gcloud functions deploy on-metric-event "${COMMON[@]}" --entry-point=on_metric_event \
+retry_while "$PROPAGATION_ERROR" "$PROPAGATION_ATTEMPTS" "on-metric-event's trigger" \
+  gcloud functions deploy on-metric-event "${COMMON[@]}" --entry-point=on_metric_event \
   --trigger-topic="$METRICS_TOPIC" --retry --trigger-service-account="$TRIGGER_SA" \
   --ingress-settings=internal-only --set-env-vars="$ENV_VARS"
 log "function on-run-outcome (Eventarc Pub/Sub trigger on $OUTCOME_TOPIC)"
-gcloud functions deploy on-run-outcome "${COMMON[@]}" --entry-point=on_run_outcome \
+retry_while "$PROPAGATION_ERROR" "$PROPAGATION_ATTEMPTS" "on-run-outcome's trigger" \
+  gcloud functions deploy on-run-outcome "${COMMON[@]}" --entry-point=on_run_outcome \
   --trigger-topic="$OUTCOME_TOPIC" --retry --trigger-service-account="$TRIGGER_SA" \
   --ingress-settings=internal-only --set-env-vars="$ENV_VARS"
 log "function manual-trigger (HTTPS, IAM-authenticated callers only)"
@@ -263,13 +307,16 @@ for member in $MANUAL_INVOKERS; do
     --member="$member" "${G[@]}" >/dev/null
 done
 
-log "dead letter on on-metric-event's subscription"
-TRIGGER=$(gcloud functions describe on-metric-event --gen2 --region="$REGION" \
-  --project="$PROJECT" --format='value(eventTrigger.trigger)')
-DEAD_LETTER_TOPIC_ID="projects/$PROJECT/topics/$DEAD_LETTER_TOPIC"
-env PROJECT="$PROJECT" REGION="$REGION" TRIGGER="$TRIGGER" PUBSUB_AGENT="$PUBSUB_AGENT" \
-  DEAD_LETTER_TOPIC="$DEAD_LETTER_TOPIC_ID" MAX_DELIVERY_ATTEMPTS="$MAX_DELIVERY_ATTEMPTS" \
-  bash "$(dirname "${BASH_SOURCE[0]}")/dead_letter.sh"
+for pair in "on-metric-event:$DEAD_LETTER_TOPIC" "on-run-outcome:$OUTCOME_DEAD_LETTER_TOPIC"; do
+  fn="${pair%%:*}"
+  log "dead letter on $fn's subscription -> ${pair#*:}"
+  TRIGGER=$(gcloud functions describe "$fn" --gen2 --region="$REGION" \
+    --project="$PROJECT" --format='value(eventTrigger.trigger)')
+  env PROJECT="$PROJECT" REGION="$REGION" TRIGGER="$TRIGGER" PUBSUB_AGENT="$PUBSUB_AGENT" \
+    DEAD_LETTER_TOPIC="projects/$PROJECT/topics/${pair#*:}" \
+    MAX_DELIVERY_ATTEMPTS="$MAX_DELIVERY_ATTEMPTS" \
+    bash "$(dirname "${BASH_SOURCE[0]}")/dead_letter.sh"
+done
 
 URL=$(gcloud functions describe manual-trigger --gen2 --region="$REGION" --project="$PROJECT" \
   --format='value(serviceConfig.uri)')
@@ -280,4 +327,5 @@ Deployed. Publish a metric event:
 Ask the manual trigger (as one of MANUAL_INVOKERS):
   curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" "$URL/decisions?limit=20"
 Pipeline runs: service account $PIPELINE_SA, pipeline_root gs://$PIPELINE_BUCKET/root
+Pipeline templates: upload to gs://$TEMPLATE_BUCKET/templates/
 EOF

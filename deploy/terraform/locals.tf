@@ -15,6 +15,7 @@ locals {
   policy_compiled_fresh = try(local.compiled.source_sha256, "") == try(filesha256(local.policy_path), "missing")
 
   pipeline_bucket     = coalesce(var.pipeline_bucket, "${var.project_id}-retrain-pipelines")
+  template_bucket     = coalesce(var.template_bucket, "${var.project_id}-retrain-templates")
   pipeline_sa_email   = "${var.pipeline_service_account_id}@${var.project_id}.iam.gserviceaccount.com"
   models_off_pipeline = [for name, m in local.policy_models : name if try(m.pipeline.service_account, null) != local.pipeline_sa_email]
 
@@ -60,6 +61,9 @@ locals {
       }]
     }
   }
+  # Firestore answers 409 to index operations that race on a new database: the first index is
+  # created alone (it bootstraps the database's index metadata), then the others.
+  first_index_key = try(sort(keys(local.composite_indexes))[0], null)
   field_overrides = {
     for o in try(local.firestore.fieldOverrides, []) : "${o.collectionGroup}/${o.fieldPath}" => {
       collection = o.collectionGroup

@@ -54,20 +54,27 @@ resource "google_service_account" "trigger" {
   depends_on   = [google_project_service.apis]
 }
 
+# Every role below is the narrowest predefined one covering what the code calls; each says why.
 # Runtime: launch Vertex pipelines, act as the pipeline account (on that account only), read and
-# write its own Firestore database (IAM condition), publish outcomes (on that topic only), log.
+# write its own Firestore database (IAM condition), read the templates bucket, log.
+# aiplatform.user: pipelineJobs.create/get/cancel (pipeline_client/vertex.py) and the Model
+# Registry's alias moves on promotion (pipeline_client/registry.py); Vertex has no narrower
+# predefined role that creates pipeline jobs, nor per-resource grants on them.
 resource "google_project_iam_member" "runtime_aiplatform" {
   project = var.project_id
   role    = "roles/aiplatform.user"
   member  = google_service_account.runtime.member
 }
 
+# logWriter: the functions' structured logs (triggers/logs.py).
 resource "google_project_iam_member" "runtime_logging" {
   project = var.project_id
   role    = "roles/logging.logWriter"
   member  = google_service_account.runtime.member
 }
 
+# datastore.user: read and write documents (triggers/firestore_store.py), conditioned on the one
+# database; no admin rights (indexes and TTL are managed here, not by the function).
 resource "google_project_iam_member" "runtime_datastore" {
   project = var.project_id
   role    = "roles/datastore.user"
@@ -79,28 +86,28 @@ resource "google_project_iam_member" "runtime_datastore" {
   }
 }
 
+# serviceAccountUser on the pipeline account only: a PipelineJob runs as that account.
 resource "google_service_account_iam_member" "runtime_acts_as_pipeline" {
   service_account_id = google_service_account.pipeline.name
   role               = "roles/iam.serviceAccountUser"
   member             = google_service_account.runtime.member
 }
 
-resource "google_pubsub_topic_iam_member" "runtime_publishes_outcomes" {
-  project = var.project_id
-  topic   = google_pubsub_topic.outcomes.name
-  role    = "roles/pubsub.publisher"
-  member  = google_service_account.runtime.member
-}
+# No Pub/Sub role: the functions receive pushes (Eventarc's identity invokes them) and publish
+# nothing; only the pipeline's last step publishes outcomes (pipelines/components.py).
 
-# Pipeline templates given as gs:// URLs are read by the function itself.
+# Pipeline templates given as gs:// URLs are read by the function itself (objects.get:
+# pipeline_client/templates.py) from the templates bucket, which the pipeline account cannot write.
 resource "google_storage_bucket_iam_member" "runtime_reads_templates" {
-  for_each = toset(concat([google_storage_bucket.pipelines.name], var.template_buckets))
+  for_each = toset(concat([google_storage_bucket.templates.name], var.template_buckets))
   bucket   = each.value
   role     = "roles/storage.objectViewer"
   member   = google_service_account.runtime.member
 }
 
 # Pipeline runs: Vertex jobs, their pipeline_root, publishing the run's outcome, logs.
+# aiplatform.user: the run's own Vertex calls (custom jobs, uploading the challenger to the Model
+# Registry: pipelines/components.py); no narrower predefined role uploads models.
 resource "google_project_iam_member" "pipeline_aiplatform" {
   project = var.project_id
   role    = "roles/aiplatform.user"
@@ -113,12 +120,15 @@ resource "google_project_iam_member" "pipeline_logging" {
   member  = google_service_account.pipeline.member
 }
 
+# objectUser (create/get/list/update/delete objects, no IAM changes, unlike objectAdmin) on the
+# pipeline_root bucket only: the only bucket the pipeline account writes.
 resource "google_storage_bucket_iam_member" "pipeline_root" {
   bucket = google_storage_bucket.pipelines.name
-  role   = "roles/storage.objectAdmin"
+  role   = "roles/storage.objectUser"
   member = google_service_account.pipeline.member
 }
 
+# publisher on the outcome topic only: the run's last step reports its outcome there.
 resource "google_pubsub_topic_iam_member" "pipeline_publishes_outcomes" {
   project = var.project_id
   topic   = google_pubsub_topic.outcomes.name
@@ -132,6 +142,7 @@ resource "google_service_account_iam_member" "pubsub_mints_trigger_tokens" {
   service_account_id = google_service_account.trigger.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = "serviceAccount:${local.pubsub_agent}"
+  depends_on         = [google_project_service.apis] # the agent exists once Pub/Sub is enabled
 }
 
 # ---------------------------------------------------------------------------- Pub/Sub topics
@@ -170,14 +181,56 @@ resource "google_pubsub_topic" "outcomes" {
   depends_on = [google_project_service.apis]
 }
 
+# Run outcomes that on-run-outcome failed max_delivery_attempts times: held a week, like metrics.
+resource "google_pubsub_topic" "outcome_dead_letter" {
+  project    = var.project_id
+  name       = var.outcome_dead_letter_topic
+  labels     = var.labels
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_subscription" "outcome_dead_letter" {
+  project                    = var.project_id
+  name                       = "${var.outcome_dead_letter_topic}-hold"
+  topic                      = google_pubsub_topic.outcome_dead_letter.id
+  message_retention_duration = "604800s"
+  ack_deadline_seconds       = 60
+  labels                     = var.labels
+  expiration_policy {
+    ttl = ""
+  }
+}
+
 # The Pub/Sub service agent forwards undeliverable messages to the dead-letter topic. It also
 # needs pubsub.subscriber on the source subscription: granted by dead_letter.sh, since that
 # subscription belongs to Eventarc.
 resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter_publisher" {
-  project = var.project_id
-  topic   = google_pubsub_topic.dead_letter.name
-  role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:${local.pubsub_agent}"
+  project    = var.project_id
+  topic      = google_pubsub_topic.dead_letter.name
+  role       = "roles/pubsub.publisher"
+  member     = "serviceAccount:${local.pubsub_agent}"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic_iam_member" "pubsub_agent_outcome_dead_letter_publisher" {
+  project    = var.project_id
+  topic      = google_pubsub_topic.outcome_dead_letter.name
+  role       = "roles/pubsub.publisher"
+  member     = "serviceAccount:${local.pubsub_agent}"
+  depends_on = [google_project_service.apis]
+}
+
+# On a fresh project the service agents' roles (granted by Google when an API is enabled, and the
+# bindings above) take a while to propagate; an Eventarc trigger created before that fails with
+# "Permission denied while using the Eventarc Service Agent". Wait once, before the functions.
+resource "time_sleep" "service_agents" {
+  create_duration = var.service_agent_wait
+  depends_on = [
+    google_project_service.apis,
+    google_service_account_iam_member.pubsub_mints_trigger_tokens,
+    google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher,
+    google_pubsub_topic_iam_member.pubsub_agent_outcome_dead_letter_publisher,
+  ]
 }
 
 # ---------------------------------------------------------------------------------- Firestore
@@ -191,8 +244,29 @@ resource "google_firestore_database" "state" {
   depends_on              = [google_project_service.apis]
 }
 
+# Index and field operations on one database conflict when they run at once (409 "Please retry,
+# underlying data changed" / "cross-transaction contention"; the provider retries only some):
+# the first index alone, then the other indexes, then the field overrides and TTL policies.
+resource "google_firestore_index" "first" {
+  for_each    = { for k, v in local.composite_indexes : k => v if k == local.first_index_key }
+  project     = var.project_id
+  database    = google_firestore_database.state.name
+  collection  = each.value.collection
+  query_scope = each.value.query_scope
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path   = fields.value.field_path
+      order        = fields.value.order
+      array_config = fields.value.array_config
+    }
+  }
+}
+
 resource "google_firestore_index" "composite" {
-  for_each    = local.composite_indexes
+  for_each    = { for k, v in local.composite_indexes : k => v if k != local.first_index_key }
+  depends_on  = [google_firestore_index.first]
   project     = var.project_id
   database    = google_firestore_database.state.name
   collection  = each.value.collection
@@ -210,6 +284,7 @@ resource "google_firestore_index" "composite" {
 
 resource "google_firestore_field" "overrides" {
   for_each   = local.field_overrides
+  depends_on = [google_firestore_index.first, google_firestore_index.composite]
   project    = var.project_id
   database   = google_firestore_database.state.name
   collection = each.value.collection
@@ -247,10 +322,22 @@ resource "google_storage_bucket" "source" {
   depends_on                  = [google_project_service.apis]
 }
 
-# Pipeline templates (templates/...) and the runs' pipeline_root (root/...).
+# The runs' pipeline_root (root/...): the pipeline account writes here and nowhere else.
 resource "google_storage_bucket" "pipelines" {
   project                     = var.project_id
   name                        = local.pipeline_bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = var.labels
+  depends_on                  = [google_project_service.apis]
+}
+
+# Compiled pipeline templates (templates/...) the functions launch: read by the runtime account;
+# the pipeline account has no role here, so a run cannot change what later runs execute.
+resource "google_storage_bucket" "templates" {
+  project                     = var.project_id
+  name                        = local.template_bucket
   location                    = var.region
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
@@ -369,8 +456,10 @@ resource "google_cloudfunctions2_function" "fn" {
     }
   }
 
-  # The runtime's roles first, so the first delivery does not meet a half-made identity.
+  # The runtime's roles first, so the first delivery does not meet a half-made identity; the
+  # service agents' roles propagated before Eventarc checks them (time_sleep.service_agents).
   depends_on = [
+    time_sleep.service_agents,
     google_project_iam_member.runtime_aiplatform,
     google_project_iam_member.runtime_datastore,
     google_project_iam_member.runtime_logging,
@@ -398,10 +487,11 @@ resource "google_cloud_run_v2_service_iam_member" "manual_invokers" {
   member   = each.value
 }
 
-# ------------------------------------------------------------- Dead letter on the trigger's subscription
-# Eventarc creates (and owns) the push subscription behind on-metric-event's trigger; the google
-# provider exposes neither its name nor its dead-letter policy, so Terraform cannot manage it.
-# dead_letter.sh (shared with deploy.sh) looks it up through the trigger and sets the policy.
+# ----------------------------------------------------------- Dead letter on the triggers' subscriptions
+# Eventarc creates (and owns) the push subscription behind each event-driven function's trigger;
+# the google provider exposes neither its name nor its dead-letter policy, so Terraform cannot
+# manage it. dead_letter.sh (shared with deploy.sh) looks it up through the trigger and sets the
+# policy, and grants the Pub/Sub service agent subscriber on it.
 resource "terraform_data" "metrics_dead_letter" {
   count = var.configure_trigger_dead_letter ? 1 : 0
 
@@ -426,5 +516,32 @@ resource "terraform_data" "metrics_dead_letter" {
   depends_on = [
     google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher,
     google_pubsub_subscription.dead_letter,
+  ]
+}
+
+resource "terraform_data" "outcome_dead_letter" {
+  count = var.configure_trigger_dead_letter ? 1 : 0
+
+  triggers_replace = [
+    google_cloudfunctions2_function.fn["run_outcome"].event_trigger[0].trigger,
+    google_pubsub_topic.outcome_dead_letter.id,
+    var.max_delivery_attempts,
+  ]
+
+  provisioner "local-exec" {
+    command = "bash '${abspath(path.module)}/../gcloud/dead_letter.sh'"
+    environment = {
+      PROJECT               = var.project_id
+      REGION                = var.region
+      TRIGGER               = google_cloudfunctions2_function.fn["run_outcome"].event_trigger[0].trigger
+      DEAD_LETTER_TOPIC     = google_pubsub_topic.outcome_dead_letter.id
+      MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+      PUBSUB_AGENT          = local.pubsub_agent
+    }
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.pubsub_agent_outcome_dead_letter_publisher,
+    google_pubsub_subscription.outcome_dead_letter,
   ]
 }

@@ -18,6 +18,11 @@ output "dead_letter_subscription" {
   value       = google_pubsub_subscription.dead_letter.id
 }
 
+output "outcome_dead_letter_subscription" {
+  description = "Run outcomes that failed max_delivery_attempts times wait here (7 days)."
+  value       = google_pubsub_subscription.outcome_dead_letter.id
+}
+
 output "runtime_service_account" {
   value = google_service_account.runtime.email
 }
@@ -33,8 +38,8 @@ output "pipeline_root" {
 }
 
 output "template_prefix" {
-  description = "Upload compiled pipeline templates under this prefix (the functions may read it)."
-  value       = "gs://${google_storage_bucket.pipelines.name}/templates/"
+  description = "Upload compiled pipeline templates under this prefix (the functions read it; the pipeline account cannot write it)."
+  value       = "gs://${google_storage_bucket.templates.name}/templates/"
 }
 
 output "firestore_state" {

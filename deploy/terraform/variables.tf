@@ -69,6 +69,12 @@ variable "outcome_topic" {
   default     = "retrain-outcomes"
 }
 
+variable "outcome_dead_letter_topic" {
+  description = "Where run outcomes go after max_delivery_attempts failed deliveries to on-run-outcome."
+  type        = string
+  default     = "retrain-outcomes-dead-letter"
+}
+
 variable "max_delivery_attempts" {
   description = "Deliveries of one metric event before it is dead-lettered (5..100)."
   type        = number
@@ -80,7 +86,7 @@ variable "max_delivery_attempts" {
 }
 
 variable "configure_trigger_dead_letter" {
-  description = "Attach the dead-letter topic to the subscription Eventarc creates for on-metric-event. The google provider cannot manage that subscription, so this runs deploy/gcloud/dead_letter.sh (needs gcloud, logged in, where terraform runs)."
+  description = "Attach the dead-letter topics to the subscriptions Eventarc creates for on-metric-event and on-run-outcome. The google provider cannot manage that subscription, so this runs deploy/gcloud/dead_letter.sh (needs gcloud, logged in, where terraform runs)."
   type        = bool
   default     = true
 }
@@ -110,25 +116,39 @@ variable "build_service_account" {
 }
 
 variable "pipeline_bucket" {
-  description = "Bucket for pipeline templates (templates/) and pipeline_root (root/); created here. Globally unique."
+  description = "Bucket for the runs' pipeline_root (root/), the only bucket the pipeline account writes; created here. Globally unique."
   type        = string
   default     = null # null: <project_id>-retrain-pipelines
 }
 
+variable "template_bucket" {
+  description = "Bucket for the compiled pipeline templates the functions launch (templates/): the runtime account reads it, the pipeline account has no role on it (a run cannot rewrite what later runs execute); created here. Globally unique."
+  type        = string
+  default     = null # null: <project_id>-retrain-templates
+}
+
 variable "template_buckets" {
-  description = "Other buckets holding gs:// pipeline templates the functions must read (objectViewer is granted on each)."
+  description = "Other buckets holding gs:// pipeline templates the functions must read (objectViewer is granted on each). Never the pipeline bucket: the pipeline account writes there."
   type        = list(string)
   default     = []
 }
 
 variable "manual_trigger_invokers" {
-  description = "Members allowed to call manual-trigger (e.g. user:ops@example.com, group:ml-oncall@example.com, serviceAccount:ci@p.iam.gserviceaccount.com). allUsers/allAuthenticatedUsers are refused."
+  description = "Members allowed to call manual-trigger (e.g. user:ops@example.com, group:ml-oncall@example.com, serviceAccount:ci@p.iam.gserviceaccount.com). allUsers, allAuthenticatedUsers and domain: members are refused."
   type        = list(string)
   default     = []
   validation {
-    condition     = alltrue([for m in var.manual_trigger_invokers : !contains(["allusers", "allauthenticatedusers"], lower(m))])
-    error_message = "manual-trigger is never public: name users, groups or service accounts."
+    # Case-insensitive: IAM treats "AllUsers" as allUsers. A domain: member is everyone in a
+    # Workspace domain: too wide for a trigger that launches paid training runs.
+    condition     = alltrue([for m in var.manual_trigger_invokers : !contains(["allusers", "allauthenticatedusers"], lower(trimspace(m))) && !startswith(lower(trimspace(m)), "domain:")])
+    error_message = "manual-trigger is never public (refused: allUsers, allAuthenticatedUsers, domain:): name users, groups or service accounts."
   }
+}
+
+variable "service_agent_wait" {
+  description = "How long to wait after enabling the APIs and granting the service agents their roles before creating the Eventarc triggers (IAM propagates in seconds to minutes; on a fresh project a trigger created too early fails with \"Permission denied while using the Eventarc Service Agent\")."
+  type        = string
+  default     = "120s"
 }
 
 variable "memory" {

@@ -8,6 +8,11 @@ terraform {
       # 6.x: cloudfunctions2 build service account, Firestore database/field/index as used here.
       version = ">= 6.10.0, < 8.0.0"
     }
+    time = {
+      source = "hashicorp/time"
+      # time_sleep: wait for service-agent IAM to propagate before creating Eventarc triggers.
+      version = ">= 0.9.0, < 1.0.0"
+    }
     archive = {
       source = "hashicorp/archive"
       # 2.4: glob patterns (**) in archive_file excludes.
