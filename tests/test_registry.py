@@ -37,7 +37,8 @@ from pipeline_client.registry import (
     open_registry,
     vertex_model_id,
 )
-from tests.fakes.vertex_server import FakeVertexServer
+from tests.fakes import prebuilt
+from tests.fakes.vertex_server import FakeGcsServer, FakeVertexServer
 from triggers.errors import RetrainError, TransientError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +85,41 @@ def local_artifact_factory(directory: Path) -> Callable[[str], str]:
     return make
 
 
+# The gs:// directories the Vertex tests below register. The fake refuses an upload under the
+# prebuilt scikit-learn image unless its directory holds one model.joblib or model.pkl
+# (tests/fakes/prebuilt.py), so each holds a model.joblib in the fake bucket.
+SERVABLE_DIRECTORIES = (
+    *(f"gs://acme-models/fraud/{n}" for n in range(1, 5)),
+    "gs://new/2",
+    "gs://acme-root/run-1/challenger",
+)
+
+
+def store_files(storage: FakeGcsServer, directory: str, files: dict[str, bytes]) -> str:
+    """Puts `files` (name -> content) under the gs:// `directory`; returns the directory."""
+    bucket, _, prefix = directory.removeprefix("gs://").partition("/")
+    for name, data in files.items():
+        storage.put(bucket, f"{prefix.rstrip('/')}/{name}" if prefix else name, data)
+    return directory
+
+
+def servable(storage: FakeGcsServer, directory: str) -> str:
+    """`directory` holding a model.joblib (its bytes only tag it: the fake reads names)."""
+    return store_files(storage, directory, {"model.joblib": directory.encode()})
+
+
 @pytest.fixture()
-def vertex() -> Iterator[FakeVertexServer]:
+def storage() -> Iterator[FakeGcsServer]:
+    with FakeGcsServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def vertex(storage: FakeGcsServer) -> Iterator[FakeVertexServer]:
     with FakeVertexServer() as server:
+        prebuilt.serve_artifacts_from(server, storage)
+        for directory in SERVABLE_DIRECTORIES:
+            servable(storage, directory)
         yield server
 
 
@@ -98,9 +131,10 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         local = LocalModelRegistry(tmp_path / "registry")
         yield Harness(local, local_artifact_factory(tmp_path / "sources"))
     else:
-        with FakeVertexServer() as server:
+        with FakeVertexServer() as server, FakeGcsServer() as bucket:
+            prebuilt.serve_artifacts_from(server, bucket)
             remote = VertexModelRegistry(PROJECT, LOCATION, endpoint=server.endpoint)
-            yield Harness(remote, lambda tag: f"gs://acme-models/{MODEL}/{tag}")
+            yield Harness(remote, lambda tag: servable(bucket, f"gs://acme-models/{MODEL}/{tag}"))
 
 
 # --- the contract: every registry --------------------------------------------------------------
@@ -847,3 +881,80 @@ def test_importing_the_registry_loads_no_google_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- Vertex's prebuilt serving containers: the artifact a version needs --------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "accepted"),
+    [
+        ({"model.joblib": b"j"}, True),
+        ({"model.pkl": b"p"}, True),
+        ({"model.joblib": b"j", "README.md": b"other files may sit beside it"}, True),
+        ({}, False),
+        ({"model.json": b"{}"}, False),
+        ({"model.joblib": b"j", "model.pkl": b"p"}, False),
+        ({"nested/model.joblib": b"j"}, False),
+    ],
+    ids=["joblib", "pkl", "joblib-and-more", "empty", "json-only", "both", "nested"],
+)
+def test_vertex_fake_needs_exactly_one_sklearn_model_file(
+    vertex: FakeVertexServer, vertex_registry: VertexModelRegistry, storage: FakeGcsServer,
+    files: dict[str, bytes], accepted: bool,
+) -> None:
+    directory = store_files(storage, "gs://acme-models/candidates/v", files)
+    if accepted:
+        assert vertex_registry.register(MODEL, directory, {}).version == "1"
+        return
+    with pytest.raises(RegistryError) as caught:
+        vertex_registry.register(MODEL, directory, {})
+    assert not isinstance(caught.value, TransientError)
+    assert caught.value.reason.startswith("Vertex AI refused: FAILED_PRECONDITION: ")
+    assert caught.value.reason.endswith(
+        ": Model directory gs://acme-models/candidates/v is expected to contain exactly one "
+        "of: [model.pkl, model.joblib]")
+    assert vertex.models == {}
+
+
+@pytest.mark.parametrize(
+    ("image", "files", "accepted"),
+    [
+        ("us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest", ["model.bst"], True),
+        ("us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest", ["model.json"], False),
+        ("europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+         ["saved_model.pb"], True),
+        ("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest",
+         ["model.joblib"], False),
+        ("europe-docker.pkg.dev/acme/serving/custom:1", ["anything.bin"], True),
+    ],
+    ids=["xgboost", "xgboost-json", "tensorflow", "tensorflow-joblib", "custom-container"],
+)
+def test_vertex_fake_applies_each_prebuilt_frameworks_rule(
+    vertex: FakeVertexServer, storage: FakeGcsServer, image: str, files: list[str],
+    accepted: bool,
+) -> None:
+    registry = VertexModelRegistry(PROJECT, LOCATION, endpoint=vertex.endpoint,
+                                   serving_image=image)
+    directory = store_files(storage, "gs://acme-models/other/v", {f: b"x" for f in files})
+    if accepted:
+        assert registry.register(MODEL, directory, {}).version == "1"
+    else:
+        with pytest.raises(RegistryError, match="is expected to contain exactly one of"):
+            registry.register(MODEL, directory, {})
+
+
+def test_the_pinned_scikit_learn_matches_the_serving_container() -> None:
+    import sklearn
+
+    from pipeline_client.registry import SKLEARN_SERVING_VERSION
+
+    pins = (ROOT / "requirements-pipeline.txt").read_text(encoding="utf-8").splitlines()
+    [pinned] = [line.split("==")[1] for line in pins if line.startswith("scikit-learn==")]
+    assert pinned.rsplit(".", 1)[0] == SKLEARN_SERVING_VERSION
+    assert sklearn.__version__ == pinned  # the environment the tests ran in is the pinned one
+    tag = SKLEARN_SERVING_VERSION.replace(".", "-")
+    for location, mirror in (("us-central1", "us"), ("europe-west4", "europe"),
+                             ("asia-east1", "asia"), ("me-west1", "us")):
+        assert default_serving_image(location) == (
+            f"{mirror}-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.{tag}:latest")
