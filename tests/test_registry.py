@@ -958,3 +958,101 @@ def test_the_pinned_scikit_learn_matches_the_serving_container() -> None:
                              ("asia-east1", "asia"), ("me-west1", "us")):
         assert default_serving_image(location) == (
             f"{mirror}-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.{tag}:latest")
+
+
+# --- the reference pipeline's challenger: registrable on Vertex and servable -------------------
+
+
+def train_challenger(tmp_path: Path) -> tuple[Path, Path]:
+    """Runs the reference pipeline's train step on three days; (its challenger directory, a
+    held-out day's CSV), both in prepare_data's format."""
+    import numpy as np
+    from kfp.dsl import Dataset, Model
+
+    from pipelines.drift import FEATURES, DriftingConcept
+    from pipelines.retrain import train_model
+
+    concept = DriftingConcept(examples_per_day=400)
+    header = ",".join([*FEATURES, "label"])
+    paths = {}
+    for part, days in (("train", range(3)), ("holdout", range(3, 4))):
+        samples = [concept.sample(day) for day in days]
+        table = np.vstack([np.hstack([s.x, s.y.reshape(-1, 1)]) for s in samples])
+        paths[part] = tmp_path / f"{part}.csv"
+        np.savetxt(paths[part], table, delimiter=",", fmt="%.6g", header=header, comments="")
+    challenger = Model(uri=str(tmp_path / "challenger"))
+    train_model.python_func(train=Dataset(uri=str(paths["train"])), seed=0, challenger=challenger)
+    return Path(challenger.path), paths["holdout"]
+
+
+def test_the_pipelines_promote_step_registers_its_challenger_on_vertex(
+    vertex: FakeVertexServer, storage: FakeGcsServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kfp.dsl import Model
+
+    from pipelines.components import promote_model
+
+    challenger_dir, _ = train_challenger(tmp_path)
+    # On Vertex the train step writes through /gcs/...: the same files land in the bucket.
+    uri = "gs://acme-root/run-7/train-model/challenger"
+    store_files(storage, uri, {p.name: p.read_bytes() for p in challenger_dir.iterdir()})
+    monkeypatch.setenv("RETRAIN_VERTEX_ENDPOINT", vertex.endpoint)
+    report = {"reason": "challenger wins", "checks": [{"metric": "accuracy", "challenger": 0.9}]}
+
+    promoted = promote_model.python_func(
+        model=MODEL, trigger_id="t-7", registry=f"vertex://projects/{PROJECT}/locations/{LOCATION}",
+        compared_with="", gate_report=json.dumps(report), challenger=Model(uri=uri))
+
+    assert promoted == "1"
+    [upload] = vertex.model_requests("upload")
+    assert upload.body["model"]["artifactUri"] == uri
+    assert upload.body["model"]["containerSpec"]["imageUri"] == default_serving_image(LOCATION)
+    champion = VertexModelRegistry(PROJECT, LOCATION, endpoint=vertex.endpoint).champion(MODEL)
+    assert champion is not None and champion.version == "1"
+    assert champion.artifact_uri == uri and champion.metrics == {"accuracy": 0.9}
+
+
+def test_the_challenger_artifact_serves_the_scores_the_pipeline_compared(tmp_path: Path) -> None:
+    import numpy as np
+    from kfp.dsl import Dataset, Model
+
+    from pipelines.components import evaluate_models
+
+    challenger_dir, holdout = train_challenger(tmp_path)
+    predictions = Dataset(uri=str(tmp_path / "predictions.json"))
+    evaluate_models.python_func(
+        model=MODEL, champion_version="", registry="", holdout=Dataset(uri=str(holdout)),
+        challenger=Model(uri=str(challenger_dir)), predictions=predictions)
+    compared = json.loads(Path(predictions.path).read_text(encoding="utf-8"))["challenger"]
+    served_files = sorted(p.name for p in challenger_dir.iterdir())
+    assert served_files == ["model.joblib"]
+    rows = np.loadtxt(holdout, delimiter=",", skiprows=1)[:, :-1].tolist()
+
+    # What the prebuilt container does: joblib.load the file, predict on the request's rows.
+    # A fresh, isolated interpreter (-I): scikit-learn and joblib only, none of this repository.
+    serve = ("import json, sys, joblib\n"
+             "model = joblib.load(sys.argv[1])\n"
+             "rows = json.load(sys.stdin)\n"
+             "print(json.dumps(model.predict_proba(rows)[:, 1].tolist()))\n")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", serve, str(challenger_dir / "model.joblib")],
+        input=json.dumps(rows), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+    served = json.loads(result.stdout)
+    assert len(served) == len(compared) == 400
+    assert np.allclose(served, compared, rtol=0.0, atol=1e-12)
+    assert len({round(s, 3) for s in served}) > 100  # real scores, not a constant
+
+
+def test_a_champion_registered_as_model_json_still_loads(tmp_path: Path) -> None:
+    from pipelines.logistic import LogisticModel
+
+    old = tmp_path / "v1"
+    old.mkdir()
+    (old / "model.json").write_text(json.dumps(
+        {"kind": "logistic", "weights": [0.5, -1.25], "bias": 0.125, "features": ["a", "b"]}))
+    assert LogisticModel.load(old) == LogisticModel((0.5, -1.25), 0.125, ("a", "b"))
+    LogisticModel((0.5, -1.25), 0.125, ("a", "b")).save(tmp_path / "v2")
+    assert LogisticModel.load(f"file://{tmp_path}/v2") == LogisticModel.load(old)
