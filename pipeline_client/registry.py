@@ -642,11 +642,23 @@ def _fsync_dir(path: Path) -> None:
 # --- Vertex AI Model Registry ------------------------------------------------------------------
 
 
+# The scikit-learn release the reference pipeline pins (requirements-pipeline.txt) and the
+# prebuilt serving container of that major.minor. Google's "Prebuilt containers for inference"
+# list names one container per release, `sklearn-cpu.MAJOR-MINOR` (scikit-learn 1.6 ->
+# sklearn-cpu.1-6), and "Export model artifacts for inference" asks for the version the model
+# was trained with; a pickle from another release may not load in the container. Each image
+# sits in the us, europe and asia Artifact Registry mirrors. The container loads the one
+# model.joblib or model.pkl of the version's artifact directory.
+SKLEARN_SERVING_VERSION = "1.6"
+
+
 def default_serving_image(location: str) -> str:
-    """Vertex's prebuilt scikit-learn CPU serving container, from the location's nearest mirror."""
+    """Vertex's prebuilt scikit-learn CPU serving container for SKLEARN_SERVING_VERSION, from
+    the location's nearest mirror."""
     region = location.split("-")[0]
     mirror = region if region in ("europe", "asia") else "us"
-    return f"{mirror}-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-6:latest"
+    tag = SKLEARN_SERVING_VERSION.replace(".", "-")
+    return f"{mirror}-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.{tag}:latest"
 
 
 def vertex_model_id(model: str) -> str:

@@ -1,5 +1,6 @@
 """The reference pipeline's model: logistic regression fitted with numpy (Newton's method),
-stored as one small JSON file. Replace it with your own training code; keep `predict_proba`."""
+saved as a scikit-learn `LogisticRegression` in `model.joblib`, the file Vertex AI's prebuilt
+scikit-learn serving container loads. Replace it with your own training; keep `predict_proba`."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-MODEL_FILE = "model.json"
+# Vertex AI's prebuilt scikit-learn container serves the one `model.joblib` (or `model.pkl`)
+# of the registered directory ("Export model artifacts for inference", scikit-learn).
+MODEL_FILE = "model.joblib"
+LEGACY_MODEL_FILE = "model.json"  # what versions registered before the joblib export hold
 Array = npt.NDArray[np.float64]
 
 
@@ -40,23 +45,58 @@ class LogisticModel:
         table = np.asarray(x, dtype=np.float64)
         return self.predict_proba(table[:, [index[name] for name in self.features]])
 
+    def to_sklearn(self) -> Any:
+        """The same model as a fitted `sklearn.linear_model.LogisticRegression`: `coef_`,
+        `intercept_`, `classes_` (0, 1) and `feature_names_in_` set from these weights, so its
+        `predict_proba(x)[:, 1]` is `self.predict_proba(x)` (to rounding)."""
+        from sklearn.linear_model import LogisticRegression
+
+        estimator = LogisticRegression()
+        estimator.coef_ = np.asarray([self.weights], dtype=np.float64)
+        estimator.intercept_ = np.asarray([self.bias], dtype=np.float64)
+        estimator.classes_ = np.asarray([0, 1])
+        estimator.n_features_in_ = len(self.weights)
+        estimator.feature_names_in_ = np.asarray(self.features, dtype=object)
+        return estimator
+
     def save(self, directory: str | Path) -> Path:
-        """Writes `model.json` into `directory` (created if missing); returns its path."""
+        """Writes `model.joblib` (see `to_sklearn`) into `directory` (created if missing) and
+        nothing else: a prebuilt serving container wants exactly one model file there.
+        Returns its path."""
+        import joblib
+
         path = Path(directory) / MODEL_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"kind": "logistic", "weights": list(self.weights), "bias": self.bias,
-                "features": list(self.features)}
-        path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        joblib.dump(self.to_sklearn(), path)
         return path
 
     @classmethod
     def load(cls, location: str | Path) -> LogisticModel:
-        """Reads a model from its directory, its `model.json`, or a file:// or gs:// URI."""
+        """Reads a model from its directory, its `model.joblib` (or an older `model.json`), or
+        a file:// or gs:// URI. Unpickles: load only artifacts your own pipeline wrote."""
         from pipelines.datalake import local_root
 
         path = local_root(location)  # file:// and gs:// (Vertex's /gcs mount) to a local path
         if path.is_dir():
-            path = path / MODEL_FILE
+            has_joblib = (path / MODEL_FILE).exists()
+            path = path / (LEGACY_MODEL_FILE if not has_joblib and (
+                path / LEGACY_MODEL_FILE).is_file() else MODEL_FILE)
+        if path.suffix == ".json":
+            return cls._from_json(path)
+        import joblib
+
+        estimator = joblib.load(path)
+        coef = np.asarray(getattr(estimator, "coef_", None), dtype=np.float64)
+        classes = list(getattr(estimator, "classes_", []))
+        names = getattr(estimator, "feature_names_in_", None)
+        if coef.ndim != 2 or coef.shape[0] != 1 or classes != [0, 1] or names is None:
+            raise ValueError(f"{path} is not a binary logistic model with feature names "
+                             f"(got {type(estimator).__name__})")
+        return cls(tuple(float(w) for w in coef[0]), float(estimator.intercept_[0]),
+                   tuple(str(f) for f in names))
+
+    @classmethod
+    def _from_json(cls, path: Path) -> LogisticModel:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("kind") != "logistic":
             raise ValueError(f"{path} is not a logistic model (kind={data.get('kind')!r})")

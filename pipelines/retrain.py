@@ -60,7 +60,9 @@ def prepare_data(
 def train_model(
     train: Input[Dataset], seed: int, challenger: Output[Model]
 ) -> NamedTuple("TrainOutputs", [("report", str)]):  # type: ignore[valid-type]
-    """Fits the challenger on the training days. Replace me with your own training."""
+    """Fits the challenger on the training days and saves it as `challenger/model.joblib`, the
+    one file Vertex AI's prebuilt scikit-learn container serves. Replace me with your own
+    training; keep that export (or change the registry's serving image to match yours)."""
     import json
     from collections import namedtuple
 

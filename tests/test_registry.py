@@ -37,7 +37,8 @@ from pipeline_client.registry import (
     open_registry,
     vertex_model_id,
 )
-from tests.fakes.vertex_server import FakeVertexServer
+from tests.fakes import prebuilt
+from tests.fakes.vertex_server import FakeGcsServer, FakeVertexServer
 from triggers.errors import RetrainError, TransientError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +85,41 @@ def local_artifact_factory(directory: Path) -> Callable[[str], str]:
     return make
 
 
+# The gs:// directories the Vertex tests below register. The fake refuses an upload under the
+# prebuilt scikit-learn image unless its directory holds one model.joblib or model.pkl
+# (tests/fakes/prebuilt.py), so each holds a model.joblib in the fake bucket.
+SERVABLE_DIRECTORIES = (
+    *(f"gs://acme-models/fraud/{n}" for n in range(1, 5)),
+    "gs://new/2",
+    "gs://acme-root/run-1/challenger",
+)
+
+
+def store_files(storage: FakeGcsServer, directory: str, files: dict[str, bytes]) -> str:
+    """Puts `files` (name -> content) under the gs:// `directory`; returns the directory."""
+    bucket, _, prefix = directory.removeprefix("gs://").partition("/")
+    for name, data in files.items():
+        storage.put(bucket, f"{prefix.rstrip('/')}/{name}" if prefix else name, data)
+    return directory
+
+
+def servable(storage: FakeGcsServer, directory: str) -> str:
+    """`directory` holding a model.joblib (its bytes only tag it: the fake reads names)."""
+    return store_files(storage, directory, {"model.joblib": directory.encode()})
+
+
 @pytest.fixture()
-def vertex() -> Iterator[FakeVertexServer]:
+def storage() -> Iterator[FakeGcsServer]:
+    with FakeGcsServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def vertex(storage: FakeGcsServer) -> Iterator[FakeVertexServer]:
     with FakeVertexServer() as server:
+        prebuilt.serve_artifacts_from(server, storage)
+        for directory in SERVABLE_DIRECTORIES:
+            servable(storage, directory)
         yield server
 
 
@@ -98,9 +131,10 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         local = LocalModelRegistry(tmp_path / "registry")
         yield Harness(local, local_artifact_factory(tmp_path / "sources"))
     else:
-        with FakeVertexServer() as server:
+        with FakeVertexServer() as server, FakeGcsServer() as bucket:
+            prebuilt.serve_artifacts_from(server, bucket)
             remote = VertexModelRegistry(PROJECT, LOCATION, endpoint=server.endpoint)
-            yield Harness(remote, lambda tag: f"gs://acme-models/{MODEL}/{tag}")
+            yield Harness(remote, lambda tag: servable(bucket, f"gs://acme-models/{MODEL}/{tag}"))
 
 
 # --- the contract: every registry --------------------------------------------------------------
@@ -847,3 +881,178 @@ def test_importing_the_registry_loads_no_google_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- Vertex's prebuilt serving containers: the artifact a version needs --------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "accepted"),
+    [
+        ({"model.joblib": b"j"}, True),
+        ({"model.pkl": b"p"}, True),
+        ({"model.joblib": b"j", "README.md": b"other files may sit beside it"}, True),
+        ({}, False),
+        ({"model.json": b"{}"}, False),
+        ({"model.joblib": b"j", "model.pkl": b"p"}, False),
+        ({"nested/model.joblib": b"j"}, False),
+    ],
+    ids=["joblib", "pkl", "joblib-and-more", "empty", "json-only", "both", "nested"],
+)
+def test_vertex_fake_needs_exactly_one_sklearn_model_file(
+    vertex: FakeVertexServer, vertex_registry: VertexModelRegistry, storage: FakeGcsServer,
+    files: dict[str, bytes], accepted: bool,
+) -> None:
+    directory = store_files(storage, "gs://acme-models/candidates/v", files)
+    if accepted:
+        assert vertex_registry.register(MODEL, directory, {}).version == "1"
+        return
+    with pytest.raises(RegistryError) as caught:
+        vertex_registry.register(MODEL, directory, {})
+    assert not isinstance(caught.value, TransientError)
+    assert caught.value.reason.startswith("Vertex AI refused: FAILED_PRECONDITION: ")
+    assert caught.value.reason.endswith(
+        ": Model directory gs://acme-models/candidates/v is expected to contain exactly one "
+        "of: [model.pkl, model.joblib]")
+    assert vertex.models == {}
+
+
+@pytest.mark.parametrize(
+    ("image", "files", "accepted"),
+    [
+        ("us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest", ["model.bst"], True),
+        ("us-docker.pkg.dev/vertex-ai/prediction/xgboost-cpu.2-1:latest", ["model.json"], False),
+        ("europe-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+         ["saved_model.pb"], True),
+        ("europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest",
+         ["model.joblib"], False),
+        ("europe-docker.pkg.dev/acme/serving/custom:1", ["anything.bin"], True),
+    ],
+    ids=["xgboost", "xgboost-json", "tensorflow", "tensorflow-joblib", "custom-container"],
+)
+def test_vertex_fake_applies_each_prebuilt_frameworks_rule(
+    vertex: FakeVertexServer, storage: FakeGcsServer, image: str, files: list[str],
+    accepted: bool,
+) -> None:
+    registry = VertexModelRegistry(PROJECT, LOCATION, endpoint=vertex.endpoint,
+                                   serving_image=image)
+    directory = store_files(storage, "gs://acme-models/other/v", {f: b"x" for f in files})
+    if accepted:
+        assert registry.register(MODEL, directory, {}).version == "1"
+    else:
+        with pytest.raises(RegistryError, match="is expected to contain exactly one of"):
+            registry.register(MODEL, directory, {})
+
+
+def test_the_pinned_scikit_learn_matches_the_serving_container() -> None:
+    import sklearn
+
+    from pipeline_client.registry import SKLEARN_SERVING_VERSION
+
+    pins = (ROOT / "requirements-pipeline.txt").read_text(encoding="utf-8").splitlines()
+    [pinned] = [line.split("==")[1] for line in pins if line.startswith("scikit-learn==")]
+    assert pinned.rsplit(".", 1)[0] == SKLEARN_SERVING_VERSION
+    assert sklearn.__version__ == pinned  # the environment the tests ran in is the pinned one
+    tag = SKLEARN_SERVING_VERSION.replace(".", "-")
+    for location, mirror in (("us-central1", "us"), ("europe-west4", "europe"),
+                             ("asia-east1", "asia"), ("me-west1", "us")):
+        assert default_serving_image(location) == (
+            f"{mirror}-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.{tag}:latest")
+
+
+# --- the reference pipeline's challenger: registrable on Vertex and servable -------------------
+
+
+def train_challenger(tmp_path: Path) -> tuple[Path, Path]:
+    """Runs the reference pipeline's train step on three days; (its challenger directory, a
+    held-out day's CSV), both in prepare_data's format."""
+    import numpy as np
+    from kfp.dsl import Dataset, Model
+
+    from pipelines.drift import FEATURES, DriftingConcept
+    from pipelines.retrain import train_model
+
+    concept = DriftingConcept(examples_per_day=400)
+    header = ",".join([*FEATURES, "label"])
+    paths = {}
+    for part, days in (("train", range(3)), ("holdout", range(3, 4))):
+        samples = [concept.sample(day) for day in days]
+        table = np.vstack([np.hstack([s.x, s.y.reshape(-1, 1)]) for s in samples])
+        paths[part] = tmp_path / f"{part}.csv"
+        np.savetxt(paths[part], table, delimiter=",", fmt="%.6g", header=header, comments="")
+    challenger = Model(uri=str(tmp_path / "challenger"))
+    train_model.python_func(train=Dataset(uri=str(paths["train"])), seed=0, challenger=challenger)
+    return Path(challenger.path), paths["holdout"]
+
+
+def test_the_pipelines_promote_step_registers_its_challenger_on_vertex(
+    vertex: FakeVertexServer, storage: FakeGcsServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kfp.dsl import Model
+
+    from pipelines.components import promote_model
+
+    challenger_dir, _ = train_challenger(tmp_path)
+    # On Vertex the train step writes through /gcs/...: the same files land in the bucket.
+    uri = "gs://acme-root/run-7/train-model/challenger"
+    store_files(storage, uri, {p.name: p.read_bytes() for p in challenger_dir.iterdir()})
+    monkeypatch.setenv("RETRAIN_VERTEX_ENDPOINT", vertex.endpoint)
+    report = {"reason": "challenger wins", "checks": [{"metric": "accuracy", "challenger": 0.9}]}
+
+    promoted = promote_model.python_func(
+        model=MODEL, trigger_id="t-7", registry=f"vertex://projects/{PROJECT}/locations/{LOCATION}",
+        compared_with="", gate_report=json.dumps(report), challenger=Model(uri=uri))
+
+    assert promoted == "1"
+    [upload] = vertex.model_requests("upload")
+    assert upload.body["model"]["artifactUri"] == uri
+    assert upload.body["model"]["containerSpec"]["imageUri"] == default_serving_image(LOCATION)
+    champion = VertexModelRegistry(PROJECT, LOCATION, endpoint=vertex.endpoint).champion(MODEL)
+    assert champion is not None and champion.version == "1"
+    assert champion.artifact_uri == uri and champion.metrics == {"accuracy": 0.9}
+
+
+def test_the_challenger_artifact_serves_the_scores_the_pipeline_compared(tmp_path: Path) -> None:
+    import numpy as np
+    from kfp.dsl import Dataset, Model
+
+    from pipelines.components import evaluate_models
+
+    challenger_dir, holdout = train_challenger(tmp_path)
+    predictions = Dataset(uri=str(tmp_path / "predictions.json"))
+    evaluate_models.python_func(
+        model=MODEL, champion_version="", registry="", holdout=Dataset(uri=str(holdout)),
+        challenger=Model(uri=str(challenger_dir)), predictions=predictions)
+    compared = json.loads(Path(predictions.path).read_text(encoding="utf-8"))["challenger"]
+    served_files = sorted(p.name for p in challenger_dir.iterdir())
+    assert served_files == ["model.joblib"]
+    rows = np.loadtxt(holdout, delimiter=",", skiprows=1)[:, :-1].tolist()
+
+    # What the prebuilt container does: joblib.load the file, predict on the request's rows.
+    # A fresh, isolated interpreter (-I): scikit-learn and joblib only, none of this repository.
+    serve = ("import json, sys, joblib\n"
+             "model = joblib.load(sys.argv[1])\n"
+             "rows = json.load(sys.stdin)\n"
+             "print(json.dumps(model.predict_proba(rows)[:, 1].tolist()))\n")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", serve, str(challenger_dir / "model.joblib")],
+        input=json.dumps(rows), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+    served = json.loads(result.stdout)
+    assert len(served) == len(compared) == 400
+    assert np.allclose(served, compared, rtol=0.0, atol=1e-12)
+    assert len({round(s, 3) for s in served}) > 100  # real scores, not a constant
+
+
+def test_a_champion_registered_as_model_json_still_loads(tmp_path: Path) -> None:
+    from pipelines.logistic import LogisticModel
+
+    old = tmp_path / "v1"
+    old.mkdir()
+    (old / "model.json").write_text(json.dumps(
+        {"kind": "logistic", "weights": [0.5, -1.25], "bias": 0.125, "features": ["a", "b"]}))
+    assert LogisticModel.load(old) == LogisticModel((0.5, -1.25), 0.125, ("a", "b"))
+    LogisticModel((0.5, -1.25), 0.125, ("a", "b")).save(tmp_path / "v2")
+    assert LogisticModel.load(f"file://{tmp_path}/v2") == LogisticModel.load(old)

@@ -24,6 +24,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fakes import prebuilt
+
 # PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
 PIPELINE_STATES = (
     "PIPELINE_STATE_UNSPECIFIED",
@@ -581,6 +583,9 @@ class FakeVertexServer(_LocalServer):
         problem = _invalid_model(model)
         if problem:
             return google_error(400, "INVALID_ARGUMENT", problem)
+        refused = prebuilt.refusal(self, model)  # a prebuilt serving image's artifact rules
+        if refused is not None:
+            return google_error(400, *refused)
         location_name = f"projects/{project}/locations/{location}"
         with self._lock:
             parent_model = body.get("parentModel")
