@@ -1,5 +1,5 @@
 """The `retrain-trigger` command (also `python -m triggers`): serve, publish, validate,
-decisions, schema, quickstart, demo, rollback — each a thin layer over the packages."""
+decisions, schema, quickstart, demo, rollback, doctor — each a thin layer over the packages."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     backtest.add_argument("--progress", action="store_true",
                           help="show progress on stderr even when it is not a terminal")
 
+    doctor = commands.add_parser(
+        "doctor", help="preflight of a Google Cloud project: APIs, service accounts and their "
+        "permissions, templates, registry, Firestore, topics; each failure with its fix")
+    from triggers.doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(doctor)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -137,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from triggers.backtest import run_command
 
         return run_command(args)
+    if args.command == "doctor":
+        from triggers.doctor import run_command as run_doctor
+
+        return run_doctor(args)
     print(f"retrain-trigger {args.command}: not built yet; see README.md", file=sys.stderr)
     return 2
 
