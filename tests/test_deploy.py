@@ -1037,3 +1037,17 @@ def test_terraform_refuses_wide_invokers(locals_probe, member: str) -> None:  # 
     refused = evaluate(f'manual_trigger_invokers=["user:a@example.com","{member}"]')
     assert refused.returncode != 0 and "never public" in refused.stderr, refused.stderr
     assert evaluate('manual_trigger_invokers=["group:oncall@example.com"]').returncode == 0
+
+
+def test_both_paths_enable_every_api_doctor_requires() -> None:
+    """doctor fails a project without these APIs, so deploy/ must enable each of them."""
+    from triggers.doctor.checks import REQUIRED_APIS
+
+    required = {f"{api}.googleapis.com" for api in REQUIRED_APIS}
+    tf = set(re.findall(r'"([a-z]+\.googleapis\.com)"', (TF_DIR / "main.tf").read_text()))
+    script = SCRIPT.read_text()
+    enable = script[script.index("gcloud services enable"):]
+    enable = enable[: enable.index('"${G[@]}"')]
+    sh = set(re.findall(r"([a-z]+\.googleapis\.com)", enable))
+    assert required - tf == set(), "terraform does not enable these"
+    assert required - sh == set(), "deploy.sh does not enable these"

@@ -134,8 +134,9 @@ PY
 log "APIs"
 gcloud services enable aiplatform.googleapis.com artifactregistry.googleapis.com \
   cloudbuild.googleapis.com cloudfunctions.googleapis.com cloudresourcemanager.googleapis.com \
-  eventarc.googleapis.com firestore.googleapis.com iam.googleapis.com logging.googleapis.com \
-  pubsub.googleapis.com run.googleapis.com storage.googleapis.com "${G[@]}"
+  eventarc.googleapis.com firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com \
+  logging.googleapis.com pubsub.googleapis.com run.googleapis.com serviceusage.googleapis.com \
+  storage.googleapis.com "${G[@]}"
 PROJECT_NUMBER=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
 PUBSUB_AGENT="service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
 
