@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline_client.launcher import LaunchRequest, LaunchResult, RunState, RunStatus
-from pipeline_client.templates import PipelineTemplate, TemplateError, fetch_template
+from pipeline_client.templates import (
+    PipelineTemplate,
+    TemplateError,
+    fetch_template,
+    without_caching,
+)
 from triggers.errors import LaunchRejectedError, TransientError
 
 if TYPE_CHECKING:
@@ -138,7 +143,11 @@ class VertexLauncher:
         job = PipelineJob(
             display_name=run_id,
             labels=dict(request.labels),
-            pipeline_spec=template.pipeline_spec,
+            pipeline_spec=(
+                template.pipeline_spec
+                if request.enable_caching
+                else without_caching(template.pipeline_spec)
+            ),
             runtime_config=PipelineJob.RuntimeConfig(
                 gcs_output_directory=pipeline_root,
                 parameter_values=_parameter_values(request, template),

@@ -24,6 +24,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fakes.pipeline_cache import EXECUTION_STATES, TASK_STATES, plan_tasks
+
 # PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
 PIPELINE_STATES = (
     "PIPELINE_STATE_UNSPECIFIED",
@@ -346,10 +348,14 @@ class _LocalServer:
 class FakeVertexServer(_LocalServer):
     """The PipelineService and ModelService REST surfaces the launcher and the registry use.
 
-    Pipelines: create and get PipelineJobs. `created` maps each distinct created run id to the
-    exact create body; `create_calls` counts every create attempt (retries, duplicates and faults
-    included). With `record`, each created job is appended to that file as a JSON line, so
-    another process can count creates.
+    Pipelines: create and get PipelineJobs. Execution caching as Vertex does it: a container
+    task whose cache key (see tests.fakes.pipeline_cache) matches a task of an earlier job that
+    SUCCEEDED here is served from the cache, unless the task's `cachingOptions.enableCache` is
+    off; `jobDetail.taskDetails` lists each task, a cache hit as state SKIPPED with an execution
+    in state CACHED (`cached_tasks(run_id)` names them). `created` maps each distinct created
+    run id to the exact create body; `create_calls` counts every create attempt (retries,
+    duplicates and faults included). With `record`, each created job is appended to that file
+    as a JSON line, so another process can count creates.
 
     Model Registry: `models:upload` (a long-running operation, done when first fetched), get of
     `models/ID`, `models/ID@VERSION` and `models/ID@ALIAS`, list models with a `display_name`,
@@ -373,6 +379,9 @@ class FakeVertexServer(_LocalServer):
         self.models: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self._next_numeric_id = 8_000_000_000_000_000_000
+        # cache key -> the job whose successful task produced it
+        self.execution_cache: dict[str, str] = {}
+        self._task_keys: dict[str, dict[str, str]] = {}  # job id -> {task id: cache key}
 
     def __enter__(self) -> FakeVertexServer:
         self.start()
@@ -395,8 +404,62 @@ class FakeVertexServer(_LocalServer):
             job["updateTime"] = _now()
             if state in _TERMINAL_STATES:
                 job["endTime"] = job["updateTime"]
+                self._finish_tasks(run_id, state, job["updateTime"])
             if error_message is not None:
                 job["error"] = {"code": 2, "message": error_message}
+
+    def cached_tasks(self, run_id: str) -> list[str]:
+        """The names of the tasks of job `run_id` that were served from the execution cache."""
+        with self._lock:
+            details = self.jobs[run_id].get("jobDetail", {}).get("taskDetails", [])
+            return [d["taskName"] for d in details if d.get("state") == "SKIPPED"]
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        """Each task of job `run_id` (by name) and its state."""
+        with self._lock:
+            details = self.jobs[run_id].get("jobDetail", {}).get("taskDetails", [])
+            return {d["taskName"]: d["state"] for d in details}
+
+    def _plan(self, job_id: str, name: str, body: dict[str, Any], now: str) -> dict[str, Any]:
+        """The job's `jobDetail`: its tasks, cache hits served at once. Hold the lock."""
+        details = []
+        keys: dict[str, str] = {}
+        for task in plan_tasks(body, job_id, name):
+            detail: dict[str, Any] = {
+                "taskId": str(task.task_id),
+                "taskName": task.name,
+                "createTime": now,
+                "state": "PENDING",
+            }
+            if task.parent_task_id is not None:
+                detail["parentTaskId"] = str(task.parent_task_id)
+            producer = self.execution_cache.get(task.key)
+            if task.container and task.enable_cache and producer is not None:
+                detail.update(state="SKIPPED", startTime=now, endTime=now)
+                detail["execution"] = {"state": "CACHED",
+                                       "metadata": {"cached_from_job": producer}}
+            elif task.container:
+                keys[detail["taskId"]] = task.key
+            details.append(detail)
+        self._task_keys[job_id] = keys
+        return {"taskDetails": details}
+
+    def _finish_tasks(self, job_id: str, state: str, now: str) -> None:
+        """A job ended: its tasks that ran end the same way; successful ones feed the cache."""
+        job = self.jobs[job_id]
+        end = {"PIPELINE_STATE_SUCCEEDED": ("SUCCEEDED", "COMPLETE"),
+               "PIPELINE_STATE_FAILED": ("FAILED", "FAILED"),
+               "PIPELINE_STATE_CANCELLED": ("CANCELLED", "CANCELLED")}[state]
+        keys = self._task_keys.get(job_id, {})
+        for detail in job.get("jobDetail", {}).get("taskDetails", []):
+            if detail["state"] == "SKIPPED":
+                continue
+            detail.update(state=end[0], endTime=now)
+            detail.setdefault("startTime", detail["createTime"])
+            if detail["taskId"] in keys:
+                detail["execution"] = {"state": end[1]}
+                if end[0] == "SUCCEEDED":
+                    self.execution_cache.setdefault(keys[detail["taskId"]], job_id)
 
     def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
         path = request.path
@@ -446,6 +509,7 @@ class FakeVertexServer(_LocalServer):
                 "createTime": now,
                 "updateTime": now,
             }
+            job["jobDetail"] = self._plan(job_id, name, body, now)
             self.jobs[job_id] = job
             self.created[job_id] = body
             if self.record_path is not None:
@@ -468,10 +532,15 @@ class FakeVertexServer(_LocalServer):
 
     @staticmethod
     def _job_reply(job: dict[str, Any], request: RecordedRequest) -> Reply:
-        payload = dict(job)
+        payload = json.loads(json.dumps(job))
         # GAPIC REST clients ask `$alt=json;enum-encoding=int`: answer enums as numbers then.
         if "enum-encoding=int" in request.query.get("$alt", ""):
             payload["state"] = PIPELINE_STATES.index(job["state"])
+            for detail in payload.get("jobDetail", {}).get("taskDetails", []):
+                detail["state"] = TASK_STATES.index(detail["state"])
+                if "execution" in detail:
+                    execution = detail["execution"]
+                    execution["state"] = EXECUTION_STATES.index(execution["state"])
         return json_reply(payload)
 
     # --- Model Registry (ModelService) ---------------------------------------------------------
