@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fakes.discovery import request_schema, validate_body, validate_query
 from tests.fakes.pipeline_cache import EXECUTION_STATES, TASK_STATES, plan_tasks
 
 # PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
@@ -95,8 +96,25 @@ _FILTER_TERM = re.compile(
 )
 _TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
 _GCS_MEDIA_PATH = re.compile(r"^(?:/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>[^/]+)$")
-_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# Google Cloud labels: a key starts with a lowercase letter (international ones included), keys
+# and values hold lowercase letters, digits, `_` and `-`, at most 63 characters (a value may be
+# empty); at most 64 labels on a resource.
+_LABEL_KEY = re.compile(r"[^\W\d_A-Z][\w-]{0,62}")
+_LABEL_VALUE = re.compile(r"[\w-]{0,63}")
+MAX_LABELS = 64
+DISCOVERY = "aiplatform.v1"
+_METHOD = "aiplatform.projects.locations."
+# (HTTP method, path) -> the discovery method id a request calls
+_ROUTES = (
+    ("POST", _JOBS_PATH, _METHOD + "pipelineJobs.create"),
+    ("GET", _JOB_PATH, _METHOD + "pipelineJobs.get"),
+    ("POST", _UPLOAD_PATH, _METHOD + "models.upload"),
+    ("POST", _MERGE_PATH, _METHOD + "models.mergeVersionAliases"),
+    ("GET", _OPERATION_PATH, _METHOD + "models.operations.get"),
+    ("GET", _VERSIONS_PATH, _METHOD + "models.listVersions"),
+    ("GET", _MODELS_PATH, _METHOD + "models.list"),
+    ("GET", _MODEL_PATH, _METHOD + "models.get"),
+)
 
 Reply = tuple[int, dict[str, str], bytes]
 Answer = tuple[int, dict[str, str], bytes, float]  # a reply and the seconds to wait before it
@@ -465,6 +483,12 @@ class FakeVertexServer(_LocalServer):
         path = request.path
         if path.startswith("/__fake__/"):
             return (*self._control(request), 0.0)
+        violations = invalid_request(request)
+        if violations:
+            if request.method == "POST" and _JOBS_PATH.match(path):
+                with self._lock:
+                    self.create_calls += 1
+            return (*bad_request(violations), 0.0)
         if request.method == "POST" and (match := _JOBS_PATH.match(path)):
             return self._create(request, match["project"], match["location"])
         if request.method == "GET" and (match := _JOB_PATH.match(path)):
@@ -810,6 +834,68 @@ class FakeVertexServer(_LocalServer):
         else:
             return google_error(404, "NOT_FOUND", f"no control action {action}")
         return json_reply({"ok": True})
+
+
+def invalid_request(request: RecordedRequest) -> list[str]:
+    """What the real API answers INVALID_ARGUMENT to before any work: a body or query that
+    breaks the aiplatform v1 discovery document, or a label that breaks Google's rules."""
+    routes = (m for verb, path, m in _ROUTES if request.method == verb and path.match(request.path))
+    method_id = next(routes, None)
+    if method_id is None:
+        return []
+    problems = validate_query(DISCOVERY, method_id, request.query)
+    schema = request_schema(DISCOVERY, method_id)
+    if schema is None:
+        if request.body not in (None, "", {}):
+            problems.append(f"{method_id} takes no request body")
+        return problems
+    if not isinstance(request.body, dict):
+        return [*problems, f"the body is not a JSON object ({schema})"]
+    problems.extend(validate_body(DISCOVERY, schema, request.body))
+    labelled = request.body.get("model") if schema.endswith("UploadModelRequest") else request.body
+    if isinstance(labelled, dict) and isinstance(labelled.get("labels"), dict):
+        problems.extend(label_problems(labelled["labels"]))
+    return problems
+
+
+def label_problems(labels: dict[str, Any]) -> list[str]:
+    """How `labels` break Google Cloud's label rules."""
+    problems = []
+    if len(labels) > MAX_LABELS:
+        problems.append(f"labels: {len(labels)} labels; at most {MAX_LABELS} are allowed")
+    for key, value in labels.items():
+        if not _LABEL_KEY.fullmatch(key) or key.lower() != key:
+            problems.append(
+                f"labels.{key}: a label key starts with a lowercase letter and holds at most "
+                "63 lowercase letters, digits, '_' and '-'"
+            )
+        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value) or (
+            value.lower() != value
+        ):
+            problems.append(
+                f"labels.{key}: a label value holds at most 63 lowercase letters, digits, "
+                "'_' and '-'"
+            )
+    return problems
+
+
+def bad_request(violations: list[str]) -> Reply:
+    """INVALID_ARGUMENT in Google's JSON error shape, with a google.rpc.BadRequest detail."""
+    fields = []
+    for violation in violations:
+        field, _, description = violation.partition(": ")
+        fields.append({"field": field, "description": description or violation})
+    body = {
+        "error": {
+            "code": 400,
+            "message": "Invalid JSON payload received. " + "; ".join(violations),
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": fields}
+            ],
+        }
+    }
+    return 400, {"Content-Type": "application/json"}, json.dumps(body).encode("utf-8")
 
 
 def _invalid_job(job_id: str, body: dict[str, Any]) -> str | None:
