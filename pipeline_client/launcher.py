@@ -31,6 +31,9 @@ class LaunchRequest:
     pipeline_root: str | None = None
     network: str | None = None
     kms_key_name: str | None = None
+    # Off: every task runs again (a retraining run exists because the data changed). On: the
+    # template's own per-task caching options stand (Vertex may reuse unchanged tasks).
+    enable_caching: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (JSON-ready); a shallow copy: `asdict`'s deep copy cost a backtest a

@@ -59,6 +59,11 @@ def run_pipeline(request: LaunchRequest, run_dir: Path) -> dict[str, Any]:
         pipeline_root=str(run_dir / "artifacts"),
         workspace_root=str(run_dir / "workspace"),
         raise_on_error=True,
+        # kfp.local caches task outputs only when asked (and then per task, as compiled); off
+        # unless the policy file opts in, so a retraining run never reuses an earlier one's.
+        # The cache sits beside the runs, so that an opted-in model's runs can share it.
+        enable_caching=request.enable_caching,
+        cache_root=str(run_dir.parent / ".kfp_cache"),
     )
     task = pipeline(**dict(request.parameters))
     outputs = task.outputs

@@ -26,6 +26,9 @@ DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
 STORAGE_EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 DOWNLOAD_TIMEOUT_SECONDS = 30.0
 MIN_SCHEMA_VERSION = (2, 1, 0)  # the first IR schema whose inputs are runtimeConfig.parameterValues
+# The base image pipelines/components.py compiles with when RETRAIN_PIPELINE_IMAGE is unset:
+# kfp.local ignores images, but on Vertex AI it lacks every package the steps import.
+PLACEHOLDER_IMAGE = "python:3.11-slim"
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _GS_URI = re.compile(r"^gs://(?P<bucket>[^/]+)/(?P<object>.+)$")
@@ -87,6 +90,35 @@ class PipelineTemplate:
         """The pipeline root compiled into the spec, if any."""
         root = self.pipeline_spec.get("defaultPipelineRoot")
         return str(root) if root else None
+
+
+def placeholder_images(spec: Mapping[str, Any]) -> list[str]:
+    """The executors (`deploymentSpec.executors`, nested components' included) whose container
+    still names `PLACEHOLDER_IMAGE`, sorted: such a spec runs under kfp.local only."""
+    executors = ((spec.get("deploymentSpec") or {}).get("executors")) or {}
+    return sorted(
+        label
+        for label, executor in executors.items()
+        if isinstance(executor, Mapping)
+        and ((executor.get("container") or {}).get("image") or "").strip() == PLACEHOLDER_IMAGE
+    )
+
+
+def without_caching(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `spec` with execution caching off on every task, as the Vertex AI SDK's
+    `PipelineJob(enable_caching=False)` rewrites it: each task of the root DAG and of every
+    component with a DAG (dsl.If / dsl.ParallelFor / nested pipelines) gets
+    `cachingOptions: {enableCache: false}` (a compiled `cacheKey` goes too)."""
+    copied = copy.deepcopy(dict(spec))
+    dags = [copied.get("root") or {}]
+    dags.extend((copied.get("components") or {}).values())
+    for component in dags:
+        if not isinstance(component, dict) or not isinstance(component.get("dag"), dict):
+            continue
+        for task in (component["dag"].get("tasks") or {}).values():
+            if isinstance(task, dict):
+                task["cachingOptions"] = {"enableCache": False}
+    return copied
 
 
 def fetch_template(

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline_client.launcher import LaunchRequest, LaunchResult, RunState, RunStatus
-from pipeline_client.templates import PipelineTemplate, TemplateError, fetch_template
+from pipeline_client.templates import (
+    PLACEHOLDER_IMAGE,
+    PipelineTemplate,
+    TemplateError,
+    fetch_template,
+    placeholder_images,
+    without_caching,
+)
 from triggers.errors import LaunchRejectedError, TransientError
 
 if TYPE_CHECKING:
@@ -138,7 +145,11 @@ class VertexLauncher:
         job = PipelineJob(
             display_name=run_id,
             labels=dict(request.labels),
-            pipeline_spec=template.pipeline_spec,
+            pipeline_spec=(
+                template.pipeline_spec
+                if request.enable_caching
+                else without_caching(template.pipeline_spec)
+            ),
             runtime_config=PipelineJob.RuntimeConfig(
                 gcs_output_directory=pipeline_root,
                 parameter_values=_parameter_values(request, template),
@@ -167,6 +178,19 @@ class VertexLauncher:
 
         client: PipelineServiceClient = rest_client(PipelineServiceClient, self.endpoint)
         return client
+
+
+def placeholder_problem(template: PipelineTemplate) -> str | None:
+    """Why Vertex AI cannot run `template` (steps compiled on the placeholder image), or None."""
+    executors = placeholder_images(template.pipeline_spec)
+    if not executors:
+        return None
+    return (
+        f"pipeline {template.name!r} was compiled with the placeholder image "
+        f"{PLACEHOLDER_IMAGE} (executors {', '.join(executors)}), which holds none of the "
+        "steps' packages; build pipelines/Dockerfile and compile with "
+        "RETRAIN_PIPELINE_IMAGE=<image> python -m pipelines.retrain"
+    )
 
 
 def rest_client(client_class: Any, endpoint: str, credentials: Any = None) -> Any:

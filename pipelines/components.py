@@ -14,11 +14,13 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
+from pipeline_client.templates import PLACEHOLDER_IMAGE
+
 # The image every step runs in. kfp.local's SubprocessRunner ignores it and uses the current
 # interpreter; on Vertex it must hold kfp, numpy, scipy, statsmodels, scikit-learn, joblib
 # and this repository:
 # build pipelines/Dockerfile and compile with RETRAIN_PIPELINE_IMAGE set to it.
-BASE_IMAGE = os.environ.get("RETRAIN_PIPELINE_IMAGE", "python:3.11-slim")
+BASE_IMAGE = os.environ.get("RETRAIN_PIPELINE_IMAGE") or PLACEHOLDER_IMAGE
 
 
 def component(func):  # type: ignore[no-untyped-def]

@@ -25,6 +25,20 @@ from triggers.sqlite_store import SQLiteStore
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXAMPLE_TEMPLATE = ROOT / "pipelines" / "example.yaml"
+# What a Vertex deployment compiles with (RETRAIN_PIPELINE_IMAGE); Vertex refuses the placeholder.
+TEST_PIPELINE_IMAGE = "europe-west4-docker.pkg.dev/acme-ml/retrain/steps:test"
+
+
+def vertex_ready_template(directory: Path, template: Path = EXAMPLE_TEMPLATE) -> Path:
+    """A copy of `template` in `directory` whose steps name TEST_PIPELINE_IMAGE, as if compiled
+    with RETRAIN_PIPELINE_IMAGE set (the Vertex launcher refuses the placeholder image)."""
+    from pipeline_client.templates import PLACEHOLDER_IMAGE
+
+    target = directory / f"{template.stem}.vertex.yaml"
+    text = template.read_text(encoding="utf-8")
+    target.write_text(text.replace(f"image: {PLACEHOLDER_IMAGE}", f"image: {TEST_PIPELINE_IMAGE}"),
+                      encoding="utf-8")
+    return target
 
 POLICY_YAML = """
 defaults:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_TEMPLATE
+from tests.conftest import vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support import fixtures
 from tests.support.emulators import FirestoreEmulator, PubSubEmulator
@@ -131,7 +131,7 @@ def two_instances(
     tmp_path: Path, vertex: FakeVertexServer, firestore_env: FirestoreEmulator
 ) -> Iterator[list[str]]:
     policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICIES % {"template": EXAMPLE_TEMPLATE})
+    policy.write_text(POLICIES % {"template": vertex_ready_template(tmp_path)})
     env = dict(
         RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE="firestore://",
         RETRAIN_LAUNCHER="vertex", RETRAIN_VERTEX_ENDPOINT=vertex.endpoint,

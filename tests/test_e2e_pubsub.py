@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_TEMPLATE
+from tests.conftest import vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import PubSubEmulator
 from tests.support.serve import serve_process
@@ -42,7 +42,7 @@ def vertex() -> Iterator[FakeVertexServer]:
 @pytest.fixture
 def served(tmp_path: Path, vertex: FakeVertexServer) -> Iterator[tuple[str, dict[str, str]]]:
     policy = tmp_path / "policies.yaml"
-    policy.write_text(POLICIES % {"template": EXAMPLE_TEMPLATE})
+    policy.write_text(POLICIES % {"template": vertex_ready_template(tmp_path)})
     env = dict(
         RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=f"sqlite:///{tmp_path}/state.db",
         RETRAIN_LAUNCHER="vertex", RETRAIN_VERTEX_ENDPOINT=vertex.endpoint,

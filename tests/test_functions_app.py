@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from functions_framework import create_app
 
-from tests.conftest import EXAMPLE_TEMPLATE, FIXTURES, POLICY_YAML, ROOT
+from tests.conftest import (
+    EXAMPLE_TEMPLATE,
+    FIXTURES,
+    POLICY_YAML,
+    ROOT,
+    vertex_ready_template,
+)
 from tests.fakes.vertex_server import FakeVertexServer
 from triggers import wiring
 from triggers.sqlite_store import SQLiteStore
@@ -237,6 +243,8 @@ def test_outcome_cloudevent_re_arms_the_model(
     env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FakeVertexServer() as vertex:
+        policy = env.parent / "policies.yaml"
+        policy.write_text(POLICY_YAML % {"template": vertex_ready_template(env.parent)})
         monkeypatch.setenv("RETRAIN_LAUNCHER", "vertex")
         monkeypatch.setenv("RETRAIN_VERTEX_ENDPOINT", vertex.endpoint)
         monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")

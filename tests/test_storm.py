@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_client.launcher import FakeLauncher
-from tests.conftest import EXAMPLE_TEMPLATE
+from tests.conftest import EXAMPLE_TEMPLATE, vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator  # noqa: F401
@@ -43,7 +43,7 @@ SHORT = int(os.environ.get("RETRAIN_STORM_EVENTS", "2000"))
 
 def vertex_env(tmp_path: Path, vertex: FakeVertexServer, models: int, state: str) -> dict[str, str]:
     policy = tmp_path / "policies.yaml"
-    policy.write_text(policy_yaml(models, str(EXAMPLE_TEMPLATE)))
+    policy.write_text(policy_yaml(models, str(vertex_ready_template(tmp_path))))
     return dict(
         RETRAIN_POLICY_FILE=str(policy), RETRAIN_STATE=state, RETRAIN_LAUNCHER="vertex",
         RETRAIN_VERTEX_ENDPOINT=vertex.endpoint, GOOGLE_CLOUD_PROJECT="test-project",

@@ -29,6 +29,7 @@ from pipeline_client.templates import (
     clear_template_cache,
     fetch_template,
     load_template,
+    without_caching,
 )
 from pipeline_client.vertex import VertexLauncher
 from tests.fakes.vertex_server import FakeGcsServer, FakeVertexServer, read_record
@@ -164,7 +165,7 @@ def test_submit_sends_the_exact_create_request(
     assert body["encryptionSpec"] == {
         "kmsKeyName": "projects/acme-ml/locations/europe-west4/keyRings/ml/cryptoKeys/pipelines"
     }
-    assert body["pipelineSpec"] == tiny_spec()
+    assert body["pipelineSpec"] == without_caching(tiny_spec())
     assert "templateUri" not in body
     assert vertex.created == {"fraud-detector-accuracy-floor-1a2b": body}
 
@@ -416,7 +417,7 @@ def test_relative_template_path_through_the_launcher(
 ) -> None:
     monkeypatch.chdir(ROOT)
     launcher.submit(make_request(template=TINY_RELATIVE))
-    assert vertex.create_requests[0].body["pipelineSpec"] == tiny_spec()
+    assert vertex.create_requests[0].body["pipelineSpec"] == without_caching(tiny_spec())
 
 
 def test_second_yaml_document_platform_spec_is_ignored(tmp_path: Path) -> None:
@@ -543,7 +544,7 @@ def test_gcs_template_through_the_launcher(vertex: FakeVertexServer, gcs: FakeGc
 
     launcher.submit(make_request(template="gs://acme-templates/tiny.yaml"))
 
-    assert vertex.create_requests[0].body["pipelineSpec"] == tiny_spec()
+    assert vertex.create_requests[0].body["pipelineSpec"] == without_caching(tiny_spec())
 
 
 def test_gcs_missing_object_is_a_template_error(
@@ -603,7 +604,7 @@ def test_artifact_registry_template_sets_template_uri(
 
     body = vertex.create_requests[0].body
     assert body["templateUri"] == AR_URL
-    assert body["pipelineSpec"] == tiny_spec()
+    assert body["pipelineSpec"] == without_caching(tiny_spec())
     assert len(gcs.requests) == 1
 
 

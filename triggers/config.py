@@ -69,6 +69,7 @@ class PipelineConfig:
     pipeline_root: str | None = None
     network: str | None = None
     kms_key_name: str | None = None
+    enable_caching: bool = False
 
 
 @dataclass(frozen=True)

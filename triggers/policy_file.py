@@ -52,6 +52,12 @@ class PipelineSpec(StrictModel):
     pipeline_root: str | None = None
     network: str | None = None
     kms_key_name: str | None = None
+    enable_caching: bool = Field(
+        default=False,
+        description="false (default): every task of a retraining run runs again (Vertex AI "
+        "execution caching off, since a run exists because the data changed); true: the "
+        "template's own per-task caching options stand",
+    )
 
     @field_validator("parameters")
     @classmethod

@@ -452,6 +452,7 @@ class RetrainService:
             pipeline_root=pipeline.pipeline_root,
             network=pipeline.network,
             kms_key_name=pipeline.kms_key_name,
+            enable_caching=pipeline.enable_caching,
         )
 
     def _claim(

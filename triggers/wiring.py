@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_client.launcher import PipelineLauncher
-from triggers.config import Environment, load_policy_file
-from triggers.errors import ConfigError
+from triggers.config import Environment, ServiceConfig, load_policy_file
+from triggers.errors import ConfigError, PolicyConfigError
 from triggers.events import Delivery
 from triggers.service import EventResult, RetrainService
 from triggers.store import StateStore
@@ -34,6 +34,27 @@ def build_store(url: str) -> StateStore:
 
         return FirestoreStore.from_url(url)
     raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
+
+
+def check_vertex_templates(config: ServiceConfig) -> None:
+    """Refuses a local template that Vertex AI cannot run (its steps on the placeholder image).
+
+    Templates at gs:// or Artifact Registry are not downloaded at cold start; the launcher
+    refuses them at submit instead. A template that cannot be read is left to the launcher."""
+    from pipeline_client.templates import TemplateError, fetch_template
+    from pipeline_client.vertex import placeholder_problem
+
+    for name, model in config.models.items():
+        uri = model.pipeline.template
+        if "://" in uri:
+            continue
+        try:
+            template = fetch_template(uri)
+        except TemplateError:
+            continue
+        problem = placeholder_problem(template)
+        if problem:
+            raise PolicyConfigError(f"models.{name}.pipeline.template", uri, problem)
 
 
 def build_launcher(env: Environment) -> PipelineLauncher:
@@ -67,6 +88,8 @@ def environment() -> Environment:
 def build_service(env: Environment | None = None) -> RetrainService:
     env = env or Environment.from_env()
     config = load_policy_file(env.policy_file)
+    if env.launcher == "vertex":
+        check_vertex_templates(config)
     return RetrainService(config, build_store(env.state), build_launcher(env))
 
 

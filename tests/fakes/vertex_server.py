@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tests.fakes import prebuilt
+from tests.fakes.discovery import request_schema, validate_body, validate_query
+from tests.fakes.pipeline_cache import EXECUTION_STATES, TASK_STATES, plan_tasks
 
 # PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
 PIPELINE_STATES = (
@@ -95,8 +97,25 @@ _FILTER_TERM = re.compile(
 )
 _TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
 _GCS_MEDIA_PATH = re.compile(r"^(?:/download)?/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>[^/]+)$")
-_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+# Google Cloud labels: a key starts with a lowercase letter (international ones included), keys
+# and values hold lowercase letters, digits, `_` and `-`, at most 63 characters (a value may be
+# empty); at most 64 labels on a resource.
+_LABEL_KEY = re.compile(r"[^\W\d_A-Z][\w-]{0,62}")
+_LABEL_VALUE = re.compile(r"[\w-]{0,63}")
+MAX_LABELS = 64
+DISCOVERY = "aiplatform.v1"
+_METHOD = "aiplatform.projects.locations."
+# (HTTP method, path) -> the discovery method id a request calls
+_ROUTES = (
+    ("POST", _JOBS_PATH, _METHOD + "pipelineJobs.create"),
+    ("GET", _JOB_PATH, _METHOD + "pipelineJobs.get"),
+    ("POST", _UPLOAD_PATH, _METHOD + "models.upload"),
+    ("POST", _MERGE_PATH, _METHOD + "models.mergeVersionAliases"),
+    ("GET", _OPERATION_PATH, _METHOD + "models.operations.get"),
+    ("GET", _VERSIONS_PATH, _METHOD + "models.listVersions"),
+    ("GET", _MODELS_PATH, _METHOD + "models.list"),
+    ("GET", _MODEL_PATH, _METHOD + "models.get"),
+)
 
 Reply = tuple[int, dict[str, str], bytes]
 Answer = tuple[int, dict[str, str], bytes, float]  # a reply and the seconds to wait before it
@@ -348,10 +367,14 @@ class _LocalServer:
 class FakeVertexServer(_LocalServer):
     """The PipelineService and ModelService REST surfaces the launcher and the registry use.
 
-    Pipelines: create and get PipelineJobs. `created` maps each distinct created run id to the
-    exact create body; `create_calls` counts every create attempt (retries, duplicates and faults
-    included). With `record`, each created job is appended to that file as a JSON line, so
-    another process can count creates.
+    Pipelines: create and get PipelineJobs. Execution caching as Vertex does it: a container
+    task whose cache key (see tests.fakes.pipeline_cache) matches a task of an earlier job that
+    SUCCEEDED here is served from the cache, unless the task's `cachingOptions.enableCache` is
+    off; `jobDetail.taskDetails` lists each task, a cache hit as state SKIPPED with an execution
+    in state CACHED (`cached_tasks(run_id)` names them). `created` maps each distinct created
+    run id to the exact create body; `create_calls` counts every create attempt (retries,
+    duplicates and faults included). With `record`, each created job is appended to that file
+    as a JSON line, so another process can count creates.
 
     Model Registry: `models:upload` (a long-running operation, done when first fetched), get of
     `models/ID`, `models/ID@VERSION` and `models/ID@ALIAS`, list models with a `display_name`,
@@ -375,6 +398,9 @@ class FakeVertexServer(_LocalServer):
         self.models: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self._next_numeric_id = 8_000_000_000_000_000_000
+        # cache key -> the job whose successful task produced it
+        self.execution_cache: dict[str, str] = {}
+        self._task_keys: dict[str, dict[str, str]] = {}  # job id -> {task id: cache key}
 
     def __enter__(self) -> FakeVertexServer:
         self.start()
@@ -397,13 +423,73 @@ class FakeVertexServer(_LocalServer):
             job["updateTime"] = _now()
             if state in _TERMINAL_STATES:
                 job["endTime"] = job["updateTime"]
+                self._finish_tasks(run_id, state, job["updateTime"])
             if error_message is not None:
                 job["error"] = {"code": 2, "message": error_message}
+
+    def cached_tasks(self, run_id: str) -> list[str]:
+        """The names of the tasks of job `run_id` that were served from the execution cache."""
+        with self._lock:
+            details = self.jobs[run_id].get("jobDetail", {}).get("taskDetails", [])
+            return [d["taskName"] for d in details if d.get("state") == "SKIPPED"]
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        """Each task of job `run_id` (by name) and its state."""
+        with self._lock:
+            details = self.jobs[run_id].get("jobDetail", {}).get("taskDetails", [])
+            return {d["taskName"]: d["state"] for d in details}
+
+    def _plan(self, job_id: str, name: str, body: dict[str, Any], now: str) -> dict[str, Any]:
+        """The job's `jobDetail`: its tasks, cache hits served at once. Hold the lock."""
+        details = []
+        keys: dict[str, str] = {}
+        for task in plan_tasks(body, job_id, name):
+            detail: dict[str, Any] = {
+                "taskId": str(task.task_id),
+                "taskName": task.name,
+                "createTime": now,
+                "state": "PENDING",
+            }
+            if task.parent_task_id is not None:
+                detail["parentTaskId"] = str(task.parent_task_id)
+            producer = self.execution_cache.get(task.key)
+            if task.container and task.enable_cache and producer is not None:
+                detail.update(state="SKIPPED", startTime=now, endTime=now)
+                detail["execution"] = {"state": "CACHED",
+                                       "metadata": {"cached_from_job": producer}}
+            elif task.container:
+                keys[detail["taskId"]] = task.key
+            details.append(detail)
+        self._task_keys[job_id] = keys
+        return {"taskDetails": details}
+
+    def _finish_tasks(self, job_id: str, state: str, now: str) -> None:
+        """A job ended: its tasks that ran end the same way; successful ones feed the cache."""
+        job = self.jobs[job_id]
+        end = {"PIPELINE_STATE_SUCCEEDED": ("SUCCEEDED", "COMPLETE"),
+               "PIPELINE_STATE_FAILED": ("FAILED", "FAILED"),
+               "PIPELINE_STATE_CANCELLED": ("CANCELLED", "CANCELLED")}[state]
+        keys = self._task_keys.get(job_id, {})
+        for detail in job.get("jobDetail", {}).get("taskDetails", []):
+            if detail["state"] == "SKIPPED":
+                continue
+            detail.update(state=end[0], endTime=now)
+            detail.setdefault("startTime", detail["createTime"])
+            if detail["taskId"] in keys:
+                detail["execution"] = {"state": end[1]}
+                if end[0] == "SUCCEEDED":
+                    self.execution_cache.setdefault(keys[detail["taskId"]], job_id)
 
     def _dispatch(self, request: RecordedRequest, raw_path: str) -> Answer:
         path = request.path
         if path.startswith("/__fake__/"):
             return (*self._control(request), 0.0)
+        violations = invalid_request(request)
+        if violations:
+            if request.method == "POST" and _JOBS_PATH.match(path):
+                with self._lock:
+                    self.create_calls += 1
+            return (*bad_request(violations), 0.0)
         if request.method == "POST" and (match := _JOBS_PATH.match(path)):
             return self._create(request, match["project"], match["location"])
         if request.method == "GET" and (match := _JOB_PATH.match(path)):
@@ -448,6 +534,7 @@ class FakeVertexServer(_LocalServer):
                 "createTime": now,
                 "updateTime": now,
             }
+            job["jobDetail"] = self._plan(job_id, name, body, now)
             self.jobs[job_id] = job
             self.created[job_id] = body
             if self.record_path is not None:
@@ -470,10 +557,15 @@ class FakeVertexServer(_LocalServer):
 
     @staticmethod
     def _job_reply(job: dict[str, Any], request: RecordedRequest) -> Reply:
-        payload = dict(job)
+        payload = json.loads(json.dumps(job))
         # GAPIC REST clients ask `$alt=json;enum-encoding=int`: answer enums as numbers then.
         if "enum-encoding=int" in request.query.get("$alt", ""):
             payload["state"] = PIPELINE_STATES.index(job["state"])
+            for detail in payload.get("jobDetail", {}).get("taskDetails", []):
+                detail["state"] = TASK_STATES.index(detail["state"])
+                if "execution" in detail:
+                    execution = detail["execution"]
+                    execution["state"] = EXECUTION_STATES.index(execution["state"])
         return json_reply(payload)
 
     # --- Model Registry (ModelService) ---------------------------------------------------------
@@ -746,6 +838,68 @@ class FakeVertexServer(_LocalServer):
         else:
             return google_error(404, "NOT_FOUND", f"no control action {action}")
         return json_reply({"ok": True})
+
+
+def invalid_request(request: RecordedRequest) -> list[str]:
+    """What the real API answers INVALID_ARGUMENT to before any work: a body or query that
+    breaks the aiplatform v1 discovery document, or a label that breaks Google's rules."""
+    routes = (m for verb, path, m in _ROUTES if request.method == verb and path.match(request.path))
+    method_id = next(routes, None)
+    if method_id is None:
+        return []
+    problems = validate_query(DISCOVERY, method_id, request.query)
+    schema = request_schema(DISCOVERY, method_id)
+    if schema is None:
+        if request.body not in (None, "", {}):
+            problems.append(f"{method_id} takes no request body")
+        return problems
+    if not isinstance(request.body, dict):
+        return [*problems, f"the body is not a JSON object ({schema})"]
+    problems.extend(validate_body(DISCOVERY, schema, request.body))
+    labelled = request.body.get("model") if schema.endswith("UploadModelRequest") else request.body
+    if isinstance(labelled, dict) and isinstance(labelled.get("labels"), dict):
+        problems.extend(label_problems(labelled["labels"]))
+    return problems
+
+
+def label_problems(labels: dict[str, Any]) -> list[str]:
+    """How `labels` break Google Cloud's label rules."""
+    problems = []
+    if len(labels) > MAX_LABELS:
+        problems.append(f"labels: {len(labels)} labels; at most {MAX_LABELS} are allowed")
+    for key, value in labels.items():
+        if not _LABEL_KEY.fullmatch(key) or key.lower() != key:
+            problems.append(
+                f"labels.{key}: a label key starts with a lowercase letter and holds at most "
+                "63 lowercase letters, digits, '_' and '-'"
+            )
+        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value) or (
+            value.lower() != value
+        ):
+            problems.append(
+                f"labels.{key}: a label value holds at most 63 lowercase letters, digits, "
+                "'_' and '-'"
+            )
+    return problems
+
+
+def bad_request(violations: list[str]) -> Reply:
+    """INVALID_ARGUMENT in Google's JSON error shape, with a google.rpc.BadRequest detail."""
+    fields = []
+    for violation in violations:
+        field, _, description = violation.partition(": ")
+        fields.append({"field": field, "description": description or violation})
+    body = {
+        "error": {
+            "code": 400,
+            "message": "Invalid JSON payload received. " + "; ".join(violations),
+            "status": "INVALID_ARGUMENT",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": fields}
+            ],
+        }
+    }
+    return 400, {"Content-Type": "application/json"}, json.dumps(body).encode("utf-8")
 
 
 def _invalid_job(job_id: str, body: dict[str, Any]) -> str | None:
