@@ -17,8 +17,9 @@ from pipeline_client.launcher import LaunchRequest
 from pipeline_client.registry import VertexModelRegistry
 from pipeline_client.templates import clear_template_cache
 from pipeline_client.vertex import VertexLauncher
+from tests.fakes import prebuilt
 from tests.fakes.discovery import load_document, request_schema, validate_body, validate_query
-from tests.fakes.vertex_server import _ROUTES, FakeVertexServer, invalid_request
+from tests.fakes.vertex_server import _ROUTES, FakeGcsServer, FakeVertexServer, invalid_request
 from triggers.errors import LaunchRejectedError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +62,13 @@ def _fresh_template_cache() -> Iterator[None]:
 
 @pytest.fixture()
 def vertex() -> Iterator[FakeVertexServer]:
-    with FakeVertexServer() as server:
+    with FakeVertexServer() as server, FakeGcsServer() as storage:
+        # Uploads under the prebuilt scikit-learn image need a model.joblib in the directory.
+        prebuilt.serve_artifacts_from(server, storage)
+        for version in ("1", "2"):
+            storage.put("acme-models", f"fraud/{version}/model.joblib", b"model")
         yield server
+        prebuilt.serve_artifacts_from(server, None)
 
 
 # --- the validator -----------------------------------------------------------------------------
