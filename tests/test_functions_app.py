@@ -138,7 +138,8 @@ def test_transient_store_failure_answers_5xx(env: Path) -> None:
         service_store = wiring.service().store
         service_store._local.conn.execute("PRAGMA busy_timeout = 100")  # type: ignore[attr-defined]
         response = post_structured(c, load("cloudevent_metric.json"))
-        assert response.status_code == 500  # Pub/Sub will redeliver
+        assert response.status_code == 503  # Pub/Sub will redeliver
+        assert response.get_json()["retry"] is True
     finally:
         conn.execute("ROLLBACK")
     assert post_structured(c, load("cloudevent_metric.json")).status_code == 200
