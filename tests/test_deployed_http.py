@@ -204,3 +204,162 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- finding 5: ID tokens
+
+AUDIENCE = "https://us-central1-test-project.cloudfunctions.net/manual-trigger"
+INVOKER = "ci-retrain@test-project.iam.gserviceaccount.com"
+KEY_ID = "test-signing-key-1"
+
+
+def rsa_key_and_cert() -> tuple[bytes, bytes]:
+    """A fresh RSA private key (PEM) and a self-signed certificate of it (PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-google-signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    private = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return private, cert.public_bytes(serialization.Encoding.PEM)
+
+
+class CertsServer:
+    """Serves {key id: certificate} as Google's certs endpoint does; counts fetches."""
+
+    def __init__(self, certs: dict[str, str]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        body = json.dumps(certs).encode()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.fetches += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "public, max-age=300")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.fetches = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/oauth2/v1/certs"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def id_token(private_pem: bytes, key_id: str = KEY_ID, **claims: Any) -> str:
+    from google.auth import crypt, jwt
+
+    now = int(time.time())
+    payload = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "iat": now,
+               "exp": now + 600, "sub": "1234567890", "email": INVOKER,
+               "email_verified": True, **claims}
+    signer = crypt.RSASigner.from_string(private_pem, key_id=key_id)
+    return jwt.encode(signer, payload).decode()
+
+
+@pytest.fixture(scope="module")
+def iam_manual(
+    tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, bytes, CertsServer]]:
+    from tests.fakes.vertex_server import FakeVertexServer
+
+    workdir = tmp_path_factory.mktemp("iam")
+    private, cert = rsa_key_and_cert()
+    certs = CertsServer({KEY_ID: cert.decode()})
+    env = {**base_env(workdir), "RETRAIN_MANUAL_TOKEN": "", "RETRAIN_TRUST_IAM": "true",
+           "RETRAIN_AUDIENCE": AUDIENCE, "RETRAIN_ID_TOKEN_CERTS_URL": certs.url,
+           "RETRAIN_INVOKERS": f"serviceAccount:{INVOKER}, user:Ops@Example.com"}
+    try:
+        with FakeVertexServer() as vertex:
+            env.update(RETRAIN_LAUNCHER="vertex", RETRAIN_VERTEX_ENDPOINT=vertex.endpoint,
+                       GOOGLE_CLOUD_PROJECT="test-project")
+            with deployed(workdir, env, ("manual_trigger",)) as urls:
+                yield urls["manual_trigger"], private, certs
+    finally:
+        certs.close()
+
+
+def test_trusting_iam_still_verifies_the_callers_google_id_token(
+    iam_manual: tuple[str, bytes, CertsServer]
+) -> None:
+    url, private, certs = iam_manual
+    other_key, _ = rsa_key_and_cert()
+    now = int(time.time())
+    refused = {
+        "no token": ({}, 401),
+        "not a JWT": ({"Authorization": "Bearer not.a.jwt"}, 401),
+        "another key": ({"Authorization": f"Bearer {id_token(other_key)}"}, 401),
+        "unknown key id": ({"Authorization": f"Bearer {id_token(private, 'k2')}"}, 401),
+        "wrong audience": ({"Authorization":
+                            f"Bearer {id_token(private, aud='https://elsewhere.example')}"}, 401),
+        "expired": ({"Authorization": "Bearer " + id_token(private, iat=now - 7200,
+                                                           exp=now - 3600)}, 401),
+        "not Google": ({"Authorization":
+                        f"Bearer {id_token(private, iss='https://evil.example')}"}, 401),
+        "not allowed": ({"Authorization":
+                         f"Bearer {id_token(private, email='intruder@example.com')}"}, 403),
+        "unverified email": ({"Authorization":
+                              f"Bearer {id_token(private, email_verified=False)}"}, 403),
+    }
+    body = {"model": "churn", "reason": "refused", "force": True}
+    for case, (headers, status) in refused.items():
+        response = requests.post(url + "/retrain", json=body, headers=headers, timeout=30)
+        assert response.status_code == status, (case, response.text)
+        assert response.json()["field"] == "Authorization", case
+    good = {"Authorization": f"Bearer {id_token(private)}"}
+    response = requests.post(url + "/retrain", json={"model": "churn", "reason": "drift",
+                                                     "force": True}, headers=good, timeout=30)
+    assert response.status_code == 202, response.text
+    user = {"Authorization": f"Bearer {id_token(private, email='ops@example.com')}"}
+    event = {"model": "churn", "metrics": {"logloss": 0.1}, "examples": 1000,
+             "window_end": "2026-01-01T00:00:00Z"}
+    response = requests.post(url + "/events", json=event, headers=user, timeout=30)
+    assert response.status_code == 200, response.text
+    response = requests.post(url + "/events", json={"model": "churn"}, headers=user, timeout=30)
+    assert response.status_code == 400, response.text
+    decisions = requests.get(url + "/decisions", params={"model": "churn"}, headers=good,
+                             timeout=30).json()["decisions"]
+    callers = sorted((d["kind"], d["details"].get("caller")) for d in decisions)
+    assert ("fired", INVOKER) in callers
+    assert ("rejected", "ops@example.com") in callers
+    assert [caller for kind, caller in callers if kind not in ("fired", "rejected")] != []
+    assert {caller for kind, caller in callers if kind != "fired"} == {"ops@example.com"}
+    assert certs.fetches == 1  # the certificates are cached, not fetched per request
+
+
+@pytest.mark.parametrize("missing,variable", [
+    ({"RETRAIN_AUDIENCE": ""}, "RETRAIN_AUDIENCE"),
+    ({"RETRAIN_INVOKERS": ""}, "RETRAIN_INVOKERS"),
+    ({"RETRAIN_INVOKERS": "group:admins@example.com"}, "RETRAIN_INVOKERS"),
+])
+def test_trusting_iam_without_an_audience_or_invokers_fails_at_cold_start(
+    tmp_path: Path, missing: dict[str, str], variable: str
+) -> None:
+    env = {**base_env(tmp_path), "RETRAIN_MANUAL_TOKEN": "", "RETRAIN_TRUST_IAM": "true",
+           "RETRAIN_AUDIENCE": AUDIENCE, "RETRAIN_INVOKERS": INVOKER, **missing}
+    function = DeployedFunction("manual_trigger", tmp_path, env)
+    with pytest.raises(RuntimeError, match=variable):
+        function.start()
+    function.stop()

@@ -229,9 +229,12 @@ def test_manual_trigger_refuses_everything_without_an_auth_mode(
         assert r.status_code == 403
         assert "RETRAIN_MANUAL_TOKEN" in r.get_json()["error"]
     monkeypatch.setenv("RETRAIN_TRUST_IAM", "true")
+    monkeypatch.setenv("RETRAIN_AUDIENCE", "https://manual-trigger.example.test")
+    monkeypatch.setenv("RETRAIN_INVOKERS", "user:ops@example.com")
     wiring.reset()
     c = client("manual_trigger", "http")
-    assert c.get("/decisions").status_code == 200
+    r = c.get("/decisions")  # trusting IAM, the app still wants the caller's ID token
+    assert r.status_code == 401 and r.get_json()["field"] == "Authorization"
 
 
 def test_outcome_cloudevent_re_arms_the_model(

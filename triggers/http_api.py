@@ -11,6 +11,7 @@ import logging
 import math
 from typing import Any, Protocol
 
+from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
 from triggers.config import Environment
 from triggers.errors import RequestError, TransientError
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
@@ -34,20 +35,21 @@ class Request(Protocol):
         ...
 
 
-def check_auth(request: Request, env: Environment) -> None:
-    """Default deny: a bearer token compared in constant time, or explicit IAM trust."""
+def check_auth(request: Request, env: Environment,
+               verifier: IdTokenVerifier | None = None) -> str:
+    """Default deny: a bearer token compared in constant time, or (trusting Cloud Run IAM) a
+    Google-signed ID token of an allowed invoker, checked again here. Returns the caller."""
     if env.manual_token:
-        header = request.headers.get("Authorization")
-        if not header:
-            raise RequestError(401, "missing Authorization: Bearer <token>", "Authorization")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise RequestError(401, "Authorization must be 'Bearer <token>'", "Authorization")
-        if not hmac.compare_digest(token.strip().encode(), env.manual_token.encode()):
+        token = _bearer(request)
+        if not hmac.compare_digest(token.encode(), env.manual_token.encode()):
             raise RequestError(403, "wrong token", "Authorization")
-        return
+        return "bearer-token"
     if env.trust_iam:
-        return
+        token = _bearer(request)
+        if verifier is None:
+            assert env.audience is not None  # Environment requires it with trust-IAM
+            verifier = GoogleIdTokenVerifier(env.audience, env.certs_url)
+        return caller_of(verifier.verify(token), env.invokers)
     raise RequestError(
         403,
         "the manual trigger refuses every request: set RETRAIN_MANUAL_TOKEN, or "
@@ -56,10 +58,21 @@ def check_auth(request: Request, env: Environment) -> None:
     )
 
 
-def handle(request: Request, service: RetrainService, env: Environment) -> Response:
+def _bearer(request: Request) -> str:
+    header: str | None = request.headers.get("Authorization")
+    if not header:
+        raise RequestError(401, "missing Authorization: Bearer <token>", "Authorization")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RequestError(401, "Authorization must be 'Bearer <token>'", "Authorization")
+    return token.strip()
+
+
+def handle(request: Request, service: RetrainService, env: Environment,
+           verifier: IdTokenVerifier | None = None) -> Response:
     """Answer one request to the manual trigger; never raises for a client's mistake."""
     try:
-        return _route(request, service, env)
+        return _route(request, service, env, verifier)
     except RequestError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         return {"error": exc.error, "field": exc.field}, exc.status, headers
@@ -70,21 +83,23 @@ def handle(request: Request, service: RetrainService, env: Environment) -> Respo
         }
 
 
-def _route(request: Request, service: RetrainService, env: Environment) -> Response:
+def _route(request: Request, service: RetrainService, env: Environment,
+           verifier: IdTokenVerifier | None) -> Response:
     path = "/" + request.path.strip("/")
     if path == "/healthz":
         return {"status": "ok"}, 200, {}
-    check_auth(request, env)
+    caller = check_auth(request, env, verifier)
     if path == "/events":
         _method(request, "POST")
-        result = service.handle_delivery(delivery_from_https(_body(request)))
+        result = service.handle_delivery(delivery_from_https(_body(request)), caller=caller)
         status = 400 if result.status == "rejected" else 200
         return result.to_json(), status, {}
     if path == "/retrain":
         _method(request, "POST")
         retrain = _parse_retrain(_body(request))
         answer = service.request_retrain(
-            retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force
+            retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force,
+            caller=caller,
         )
         status = {"fired": 202, "suppressed": 409, "launch_failed": 502}.get(
             answer.get("status", ""), 200
