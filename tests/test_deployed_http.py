@@ -363,3 +363,52 @@ def test_trusting_iam_without_an_audience_or_invokers_fails_at_cold_start(
     with pytest.raises(RuntimeError, match=variable):
         function.start()
     function.stop()
+
+
+# ---------------------------------------------------------------- finding 6a: duplicate keys
+
+def test_duplicate_json_keys_are_refused_as_ambiguous(functions: dict[str, str]) -> None:
+    url = functions["manual_trigger"]
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    retrain = b'{"model": "churn", "reason": "dup", "dry_run": true, "dry_run": false}'
+    response = requests.post(url + "/retrain", data=retrain, headers=headers, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "dry_run" and "ambiguous" in response.json()["error"]
+    event = (b'{"model": "churn", "metrics": {"logloss": 0.9, "logloss": 0.1}, '
+             b'"examples": 1000, "window_end": "2026-01-01T00:00:00Z"}')
+    response = requests.post(url + "/events", data=event, headers=headers, timeout=30)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["status"] == "rejected" and answer["field"] == "logloss", answer
+    assert "ambiguous" in answer["error"]
+    decisions = requests.get(url + "/decisions", params={"model": "churn"}, headers=headers,
+                             timeout=30).json()["decisions"]
+    assert any(d["kind"] == "rejected" and d["details"]["field"] == "logloss"
+               for d in decisions), decisions
+
+
+# ---------------------------------------------------------------- finding 6b: slowloris
+
+def test_serve_closes_a_body_that_never_finishes_and_keeps_serving(tmp_path: Path) -> None:
+    from tests.support.serve import served
+    from triggers.http_guard import BODY_TIMEOUT
+
+    with served(tmp_path, base_env(tmp_path), workers=1, threads=2) as server:
+        parts = urlsplit(server.base)
+        slow = socket.create_connection((parts.hostname, parts.port), timeout=60)
+        started = time.monotonic()
+        slow.sendall(f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+                     + b'{"model": "churn", ')
+        time.sleep(0.5)
+        healthy = requests.get(server.base + "/healthz", timeout=5)  # others are served
+        assert healthy.status_code == 200
+        answer = b""
+        while chunk := slow.recv(65536):  # until the server closes the connection
+            answer += chunk
+        elapsed = time.monotonic() - started
+        slow.close()
+        assert elapsed < BODY_TIMEOUT + 5, f"the connection stayed open {elapsed:.1f} s"
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"field": "body"' in answer
+        assert requests.get(server.base + "/healthz", timeout=5).status_code == 200

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
 from triggers.config import Environment
-from triggers.errors import RequestError, TransientError
+from triggers.errors import InvalidEventError, RequestError, TransientError
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
 from triggers.logs import log_event
 from triggers.service import RetrainService
@@ -91,7 +91,14 @@ def _route(request: Request, service: RetrainService, env: Environment,
     caller = check_auth(request, env, verifier)
     if path == "/events":
         _method(request, "POST")
-        result = service.handle_delivery(delivery_from_https(_body(request)), caller=caller)
+        body = _body(request)
+        delivery = delivery_from_https(body)
+        duplicate = duplicate_key(body)
+        if duplicate is not None:  # ambiguous: stored as rejected, like any bad event
+            result = service.reject(delivery, InvalidEventError(
+                duplicate, "appears twice in one object: ambiguous"), caller)
+        else:
+            result = service.handle_delivery(delivery, caller=caller)
         status = 400 if result.status == "rejected" else 200
         return result.to_json(), status, {}
     if path == "/retrain":
@@ -139,7 +146,10 @@ def _body(request: Request) -> bytes:
 
 def _parse_retrain(body: bytes) -> Any:
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise RequestError(400, f"{exc.key!r} appears twice in the body: ambiguous",
+                           exc.key) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, f"body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
@@ -155,6 +165,33 @@ def _parse_retrain(body: bytes) -> Any:
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         raise RequestError(400, message, field) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook refusing a key given twice (json keeps the last silently)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key a JSON body gives twice in one object (None if none, or not JSON)."""
+    try:
+        json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        return exc.key
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None  # the event's parser names what is wrong with it
+    return None
 
 
 def _limit(text: str | None) -> int:
