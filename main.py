@@ -5,11 +5,14 @@ Wiring only; the logic lives in `triggers/`. Config is validated here, at cold s
 
 import functions_framework
 
-from triggers import entry, wiring
+from triggers import entry, http_guard, wiring
 from triggers.logs import configure_logging
 
 configure_logging()
 wiring.service()  # validate RETRAIN_POLICY_FILE and the environment once, loudly
+# The app functions-framework is loading this file into (one per function, as deployed):
+# bodies read whole and bounded before parsing; errors as JSON that echo no header or body.
+http_guard.install()
 
 
 @functions_framework.cloud_event

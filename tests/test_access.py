@@ -154,11 +154,17 @@ def test_without_an_auth_mode_every_route_but_healthz_is_403(
         assert call(running, "GET", "/healthz", authorization=None).status_code == 200
 
 
-def test_trusting_iam_lets_requests_in(tmp_path: Path) -> None:
+def test_trusting_iam_still_asks_for_a_google_id_token(tmp_path: Path) -> None:
+    """Behind Cloud Run IAM the app checks the caller's ID token again (verified with real
+    tokens in test_deployed_http); a request without one, or with a non-JWT, gets nowhere."""
     with combined_app(tmp_path, token=None, trust_iam=True) as running:
-        assert call(running, "GET", "/decisions", authorization=None).status_code == 200
-        answer = call(running, "POST", "/events", CHURN_BREACH, authorization=None).json
-        assert answer["status"] == "recorded" and answer["launched"]
+        for authorization in (None, "Bearer not-a-jwt", "Basic eDp5"):
+            for method, path, body in [("GET", "/decisions", None),
+                                       ("POST", "/events", CHURN_BREACH)]:
+                response = call(running, method, path, body, authorization=authorization)
+                assert response.status_code == 401, (authorization, response.json)
+                assert response.json["field"] == "Authorization"
+        assert running.processed() == set() and running.launcher.submitted == []
 
 
 def test_pubsub_paths_take_no_token_as_documented(tmp_path: Path) -> None:

@@ -144,7 +144,8 @@ def test_transient_store_failure_answers_5xx(env: Path) -> None:
         service_store = wiring.service().store
         service_store._local.conn.execute("PRAGMA busy_timeout = 100")  # type: ignore[attr-defined]
         response = post_structured(c, load("cloudevent_metric.json"))
-        assert response.status_code == 500  # Pub/Sub will redeliver
+        assert response.status_code == 503  # Pub/Sub will redeliver
+        assert response.get_json()["retry"] is True
     finally:
         conn.execute("ROLLBACK")
     assert post_structured(c, load("cloudevent_metric.json")).status_code == 200
@@ -234,9 +235,12 @@ def test_manual_trigger_refuses_everything_without_an_auth_mode(
         assert r.status_code == 403
         assert "RETRAIN_MANUAL_TOKEN" in r.get_json()["error"]
     monkeypatch.setenv("RETRAIN_TRUST_IAM", "true")
+    monkeypatch.setenv("RETRAIN_AUDIENCE", "https://manual-trigger.example.test")
+    monkeypatch.setenv("RETRAIN_INVOKERS", "user:ops@example.com")
     wiring.reset()
     c = client("manual_trigger", "http")
-    assert c.get("/decisions").status_code == 200
+    r = c.get("/decisions")  # trusting IAM, the app still wants the caller's ID token
+    assert r.status_code == 401 and r.get_json()["field"] == "Authorization"
 
 
 def test_outcome_cloudevent_re_arms_the_model(

@@ -21,6 +21,7 @@ from thresholds.base import Policy
 from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
 from thresholds.spec import PolicySpec
+from triggers.auth import GOOGLE_CERTS_URL, parse_invokers
 from triggers.errors import ConfigError
 
 COMPILED_FORMAT = 1
@@ -185,6 +186,12 @@ class Environment:
     manual_token: str | None
     trust_iam: bool
     vertex_timeout: float = 30.0
+    audience: str | None = None
+    """With trust-IAM, the audience the caller's Google ID token must name: the function's URL."""
+    invokers: frozenset[str] = frozenset()
+    """With trust-IAM, the emails allowed to call the manual trigger."""
+    certs_url: str = GOOGLE_CERTS_URL
+    """Where the keys that sign ID tokens are published (Google's; a test serves its own)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -216,7 +223,28 @@ class Environment:
                 raise ConfigError("RETRAIN_VERTEX_TIMEOUT", str(exc)) from None
             if vertex_timeout <= 0:
                 raise ConfigError("RETRAIN_VERTEX_TIMEOUT", "must be positive, e.g. '30s'")
+        audience = env.get("RETRAIN_AUDIENCE") or None
+        try:
+            invokers = parse_invokers(env.get("RETRAIN_INVOKERS") or "")
+        except ValueError as exc:
+            raise ConfigError("RETRAIN_INVOKERS", str(exc)) from None
+        if trust in ("true", "1", "yes"):
+            if not audience:
+                raise ConfigError("RETRAIN_AUDIENCE", "is not set; with RETRAIN_TRUST_IAM=true "
+                                  "set it to the manual trigger's URL (callers' ID tokens name it)")
+            if not audience.startswith("https://"):
+                raise ConfigError("RETRAIN_AUDIENCE", f"{audience!r} is not an https:// URL")
+            if not invokers:
+                raise ConfigError("RETRAIN_INVOKERS", "is not set; with RETRAIN_TRUST_IAM=true "
+                                  "list who may call, e.g. serviceAccount:ci@PROJECT.iam."
+                                  "gserviceaccount.com,user:you@example.com")
+        certs_url = env.get("RETRAIN_ID_TOKEN_CERTS_URL") or GOOGLE_CERTS_URL
+        if not certs_url.startswith(("https://", "http://127.0.0.1:", "http://localhost:")):
+            raise ConfigError("RETRAIN_ID_TOKEN_CERTS_URL", f"{certs_url!r} is not an https:// URL")
         return cls(
+            audience=audience,
+            invokers=invokers,
+            certs_url=certs_url,
             policy_file=policy_file,
             state=state,
             launcher=launcher,

@@ -64,5 +64,6 @@ def _dispatch(
 def manual_request(request: Any, service: RetrainService | None = None) -> Any:
     """manual_trigger: authenticate, route, answer JSON."""
     service = service or wiring.service()
-    body, status, headers = handle(request, service, wiring.environment())
+    body, status, headers = handle(request, service, wiring.environment(),
+                                   wiring.id_token_verifier())
     return json_response(body, status, headers)

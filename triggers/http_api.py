@@ -11,8 +11,9 @@ import logging
 import math
 from typing import Any, Protocol
 
+from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
 from triggers.config import Environment
-from triggers.errors import RequestError, TransientError
+from triggers.errors import InvalidEventError, RequestError, TransientError
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
 from triggers.logs import log_event
 from triggers.service import RetrainService
@@ -34,20 +35,21 @@ class Request(Protocol):
         ...
 
 
-def check_auth(request: Request, env: Environment) -> None:
-    """Default deny: a bearer token compared in constant time, or explicit IAM trust."""
+def check_auth(request: Request, env: Environment,
+               verifier: IdTokenVerifier | None = None) -> str:
+    """Default deny: a bearer token compared in constant time, or (trusting Cloud Run IAM) a
+    Google-signed ID token of an allowed invoker, checked again here. Returns the caller."""
     if env.manual_token:
-        header = request.headers.get("Authorization")
-        if not header:
-            raise RequestError(401, "missing Authorization: Bearer <token>", "Authorization")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise RequestError(401, "Authorization must be 'Bearer <token>'", "Authorization")
-        if not hmac.compare_digest(token.strip().encode(), env.manual_token.encode()):
+        token = _bearer(request)
+        if not hmac.compare_digest(token.encode(), env.manual_token.encode()):
             raise RequestError(403, "wrong token", "Authorization")
-        return
+        return "bearer-token"
     if env.trust_iam:
-        return
+        token = _bearer(request)
+        if verifier is None:
+            assert env.audience is not None  # Environment requires it with trust-IAM
+            verifier = GoogleIdTokenVerifier(env.audience, env.certs_url)
+        return caller_of(verifier.verify(token), env.invokers)
     raise RequestError(
         403,
         "the manual trigger refuses every request: set RETRAIN_MANUAL_TOKEN, or "
@@ -56,10 +58,21 @@ def check_auth(request: Request, env: Environment) -> None:
     )
 
 
-def handle(request: Request, service: RetrainService, env: Environment) -> Response:
+def _bearer(request: Request) -> str:
+    header: str | None = request.headers.get("Authorization")
+    if not header:
+        raise RequestError(401, "missing Authorization: Bearer <token>", "Authorization")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RequestError(401, "Authorization must be 'Bearer <token>'", "Authorization")
+    return token.strip()
+
+
+def handle(request: Request, service: RetrainService, env: Environment,
+           verifier: IdTokenVerifier | None = None) -> Response:
     """Answer one request to the manual trigger; never raises for a client's mistake."""
     try:
-        return _route(request, service, env)
+        return _route(request, service, env, verifier)
     except RequestError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         return {"error": exc.error, "field": exc.field}, exc.status, headers
@@ -70,21 +83,30 @@ def handle(request: Request, service: RetrainService, env: Environment) -> Respo
         }
 
 
-def _route(request: Request, service: RetrainService, env: Environment) -> Response:
+def _route(request: Request, service: RetrainService, env: Environment,
+           verifier: IdTokenVerifier | None) -> Response:
     path = "/" + request.path.strip("/")
     if path == "/healthz":
         return {"status": "ok"}, 200, {}
-    check_auth(request, env)
+    caller = check_auth(request, env, verifier)
     if path == "/events":
         _method(request, "POST")
-        result = service.handle_delivery(delivery_from_https(_body(request)))
+        body = _body(request)
+        delivery = delivery_from_https(body)
+        duplicate = duplicate_key(body)
+        if duplicate is not None:  # ambiguous: stored as rejected, like any bad event
+            result = service.reject(delivery, InvalidEventError(
+                duplicate, "appears twice in one object: ambiguous"), caller)
+        else:
+            result = service.handle_delivery(delivery, caller=caller)
         status = 400 if result.status == "rejected" else 200
         return result.to_json(), status, {}
     if path == "/retrain":
         _method(request, "POST")
         retrain = _parse_retrain(_body(request))
         answer = service.request_retrain(
-            retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force
+            retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force,
+            caller=caller,
         )
         status = {"fired": 202, "suppressed": 409, "launch_failed": 502}.get(
             answer.get("status", ""), 200
@@ -124,7 +146,10 @@ def _body(request: Request) -> bytes:
 
 def _parse_retrain(body: bytes) -> Any:
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise RequestError(400, f"{exc.key!r} appears twice in the body: ambiguous",
+                           exc.key) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, f"body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
@@ -140,6 +165,33 @@ def _parse_retrain(body: bytes) -> Any:
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         raise RequestError(400, message, field) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook refusing a key given twice (json keeps the last silently)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key a JSON body gives twice in one object (None if none, or not JSON)."""
+    try:
+        json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        return exc.key
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None  # the event's parser names what is wrong with it
+    return None
 
 
 def _limit(text: str | None) -> int:

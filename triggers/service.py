@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -127,8 +127,9 @@ class RetrainService:
         self.status_interval = status_interval
 
     # ------------------------------------------------------------------ events
-    def handle_delivery(self, delivery: Delivery) -> EventResult:
+    def handle_delivery(self, delivery: Delivery, caller: str | None = None) -> EventResult:
         """Process one metric message. Raises TransientError when it must be redelivered.
+        `caller`: who posted it over HTTPS (recorded in its decisions' details).
 
         Recording, evaluating and claiming happen in one store transaction where the store
         can (`atomic`); a launch is submitted after it, and the message is finished last.
@@ -139,10 +140,11 @@ class RetrainService:
             if model is None:
                 raise UnknownModelError(event.model)
         except InvalidEventError as exc:
-            return self.reject(delivery, exc)
-        return self.handle_event(model, event, delivery.message_id)
+            return self.reject(delivery, exc, caller)
+        return self.handle_event(model, event, delivery.message_id, caller)
 
-    def handle_event(self, model: ModelConfig, event: MetricEvent, message_id: str) -> EventResult:
+    def handle_event(self, model: ModelConfig, event: MetricEvent, message_id: str,
+                     caller: str | None = None) -> EventResult:
         """Process one validated metric event of a configured model (what `handle_delivery`
         does after parsing; the backtest calls it with events it built itself)."""
         now = self.clock()
@@ -171,6 +173,7 @@ class RetrainService:
             if not any(p.needs_submit for p in pending):
                 for launch in pending:
                     decisions += self._fired_decisions(launch, None, now, message_id)
+                decisions = _attributed(decisions, caller)
                 self.store.finish_message(message_id, now, decisions)
                 return EventResult("recorded", message_id, event.model,
                                    refreshed + decisions)
@@ -180,11 +183,13 @@ class RetrainService:
             decisions += self._fired_decisions(launch, error, now, message_id)
             if launch.needs_submit and error is None:
                 launched.append(launch.request.run_id)
+        decisions = _attributed(decisions, caller)
         self.store.finish_message(message_id, now, decisions)
         return EventResult("recorded", message_id, event.model, refreshed + decisions,
                            launched)
 
-    def reject(self, delivery: Delivery, error: InvalidEventError) -> EventResult:
+    def reject(self, delivery: Delivery, error: InvalidEventError,
+               caller: str | None = None) -> EventResult:
         """Store a message that can never be processed, with its reason (and log it)."""
         if self.store.is_processed(delivery.message_id):
             return EventResult("duplicate", delivery.message_id)
@@ -213,7 +218,8 @@ class RetrainService:
             at=now,
             reason=f"{error.field}: {error.reason}",
             message_id=delivery.message_id,
-            details={"field": error.field, "source": delivery.source},
+            details={"field": error.field, "source": delivery.source,
+                     **({"caller": caller} if caller else {})},
         )
         self.store.finish_message(delivery.message_id, now, [decision])
         return EventResult("rejected", delivery.message_id, model, [decision], error=error)
@@ -680,9 +686,11 @@ class RetrainService:
 
     # ------------------------------------------------------------------ manual
     def request_retrain(
-        self, model_name: str, reason: str, dry_run: bool = False, force: bool = False
+        self, model_name: str, reason: str, dry_run: bool = False, force: bool = False,
+        caller: str | None = None,
     ) -> dict[str, Any]:
-        """The manual trigger: report what policies and guards say; launch unless dry_run."""
+        """The manual trigger: report what policies and guards say; launch unless dry_run.
+        `caller`: who asked (the verified invoker), recorded in the decision's details."""
         model = self.config.models.get(model_name)
         if model is None:
             raise RequestError(404, f"model {model_name!r} is not configured", "model")
@@ -731,7 +739,8 @@ class RetrainService:
             kind, model.name, now, None, why, policy=policy,
             run_id=None if claim.status == "blocked" else request.run_id,
             trigger_id=request.trigger_id,
-            details={"policies_fired": answer["policies_fired"], "forced": force}))
+            details={"policies_fired": answer["policies_fired"], "forced": force,
+                     **({"caller": caller} if caller else {})}))
         self.store.record_decisions(decisions)
         answer.update(
             status=kind,
@@ -917,3 +926,10 @@ def _model_name(payload: bytes) -> str | None:
 def _text(text: str) -> str:
     """`text` made storable: lone surrogates (valid in JSON escapes, not UTF-8) replaced."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _attributed(decisions: list[Decision], caller: str | None) -> list[Decision]:
+    """`decisions` with who posted their event (over HTTPS) in their details."""
+    if not caller:
+        return decisions
+    return [replace(d, details={**d.details, "caller": caller}) for d in decisions]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_client.launcher import PipelineLauncher
+from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier
 from triggers.config import Environment, ServiceConfig, load_policy_file
 from triggers.errors import ConfigError, PolicyConfigError
 from triggers.events import Delivery
@@ -21,6 +22,7 @@ from triggers.store import StateStore
 _lock = threading.Lock()
 _service: RetrainService | None = None
 _environment: Environment | None = None
+_verifier: IdTokenVerifier | None = None
 
 
 def build_store(url: str) -> StateStore:
@@ -85,6 +87,16 @@ def environment() -> Environment:
     return _environment
 
 
+def id_token_verifier() -> IdTokenVerifier | None:
+    """The process's ID-token verifier when the manual trigger trusts IAM (its certificate
+    cache lives as long as the process); None in bearer-token mode."""
+    global _verifier
+    env = environment()
+    if _verifier is None and env.trust_iam and not env.manual_token and env.audience:
+        _verifier = GoogleIdTokenVerifier(env.audience, env.certs_url)
+    return _verifier
+
+
 def build_service(env: Environment | None = None) -> RetrainService:
     env = env or Environment.from_env()
     config = load_policy_file(env.policy_file)
@@ -105,10 +117,11 @@ def service() -> RetrainService:
 
 def reset() -> None:
     """Forget the cached service and environment (tests change the environment)."""
-    global _service, _environment
+    global _service, _environment, _verifier
     with _lock:
         _service = None
         _environment = None
+        _verifier = None
 
 
 def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:

@@ -83,6 +83,9 @@ def combined_app(
         else:
             patch.setenv("RETRAIN_MANUAL_TOKEN", token)
         patch.setenv("RETRAIN_TRUST_IAM", "true" if trust_iam else "false")
+        if trust_iam:  # an ID token's audience and who may call: required with trust-IAM
+            patch.setenv("RETRAIN_AUDIENCE", "https://manual-trigger.example.test")
+            patch.setenv("RETRAIN_INVOKERS", "serviceAccount:ci@test.iam.gserviceaccount.com")
         patch.chdir(workdir)
         wiring.reset()
         try:
