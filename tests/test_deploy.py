@@ -39,7 +39,12 @@ TERRAFORM = shutil.which("terraform") or shutil.which("tofu")
 # Environment variables the function reads (triggers/config.py) that the deployment leaves unset
 # on purpose: manual-trigger trusts Cloud Run IAM instead of a shared token, and the endpoint
 # override exists for local fakes only.
-DELIBERATELY_UNSET = {"RETRAIN_MANUAL_TOKEN", "RETRAIN_VERTEX_ENDPOINT"}
+# Unset on purpose: no shared secret (IAM + ID tokens instead), no fake endpoints, Google's
+# certificates URL is the default. Set on manual-trigger only: who may call it, and its URLs.
+DELIBERATELY_UNSET = {"RETRAIN_MANUAL_TOKEN", "RETRAIN_VERTEX_ENDPOINT",
+                      "RETRAIN_ID_TOKEN_CERTS_URL"}
+MANUAL_ONLY = {"RETRAIN_AUDIENCE", "RETRAIN_INVOKERS"}
+CI_INVOKER = "serviceAccount:ci@x.iam.gserviceaccount.com"
 RUNTIME_PROJECT_ROLES = {"roles/aiplatform.user", "roles/logging.logWriter", "roles/datastore.user"}
 PROJECT = "test-proj"
 PIPELINE_SA = f"retrain-pipeline@{PROJECT}.iam.gserviceaccount.com"
@@ -300,7 +305,8 @@ def test_functions_entry_points_triggers_and_environment() -> None:
                                  "google_pubsub_topic.metrics.id", "local.function_env"),
                 "run_outcome": ("on-run-outcome", "on_run_outcome",
                                 "google_pubsub_topic.outcomes.id", "local.function_env"),
-                "manual": ("manual-trigger", "manual_trigger", "null", "local.manual_env")}
+                "manual": ("manual-trigger", "manual_trigger", "null",
+                           "local.manual_function_env")}
     assert set(functions) == set(expected)
     for key, (name, entry_point, topic, env) in expected.items():
         assert functions[key]["name"] == f'"{name}"'
@@ -346,8 +352,12 @@ def test_functions_entry_points_triggers_and_environment() -> None:
 def test_terraform_sets_every_variable_the_function_reads() -> None:
     values = locals_map()
     env = set(_object(values["function_env"]))
-    assert config_env_vars() - DELIBERATELY_UNSET <= env
-    assert not env & DELIBERATELY_UNSET
+    assert config_env_vars() - DELIBERATELY_UNSET - MANUAL_ONLY <= env
+    assert not env & (DELIBERATELY_UNSET | MANUAL_ONLY)
+    assert re.search(r"RETRAIN_INVOKERS\s*=\s*local\.manual_invokers", values["manual_env"])
+    assert re.search(r"RETRAIN_AUDIENCE\s*=\s*local\.manual_audience", values["manual_env"])
+    assert "run.app" in values["manual_function_env"]
+    assert "var.manual_trigger_invokers" in values["manual_invokers"]
     env_source = values["function_env"]
     assert re.search(r"RETRAIN_STATE\s*=\s*local\.state_url", env_source)
     assert values["state_url"].startswith('"firestore://${var.firestore_database}')
@@ -618,7 +628,8 @@ def _run_script(tmp_path: Path, source: Path, exists: bool = False,
                "GCLOUD_LOG": str(log), "GCLOUD_EXISTS": "1" if exists else "0",
                "PROJECT": PROJECT, "SOURCE_DIR": str(source), "PYTHON": sys.executable,
                "RETRY_PAUSE": "0",
-               "MANUAL_INVOKERS": "user:ops@example.com group:oncall@example.com", **env}
+               "MANUAL_INVOKERS": f"user:ops@example.com {CI_INVOKER}",
+               **env}
     result = subprocess.run(["bash", str(SCRIPT)], env=run_env, capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -630,7 +641,11 @@ def _flag(args: list[str], name: str) -> str | None:
 
 
 def _env(args: list[str]) -> dict[str, str]:
-    return dict(pair.split("=", 1) for pair in (_flag(args, "set-env-vars") or "").split(","))
+    text = _flag(args, "set-env-vars") or ""
+    separator = ","
+    if text.startswith("^"):  # gcloud's alternate delimiter: ^;^A=1;B=2
+        separator, text = text[1:].split("^", 1)
+    return dict(pair.split("=", 1) for pair in text.split(separator))
 
 
 @pytest.fixture
@@ -720,7 +735,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     # Functions.
     deploys = {a[2]: a for a in named("functions", "deploy")}
     assert set(deploys) == {"on-metric-event", "on-run-outcome", "manual-trigger"}
-    needed = config_env_vars() - DELIBERATELY_UNSET
+    needed = config_env_vars() - DELIBERATELY_UNSET - MANUAL_ONLY
     for name, args in deploys.items():
         assert "--gen2" in args and _flag(args, "runtime") == "python311"
         assert _flag(args, "run-service-account") == RUNTIME_SA
@@ -728,6 +743,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
         env = _env(args)
         assert needed <= set(env) | {"RETRAIN_TRUST_IAM"}, name
         assert not set(env) & DELIBERATELY_UNSET
+        assert name == "manual-trigger" or not set(env) & MANUAL_ONLY
         assert env["RETRAIN_STATE"] == "firestore://retrain-trigger"
         assert env["RETRAIN_LAUNCHER"] == "vertex"
         assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
@@ -744,6 +760,11 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     assert _flag(manual, "entry-point") == "manual_trigger"
     assert "--trigger-http" in manual and "--no-allow-unauthenticated" in manual
     assert _env(manual)["RETRAIN_TRUST_IAM"] == "true"
+    # The function checks callers' ID tokens again: the invokers, and its own two URLs.
+    assert _env(manual)["RETRAIN_INVOKERS"] == f"user:ops@example.com,{CI_INVOKER}"
+    assert _env(manual)["RETRAIN_AUDIENCE"].split(",") == [
+        f"https://us-central1-{PROJECT}.cloudfunctions.net/manual-trigger",
+        "https://manual-trigger-123456789.us-central1.run.app"]
     # What ships: the code, the policy file and its compiled form; not the deployment, VCS
     # or caches (gcloud applies .gcloudignore, also shipped, on top).
     files = next(c["files"] for c in calls if c["args"][:3] == ["functions", "deploy",
@@ -756,7 +777,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     assert invokers == {("on-metric-event", f"serviceAccount:{TRIGGER_SA}"),
                         ("on-run-outcome", f"serviceAccount:{TRIGGER_SA}"),
                         ("manual-trigger", "user:ops@example.com"),
-                        ("manual-trigger", "group:oncall@example.com")}
+                        ("manual-trigger", "serviceAccount:ci@x.iam.gserviceaccount.com")}
 
     # Dead letter on the subscription Eventarc made for on-metric-event.
     subscription = "projects/test-proj/subscriptions/eventarc-us-central1-on-metric-event-1-sub-1"
@@ -959,6 +980,24 @@ def test_deploy_script_refuses_wide_invokers(tmp_path: Path, deploy_source: Path
     assert calls == []
 
 
+@pytest.mark.parametrize("member", ["group:oncall@example.com", "Group:oncall@example.com"])
+def test_deploy_script_refuses_group_invokers_the_function_cannot_check(
+        tmp_path: Path, deploy_source: Path, member: str) -> None:
+    result, calls = _run_script(tmp_path, deploy_source,
+                                MANUAL_INVOKERS=f"user:a@example.com {member}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert member in result.stderr and "groups" in result.stderr
+    assert calls == []
+
+
+@needs_terraform
+def test_terraform_refuses_group_invokers_the_function_cannot_check(
+        locals_probe) -> None:  # type: ignore[no-untyped-def]
+    evaluate, values = locals_probe
+    refused = evaluate('manual_trigger_invokers=["user:a@example.com","group:x@example.com"]')
+    assert refused.returncode != 0 and "group:" in refused.stderr, refused.stderr
+
+
 # --------------------------------------------------- Terraform: fresh project, least privilege
 def test_terraform_waits_for_service_agents_before_the_triggers() -> None:
     versions = (TF_DIR / "versions.tf").read_text()
@@ -1036,7 +1075,8 @@ def test_terraform_refuses_wide_invokers(locals_probe, member: str) -> None:  # 
     evaluate, _ = locals_probe
     refused = evaluate(f'manual_trigger_invokers=["user:a@example.com","{member}"]')
     assert refused.returncode != 0 and "never public" in refused.stderr, refused.stderr
-    assert evaluate('manual_trigger_invokers=["group:oncall@example.com"]').returncode == 0
+    assert evaluate('manual_trigger_invokers=["serviceAccount:ci@p.iam.gserviceaccount.com"]'
+                    ).returncode == 0
 
 
 def test_both_paths_enable_every_api_doctor_requires() -> None:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import EXAMPLE_TEMPLATE, FIXTURES, POLICY_YAML
+from tests.conftest import FIXTURES, POLICY_YAML, vertex_ready_template
 from tests.support.deployed import DeployedFunction, deployed
 from triggers.http_api import MAX_BODY_BYTES
 from triggers.http_guard import MAX_PUSH_BYTES
@@ -34,7 +34,8 @@ CLOUDEVENT = json.loads((FIXTURES / "cloudevent_metric.json").read_text())
 
 def base_env(workdir: Path) -> dict[str, str]:
     policy = workdir / "policies.yaml"
-    policy.write_text(POLICY_YAML % {"template": EXAMPLE_TEMPLATE})
+    # Compiled as for Vertex (some tests launch there; the local launcher ignores images).
+    policy.write_text(POLICY_YAML % {"template": vertex_ready_template(workdir)})
     return {"RETRAIN_POLICY_FILE": str(policy), "RETRAIN_STATE": f"sqlite:///{workdir}/state.db",
             "RETRAIN_LAUNCHER": "local", "RETRAIN_MANUAL_TOKEN": TOKEN,
             "RETRAIN_TRUST_IAM": "false"}
@@ -268,6 +269,10 @@ class CertsServer:
         self.httpd.server_close()
 
 
+# A gen2 function answers on two URLs; deploy/ lists both in RETRAIN_AUDIENCE.
+RUN_APP_AUDIENCE = "https://manual-trigger-123456789.us-central1.run.app"
+
+
 def id_token(private_pem: bytes, key_id: str = KEY_ID, **claims: Any) -> str:
     from google.auth import crypt, jwt
 
@@ -289,7 +294,8 @@ def iam_manual(
     private, cert = rsa_key_and_cert()
     certs = CertsServer({KEY_ID: cert.decode()})
     env = {**base_env(workdir), "RETRAIN_MANUAL_TOKEN": "", "RETRAIN_TRUST_IAM": "true",
-           "RETRAIN_AUDIENCE": AUDIENCE, "RETRAIN_ID_TOKEN_CERTS_URL": certs.url,
+           "RETRAIN_AUDIENCE": f"{AUDIENCE}, {RUN_APP_AUDIENCE}",
+           "RETRAIN_ID_TOKEN_CERTS_URL": certs.url,
            "RETRAIN_INVOKERS": f"serviceAccount:{INVOKER}, user:Ops@Example.com"}
     try:
         with FakeVertexServer() as vertex:
@@ -332,6 +338,10 @@ def test_trusting_iam_still_verifies_the_callers_google_id_token(
     response = requests.post(url + "/retrain", json={"model": "churn", "reason": "drift",
                                                      "force": True}, headers=good, timeout=30)
     assert response.status_code == 202, response.text
+    run_app = {"Authorization": f"Bearer {id_token(private, aud=RUN_APP_AUDIENCE)}"}
+    response = requests.post(url + "/retrain", json={"model": "churn", "reason": "look",
+                                                     "dry_run": True}, headers=run_app, timeout=30)
+    assert response.status_code == 200, response.text  # the function's other URL is its too
     user = {"Authorization": f"Bearer {id_token(private, email='ops@example.com')}"}
     event = {"model": "churn", "metrics": {"logloss": 0.1}, "examples": 1000,
              "window_end": "2026-01-01T00:00:00Z"}

@@ -52,7 +52,7 @@ class GoogleIdTokenVerifier:
             try:
                 claims: Mapping[str, Any] = id_token.verify_token(
                     token, self._certs,  # type: ignore[arg-type]  # google-auth calls it
-                    audience=self.audience, certs_url=self.certs_url,
+                    audience=audiences(self.audience), certs_url=self.certs_url,
                     clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
                 break
             except exceptions.TransportError as exc:
@@ -157,6 +157,12 @@ def caller_of(claims: Mapping[str, Any], invokers: frozenset[str]) -> str:
     if email.lower() not in invokers:
         raise RequestError(403, f"{email} is not in RETRAIN_INVOKERS", "Authorization")
     return email.lower()
+
+
+def audiences(text: str) -> list[str]:
+    """RETRAIN_AUDIENCE: one URL, or several separated by commas (a gen2 function answers on
+    its cloudfunctions.net and its run.app URL; a token naming either is for this function)."""
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def parse_invokers(text: str) -> frozenset[str]:

@@ -21,7 +21,7 @@ from thresholds.base import Policy
 from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
 from thresholds.spec import PolicySpec
-from triggers.auth import GOOGLE_CERTS_URL, parse_invokers
+from triggers.auth import GOOGLE_CERTS_URL, audiences, parse_invokers
 from triggers.errors import ConfigError
 
 COMPILED_FORMAT = 1
@@ -232,8 +232,9 @@ class Environment:
             if not audience:
                 raise ConfigError("RETRAIN_AUDIENCE", "is not set; with RETRAIN_TRUST_IAM=true "
                                   "set it to the manual trigger's URL (callers' ID tokens name it)")
-            if not audience.startswith("https://"):
-                raise ConfigError("RETRAIN_AUDIENCE", f"{audience!r} is not an https:// URL")
+            for url in audiences(audience) or [audience]:
+                if not url.startswith("https://"):
+                    raise ConfigError("RETRAIN_AUDIENCE", f"{url!r} is not an https:// URL")
             if not invokers:
                 raise ConfigError("RETRAIN_INVOKERS", "is not set; with RETRAIN_TRUST_IAM=true "
                                   "list who may call, e.g. serviceAccount:ci@PROJECT.iam."

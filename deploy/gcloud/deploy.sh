@@ -30,7 +30,8 @@ BUILD_SA="${BUILD_SA:-}"                               # empty: the project's de
 SOURCE_BUCKET="${SOURCE_BUCKET:-$PROJECT-retrain-trigger-source}"
 PIPELINE_BUCKET="${PIPELINE_BUCKET:-$PROJECT-retrain-pipelines}"  # pipeline_root: the pipeline SA writes
 TEMPLATE_BUCKET="${TEMPLATE_BUCKET:-$PROJECT-retrain-templates}"  # templates: runtime reads, pipeline SA can't write
-MANUAL_INVOKERS="${MANUAL_INVOKERS:-}"                 # e.g. "user:a@x.com group:oncall@x.com"
+MANUAL_INVOKERS="${MANUAL_INVOKERS:-}"                 # e.g. "user:a@x.com serviceAccount:ci@p.iam.gserviceaccount.com"
+MANUAL_AUDIENCES="${MANUAL_AUDIENCES:-}"               # more ID-token audiences, space-separated
 MEMORY="${MEMORY:-512Mi}"                              # at least 256Mi
 CPU="${CPU:-1}"
 MAX_INSTANCES="${MAX_INSTANCES:-10}"
@@ -112,10 +113,16 @@ esac
 for member in $MANUAL_INVOKERS; do
   case "${member,,}" in
     allusers | allauthenticatedusers | domain:*)
-      echo "MANUAL_INVOKERS: $member refused: manual-trigger is never public (refused: allUsers, allAuthenticatedUsers, domain:); name users, groups or service accounts" >&2
+      echo "MANUAL_INVOKERS: $member refused: manual-trigger is never public (refused: allUsers, allAuthenticatedUsers, domain:); name users or service accounts" >&2
+      exit 2 ;;
+    group:*)
+      echo "MANUAL_INVOKERS: $member refused: the function checks the caller's ID token against RETRAIN_INVOKERS, and a token does not name the caller's groups; list user: and serviceAccount: members one by one" >&2
       exit 2 ;;
   esac
 done
+# The function verifies callers' Google ID tokens again (a second layer behind Cloud Run IAM).
+read -ra INVOKER_LIST <<<"$MANUAL_INVOKERS"
+MANUAL_INVOKERS_CSV=$(IFS=,; echo "${INVOKER_LIST[*]}")
 
 # ---------------------------------------------------------------- The policy file, compiled
 log "policy file: validate and compile $SOURCE_DIR/$POLICY_FILE"
@@ -139,6 +146,9 @@ gcloud services enable aiplatform.googleapis.com artifactregistry.googleapis.com
   storage.googleapis.com "${G[@]}"
 PROJECT_NUMBER=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
 PUBSUB_AGENT="service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+# The manual trigger's own URLs (a gen2 function answers on both), then any extra audiences.
+MANUAL_AUDIENCE="https://$REGION-$PROJECT.cloudfunctions.net/manual-trigger,https://manual-trigger-$PROJECT_NUMBER.$REGION.run.app"
+for audience in $MANUAL_AUDIENCES; do MANUAL_AUDIENCE="$MANUAL_AUDIENCE,$audience"; done
 
 # -------------------------------------------------------------------------- Service accounts
 log "service accounts"
@@ -296,7 +306,7 @@ retry_while "$PROPAGATION_ERROR" "$PROPAGATION_ATTEMPTS" "on-run-outcome's trigg
 log "function manual-trigger (HTTPS, IAM-authenticated callers only)"
 gcloud functions deploy manual-trigger "${COMMON[@]}" --entry-point=manual_trigger \
   --trigger-http --no-allow-unauthenticated --ingress-settings=all \
-  --set-env-vars="$ENV_VARS,RETRAIN_TRUST_IAM=true"
+  --set-env-vars="^;^${ENV_VARS//,/;};RETRAIN_TRUST_IAM=true;RETRAIN_INVOKERS=$MANUAL_INVOKERS_CSV;RETRAIN_AUDIENCE=$MANUAL_AUDIENCE"
 
 log "invokers"
 for fn in on-metric-event on-run-outcome; do

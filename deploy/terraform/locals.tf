@@ -34,7 +34,11 @@ locals {
     RETRAIN_VERTEX_TIMEOUT = "30s"
   }
   # manual-trigger: Cloud Run IAM authenticates every caller (no allUsers binding), so trust it.
-  manual_env = merge(local.function_env, { RETRAIN_TRUST_IAM = "true" })
+  # The function verifies the caller's Google ID token again (audience: its own URLs; main.tf
+  # adds the run.app URL, which needs the project number) against the same invokers.
+  manual_invokers = join(",", [for m in var.manual_trigger_invokers : trimspace(m)])
+  manual_audience = join(",", concat(["https://${var.region}-${var.project_id}.cloudfunctions.net/manual-trigger"], var.manual_trigger_audiences))
+  manual_env      = merge(local.function_env, { RETRAIN_TRUST_IAM = "true", RETRAIN_INVOKERS = local.manual_invokers, RETRAIN_AUDIENCE = local.manual_audience })
 
   # Everything `gcloud functions deploy --source=.` leaves out (.gcloudignore), plus the
   # deployment itself (its state and the zip) and local caches. Paths relative to source_dir.

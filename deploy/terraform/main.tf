@@ -3,6 +3,9 @@
 
 locals {
   pubsub_agent = "service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # A gen2 function answers on its cloudfunctions.net and its run.app URL: callers' ID tokens
+  # may name either (the run.app one needs the project number).
+  manual_function_env = merge(local.manual_env, { RETRAIN_AUDIENCE = "${local.manual_audience},https://manual-trigger-${data.google_project.this.number}.${var.region}.run.app" })
 }
 
 data "google_project" "this" {
@@ -409,7 +412,7 @@ locals {
       description = "retrain-trigger: manual retrain, events over HTTPS, decisions and model state"
       topic       = null
       ingress     = "ALLOW_ALL"
-      env         = local.manual_env
+      env         = local.manual_function_env
     }
   }
 }

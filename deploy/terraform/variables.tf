@@ -134,9 +134,13 @@ variable "template_buckets" {
 }
 
 variable "manual_trigger_invokers" {
-  description = "Members allowed to call manual-trigger (e.g. user:ops@example.com, group:ml-oncall@example.com, serviceAccount:ci@p.iam.gserviceaccount.com). allUsers, allAuthenticatedUsers and domain: members are refused."
+  description = "Members allowed to call manual-trigger (e.g. user:ops@example.com, serviceAccount:ci@p.iam.gserviceaccount.com). They are bound as Cloud Run invokers AND set as RETRAIN_INVOKERS, which the function checks against the caller's ID token. allUsers, allAuthenticatedUsers and domain: members are refused; so are group: members (an ID token names its holder, not the holder's groups)."
   type        = list(string)
   default     = []
+  validation {
+    condition     = alltrue([for m in var.manual_trigger_invokers : !startswith(lower(trimspace(m)), "group:")])
+    error_message = "group: members cannot be checked by the function (an ID token does not name the caller's groups): list user: and serviceAccount: members one by one."
+  }
   validation {
     # Case-insensitive: IAM treats "AllUsers" as allUsers. A domain: member is everyone in a
     # Workspace domain: too wide for a trigger that launches paid training runs.
@@ -183,4 +187,10 @@ variable "labels" {
   description = "Labels added to the resources that take them."
   type        = map(string)
   default     = { app = "retrain-trigger" }
+}
+
+variable "manual_trigger_audiences" {
+  description = "Other audiences the manual trigger accepts in callers' ID tokens, besides its cloudfunctions.net and run.app URLs (e.g. a custom domain's URL, or gcloud's OAuth client id 32555940559.apps.googleusercontent.com so that `gcloud auth print-identity-token` of a listed user works)."
+  type        = list(string)
+  default     = []
 }
