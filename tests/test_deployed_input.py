@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -420,3 +421,39 @@ def test_sqlite_url_retention_option() -> None:
     with pytest.raises(ConfigError, match="known: timeout, retention"):
         SQLiteStore.from_url("sqlite:///:memory:?keep=1d")
 
+
+
+def check_ignored_metrics_on_the_marker(store: StateStore) -> None:
+    store.finish_message("wide", 1000.0, [], ignored_metrics=97)
+    store.finish_message("narrow", 1000.0, [])
+    store.finish_message("wide", 1001.0, [], ignored_metrics=5)  # a redelivery: first stands
+    assert store.ignored_metrics("wide") == 97
+    assert store.ignored_metrics("narrow") == 0
+    assert store.ignored_metrics("never-seen") is None
+
+
+@pytest.mark.parametrize("make_store", [MemoryStore, lambda: SQLiteStore(":memory:")],
+                         ids=["memory", "sqlite"])
+def test_ignored_metrics_are_kept_on_the_processed_marker(make_store: Any) -> None:
+    check_ignored_metrics_on_the_marker(make_store())
+
+
+def test_ignored_metrics_are_kept_on_the_processed_marker_firestore(
+    firestore_env: FirestoreEmulator,
+) -> None:
+    from triggers.firestore_store import FirestoreStore
+
+    check_ignored_metrics_on_the_marker(FirestoreStore(project=firestore_env.project))
+
+
+def test_a_state_file_from_before_the_marker_column_is_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE processed (message_id TEXT PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute("INSERT INTO processed VALUES ('before', 1.0)")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db)
+    store.finish_message("after", 2.0, [], ignored_metrics=4)
+    assert (store.ignored_metrics("before"), store.ignored_metrics("after")) == (0, 4)
+    store.close()
