@@ -83,9 +83,10 @@ def policy_config(yaml_text: str | None = None, template: Path = EXAMPLE_TEMPLAT
 
 
 class Clock:
-    """A wall clock the test moves by hand."""
+    """A wall clock the test moves by hand; it starts after every event time the tests use
+    (an event later than the service's clock is refused)."""
 
-    def __init__(self, start: datetime = T0 + timedelta(days=60)) -> None:
+    def __init__(self, start: datetime = T0 + timedelta(days=400)) -> None:
         self.now = start.timestamp()
 
     def __call__(self) -> float:

@@ -78,9 +78,11 @@ def test_structured_cloudevent_records_points(env: Path) -> None:
     assert response.status_code == 200
     store = SQLiteStore(env)
     points = store.latest_points("fraud-detector", 10)
-    assert sorted((p.metric, p.value) for p in points) == [("accuracy", 0.943), ("auc", 0.971)]
+    # only what a policy watches is stored (accuracy); auc is counted on the processed marker
+    assert sorted((p.metric, p.value) for p in points) == [("accuracy", 0.943)]
     assert {p.message_id for p in points} == {"11827323372542631"}
     assert store.is_processed("11827323372542631")
+    assert store.ignored_metrics("11827323372542631") == 1
 
 
 def test_binary_cloudevent_and_redelivery(env: Path) -> None:
@@ -89,7 +91,7 @@ def test_binary_cloudevent_and_redelivery(env: Path) -> None:
     for _ in range(3):
         assert post_binary(c, ce).status_code == 200
     store = SQLiteStore(env)
-    assert len(store.latest_points("fraud-detector", 10)) == 2
+    assert len(store.latest_points("fraud-detector", 10)) == 1  # accuracy (auc: unwatched)
     # one set of verdicts: the repeats were recognised as duplicates
     assert len(store.decisions("fraud-detector")) == 2  # champion adopted + insufficient data
 
@@ -101,7 +103,7 @@ def test_raw_push_body_is_converted_by_the_framework(env: Path) -> None:
     assert response.status_code == 200
     store = SQLiteStore(env)
     assert store.is_processed(body["message"]["messageId"])
-    assert len(store.latest_points("fraud-detector", 10)) == 2
+    assert len(store.latest_points("fraud-detector", 10)) == 1  # accuracy (auc: unwatched)
 
 
 @pytest.mark.parametrize(

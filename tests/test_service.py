@@ -323,11 +323,17 @@ def test_bad_events_are_rejected_and_stored_with_the_field(
     assert harness.send(payload, message_id="bad").status == "duplicate"
 
 
-def test_points_of_other_slices_are_kept_but_not_evaluated(harness: Harness) -> None:
+def test_points_of_unwatched_slices_and_metrics_are_counted_not_stored(
+    harness: Harness,
+) -> None:
     results = [harness.send(harness.event(i, 0.5, slice="mobile")) for i in range(6)]
-    assert all(r.decisions == [] for r in results)
-    assert len(harness.store.points("fraud-detector", "mobile", "accuracy")) == 6
+    assert all(r.decisions == [] and r.ignored_metrics == 1 for r in results)
+    assert harness.store.points("fraud-detector", "mobile", "accuracy") == []
+    assert harness.store.ignored_metrics(results[0].message_id) == 1
     assert harness.launcher.submitted == []
+    both = harness.send(harness.event(7, 0.97, metrics={"accuracy": 0.97, "auc": 0.9}))
+    assert both.ignored_metrics == 1 and harness.store.ignored_metrics(both.message_id) == 1
+    assert [p.metric for p in harness.store.latest_points("fraud-detector", 10)] == ["accuracy"]
 
 
 def test_manual_retrain_dry_run_force_and_in_flight(harness: Harness) -> None:

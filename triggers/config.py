@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,16 @@ from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
 from thresholds.spec import PolicySpec
 from triggers.auth import GOOGLE_CERTS_URL, audiences, parse_invokers
-from triggers.errors import ConfigError
+from triggers.errors import ConfigError, PolicyConfigError
 
 COMPILED_FORMAT = 1
 DEFAULT_LATENESS = timedelta(hours=1)
+DEFAULT_MAX_CLOCK_SKEW = timedelta(hours=1)
+"""How far past the service's clock an event's `window_end` may lie (clocks differ a little;
+an evaluation of a window that has not ended yet is a typo, and would blind the model)."""
+DEFAULT_MAX_SLICES = 100
+"""How many distinct slices the policies of one model may watch (points are stored for
+watched slices only, so this bounds the series a model keeps)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,15 @@ class ModelConfig:
     promotion: Mapping[str, Any] | None = None
     lateness: timedelta = DEFAULT_LATENESS
 
+    @cached_property
+    def watched(self) -> frozenset[tuple[str, str]]:
+        """The (slice, metric) pairs some policy reads: the only points the service keeps."""
+        return frozenset((p.spec.slice, p.metric) for p in self.policies)
+
+    @cached_property
+    def watched_slices(self) -> frozenset[str]:
+        return frozenset(slice_ for slice_, _ in self.watched)
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -91,6 +107,8 @@ class ServiceConfig:
 
     models: Mapping[str, ModelConfig]
     source: str
+    max_clock_skew: timedelta = DEFAULT_MAX_CLOCK_SKEW
+    max_slices: int = DEFAULT_MAX_SLICES
 
     @classmethod
     def from_dict(
@@ -100,6 +118,8 @@ class ServiceConfig:
         defaults_data = data.get("defaults") or {}
         defaults = Guards().merged(defaults_data.get("guards"))
         default_lateness = _duration(defaults_data.get("lateness"), DEFAULT_LATENESS)
+        max_clock_skew = _duration(defaults_data.get("max_clock_skew"), DEFAULT_MAX_CLOCK_SKEW)
+        max_slices = defaults_data.get("max_slices") or DEFAULT_MAX_SLICES
         models = {}
         for name, model in data["models"].items():
             pipeline = PipelineConfig(**model["pipeline"])
@@ -114,7 +134,14 @@ class ServiceConfig:
                 promotion=model.get("promotion"),
                 lateness=_duration(model.get("lateness"), default_lateness),
             )
-        return cls(models=models, source=source)
+            slices = models[name].watched_slices
+            if len(slices) > max_slices:
+                raise PolicyConfigError(
+                    f"models.{name}.policies", None,
+                    f"the policies watch {len(slices)} slices; defaults.max_slices allows "
+                    f"{max_slices} per model (raise it, or watch fewer slices)")
+        return cls(models=models, source=source, max_clock_skew=max_clock_skew,
+                   max_slices=max_slices)
 
     @classmethod
     def from_yaml(cls, text: str, base_dir: Path, source: str = "<memory>") -> ServiceConfig:

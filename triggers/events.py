@@ -127,17 +127,70 @@ def parse_event(payload: bytes) -> MetricEvent:
         raise InvalidEventError("data", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEventError("data", f"must be a JSON object, got {type(data).__name__}")
-    if _SURROGATE_ESCAPE.search(payload):  # an escaped surrogate must be one of a pair
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidEventError("data", "contains a lone UTF-16 surrogate escape") from None
+    if has_surrogate_escape(payload):  # an escaped surrogate must be one of a pair
+        where = lone_surrogate_paths(data)
+        if where:
+            raise InvalidEventError(where[0], LONE_SURROGATE)
     event = fast_event(data)
     if event is not None:
         return event
     from triggers.event_schema import validate_event
 
     return validate_event(data)
+
+
+LONE_SURROGATE = ("contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not "
+                  "half of a pair): valid JSON, but not Unicode text any store can hold")
+
+
+def has_surrogate_escape(payload: bytes) -> bool:
+    """Whether JSON text holds a surrogate escape at all (the cheap test before the walk)."""
+    return _SURROGATE_ESCAPE.search(payload) is not None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, any surrogate is a lone one
+
+
+def _storable(text: str) -> bool:
+    return _SURROGATE.search(text) is None
+
+
+def _replaced(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def lone_surrogate_paths(data: Any, limit: int = 20) -> list[str]:
+    """Dotted paths (`metrics.acc`, `report.notes.0`) of the strings in parsed JSON — keys or
+    values — that hold a lone surrogate; at most `limit` of them."""
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack and len(found) < limit:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _storable(item):
+                found.append(where or "data")
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                name = clip(_replaced(key), 32)  # a path names the field, short
+                path = clip(f"{where}.{name}" if where else name, 128)
+                if not _storable(key):
+                    found.append(path)
+                stack.append((value, path))
+        elif isinstance(item, list):
+            stack.extend((value, clip(f"{where}.{i}" if where else str(i), 128))
+                         for i, value in enumerate(item))
+    return sorted(found)
+
+
+def replace_lone_surrogates(data: Any) -> Any:
+    """Parsed JSON with every lone surrogate (in keys and values) replaced by U+FFFD."""
+    if isinstance(data, str):
+        return _replaced(data)
+    if isinstance(data, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [replace_lone_surrogates(v) for v in data]
+    return data
 
 
 def _reject_constant(name: str) -> float:

@@ -403,12 +403,18 @@ class FirestoreStore:
         data, _ = self._get(_processed_path(message_id), "is_processed")
         return data is not None
 
-    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
+                       ignored_metrics: int = 0) -> None:
+        ignored = {"ignored_metrics": ignored_metrics} if ignored_metrics else {}
         marker = _Write("create", _processed_path(message_id),
-                        {"message_id": message_id, "at": float(at),
+                        {"message_id": message_id, "at": float(at), **ignored,
                          **self._expire_at(at, PROCESSED_MIN_RETENTION)},
                         finishing=True)
         self._write([*self._decision_writes(decisions), marker], "finish_message")
+
+    def ignored_metrics(self, message_id: str) -> int | None:
+        data, _ = self._get(_processed_path(message_id), "ignored_metrics")
+        return None if data is None else int(data.get("ignored_metrics") or 0)
 
     # ------------------------------------------------------------------ points
     def record_points(self, points: Sequence[StoredPoint]) -> None:

@@ -9,6 +9,7 @@ import threading
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from triggers.config import Guards
@@ -22,6 +23,11 @@ from triggers.store import (
     RunRecord,
     StoredPoint,
 )
+
+DEFAULT_RETENTION = timedelta(days=400)
+"""How long rejected events are kept by default (as SQLite and Firestore keep them)."""
+EXPIRE_BATCH = 100
+"""Most expired rejected events one write drops (bounded work per event)."""
 
 _RUN_FIELDS = frozenset(RunRecord.__dataclass_fields__) - {"run_id"}
 
@@ -67,11 +73,14 @@ class _Series:
 class MemoryStore:
     """The `StateStore` contract in memory. Every method is atomic; `atomic()` groups calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, retention: timedelta | None = DEFAULT_RETENTION) -> None:
+        self.retention = retention
+        """How long rejected events are kept (None: forever)."""
         self._lock = threading.RLock()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._series_of_model: dict[str, list[_Series]] = {}
         self._processed: dict[str, float] = {}
+        self._ignored: dict[str, int] = {}
         self._rejected: dict[str, RejectedEvent] = {}
         # decision_id -> (sequence, decision): a replaced decision moves to the end, as a
         # REPLACE does in SQLite (a new rowid), so ties on `at` order by last write
@@ -92,10 +101,19 @@ class MemoryStore:
     def is_processed(self, message_id: str) -> bool:
         return message_id in self._processed
 
-    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
+                       ignored_metrics: int = 0) -> None:
         with self._lock:
             self.record_decisions(decisions)
-            self._processed.setdefault(message_id, at)
+            if message_id not in self._processed:
+                self._processed[message_id] = at
+                if ignored_metrics:
+                    self._ignored[message_id] = ignored_metrics
+
+    def ignored_metrics(self, message_id: str) -> int | None:
+        if message_id not in self._processed:
+            return None
+        return self._ignored.get(message_id, 0)
 
     # points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
@@ -157,6 +175,23 @@ class MemoryStore:
     def record_rejected(self, event: RejectedEvent) -> None:
         with self._lock:
             self._rejected.setdefault(event.message_id, event)
+            self.expire_rejected(event.at)
+
+    def expire_rejected(self, now: float) -> int:
+        """Drop up to `EXPIRE_BATCH` of the earliest recorded rejected events that are older
+        than `retention` (as SQLite and Firestore do); how many."""
+        if self.retention is None:
+            return 0
+        cutoff = now - self.retention.total_seconds()
+        dropped = 0
+        with self._lock:
+            while self._rejected and dropped < EXPIRE_BATCH:
+                first = next(iter(self._rejected.values()))
+                if first.at >= cutoff:
+                    break
+                del self._rejected[first.message_id]
+                dropped += 1
+        return dropped
 
     def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
         events = list(self._rejected.values())

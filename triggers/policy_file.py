@@ -242,6 +242,17 @@ class ModelSpec(StrictModel):
 class DefaultsSpec(StrictModel):
     guards: GuardsSpec | None = None
     lateness: Duration | None = None
+    max_clock_skew: Duration | None = Field(
+        default=None,
+        description="how far past the service's clock an event's window_end may lie before "
+        "the event is rejected (default 1h): a window that has not ended yet is a mistake, "
+        "and its point would be the latest one for good",
+    )
+    max_slices: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="most distinct slices the policies of one model may watch (default 100); "
+        "points are kept only for the slices and metrics some policy watches",
+    )
 
 
 class PolicyFile(StrictModel):

@@ -60,6 +60,8 @@ class EventResult:
     decisions: list[Decision] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     error: InvalidEventError | None = None
+    ignored_metrics: int = 0
+    """Metric values of the event that no policy watches (counted, not stored)."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -69,6 +71,8 @@ class EventResult:
             "launched": self.launched,
             "decisions": [d.to_json() for d in self.decisions],
         }
+        if self.ignored_metrics:
+            data["ignored_metrics"] = self.ignored_metrics
         if self.error is not None:
             data["error"] = self.error.reason
             data["field"] = self.error.field
@@ -139,9 +143,22 @@ class RetrainService:
             model = self.config.models.get(event.model)
             if model is None:
                 raise UnknownModelError(event.model)
+            self._check_event_time(event, self.clock())
         except InvalidEventError as exc:
             return self.reject(delivery, exc, caller)
         return self.handle_event(model, event, delivery.message_id, caller)
+
+    def _check_event_time(self, event: MetricEvent, now: float) -> None:
+        """Refuse an evaluation of a window that has not ended (beyond the clock skew): its
+        point would stay the latest one, and every later point would be judged late."""
+        skew = self.config.max_clock_skew
+        if event.window_end.timestamp() > now + skew.total_seconds():
+            raise InvalidEventError(
+                "window_end",
+                f"{iso(event.window_end.timestamp())} is in the future: later than the "
+                f"service's clock ({iso(now)}) plus max_clock_skew ({format_duration(skew)}); "
+                "an evaluation window must have ended (defaults.max_clock_skew sets the "
+                "allowance)")
 
     def handle_event(self, model: ModelConfig, event: MetricEvent, message_id: str,
                      caller: str | None = None) -> EventResult:
@@ -150,33 +167,39 @@ class RetrainService:
         now = self.clock()
         refreshed = self.refresh_runs(model, now)  # may call the launcher: not in the lock
         decisions: list[Decision] = []
+        watched = model.watched
+        kept = [(metric, value) for metric, value in event.metrics.items()
+                if (event.slice, metric) in watched]
+        ignored = len(event.metrics) - len(kept)
         with self.store.atomic():
             if self.store.is_processed(message_id):
                 return EventResult("duplicate", message_id, event.model, refreshed)
-            self.store.record_points([
-                StoredPoint(
-                    model=event.model,
-                    slice=event.slice,
-                    metric=metric,
-                    window_end=event.window_end.timestamp(),
-                    value=float(value),
-                    examples=event.examples,
-                    model_version=event.model_version,
-                    message_id=message_id,
-                    recorded_at=now,
-                    window_start=event.window_start.timestamp() if event.window_start else None,
-                )
-                for metric, value in event.metrics.items()
-            ])
+            if kept:  # only what some policy reads is kept; the rest is counted
+                self.store.record_points([
+                    StoredPoint(
+                        model=event.model,
+                        slice=event.slice,
+                        metric=metric,
+                        window_end=event.window_end.timestamp(),
+                        value=float(value),
+                        examples=event.examples,
+                        model_version=event.model_version,
+                        message_id=message_id,
+                        recorded_at=now,
+                        window_start=(event.window_start.timestamp() if event.window_start
+                                      else None),
+                    )
+                    for metric, value in kept
+                ])
             verdicts, pending = self._evaluate_event(model, event, message_id, now)
             decisions += verdicts
             if not any(p.needs_submit for p in pending):
                 for launch in pending:
                     decisions += self._fired_decisions(launch, None, now, message_id)
                 decisions = _attributed(decisions, caller)
-                self.store.finish_message(message_id, now, decisions)
+                self.store.finish_message(message_id, now, decisions, ignored)
                 return EventResult("recorded", message_id, event.model,
-                                   refreshed + decisions)
+                                   refreshed + decisions, ignored_metrics=ignored)
         launched = []
         for launch in pending:
             error = self._submit(launch.claim.run, now) if launch.needs_submit else None
@@ -184,9 +207,9 @@ class RetrainService:
             if launch.needs_submit and error is None:
                 launched.append(launch.request.run_id)
         decisions = _attributed(decisions, caller)
-        self.store.finish_message(message_id, now, decisions)
+        self.store.finish_message(message_id, now, decisions, ignored)
         return EventResult("recorded", message_id, event.model, refreshed + decisions,
-                           launched)
+                           launched, ignored_metrics=ignored)
 
     def reject(self, delivery: Delivery, error: InvalidEventError,
                caller: str | None = None) -> EventResult:
@@ -669,15 +692,21 @@ class RetrainService:
         reason = f"run {run.run_id} ended: {state} (via {via})"
         if outcome.report.get("summary"):
             reason += f" — {outcome.report['summary']}"
+        details: dict[str, Any] = {"champion_version": outcome.champion_version,
+                                   "report": outcome.report}
+        if outcome.sanitised:
+            reason += (" (report sanitised: lone UTF-16 surrogates replaced by U+FFFD at "
+                       f"{', '.join(outcome.sanitised)})")
+            details["sanitised"] = list(outcome.sanitised)
         decisions = [self._decision(
             _OUTCOME_DECISION[state], run.model, now, message_id, reason, run_id=run.run_id,
-            trigger_id=run.trigger_id, policy=run.policy,
-            details={"champion_version": outcome.champion_version, "report": outcome.report})]
+            trigger_id=run.trigger_id, policy=run.policy, details=details)]
         if state == "promoted":
             previous = self.store.model_state(run.model).champion_version
             self.store.set_model_state(
                 ModelState(run.model, outcome.champion_version,
-                           self._fresh_history_start(run.model, outcome.champion_version), now))
+                           self._fresh_history_start(run.model, outcome.champion_version, now),
+                           now))
             decisions.append(self._decision(
                 "champion", run.model, now, message_id,
                 f"version {outcome.champion_version} promoted over {previous}; history and "
@@ -750,18 +779,21 @@ class RetrainService:
         )
         return answer
 
-    def _fresh_history_start(self, model: str, champion: str | None) -> float | None:
+    def _fresh_history_start(
+        self, model: str, champion: str | None, now: float
+    ) -> float | None:
         """Where a new champion's history starts, in event time: just after the latest point
         recorded for any other version (the old champion's) — points the new champion was
         already evaluated on stay in. None (from the start) when there is no such point.
         Event time, not the wall clock, so replays and simulations of past windows behave as
-        live traffic does."""
+        live traffic does; but never after `now` (the promotion's or rollback's time): a
+        history that starts in the future would judge no point until then."""
         scanned = self.store.latest_points(model, HISTORY_SCAN)
         for point in scanned:
             if champion is None or point.model_version != champion:
-                return point.window_end + HISTORY_EPSILON
+                return min(point.window_end + HISTORY_EPSILON, now)
         if len(scanned) == HISTORY_SCAN:  # all the new champion's: start before the oldest
-            return scanned[-1].window_end - HISTORY_EPSILON
+            return min(scanned[-1].window_end - HISTORY_EPSILON, now)
         return None
 
     def record_rollback(
@@ -780,7 +812,8 @@ class RetrainService:
             details={"champion_version": restored, "demoted_version": demoted})
         with self.store.atomic():
             self.store.set_model_state(ModelState(
-                model_name, restored, self._fresh_history_start(model_name, restored), now))
+                model_name, restored, self._fresh_history_start(model_name, restored, now),
+                now))
             self.store.record_decisions([decision])
         log_event(logger, logging.WARNING, decision.reason, labels={"model": model_name})
         return decision

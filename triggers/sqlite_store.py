@@ -10,9 +10,11 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -40,11 +42,14 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (model, slice, metric, window_end)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_by_model_time ON points (model, window_end);
-CREATE TABLE IF NOT EXISTS processed (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS processed (
+    message_id TEXT PRIMARY KEY, at REAL NOT NULL, ignored_metrics INTEGER
+);
 CREATE TABLE IF NOT EXISTS rejected (
     message_id TEXT PRIMARY KEY, at REAL NOT NULL, source TEXT NOT NULL, field TEXT NOT NULL,
     reason TEXT NOT NULL, payload TEXT NOT NULL, model TEXT
 );
+CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
 CREATE TABLE IF NOT EXISTS decisions (
     decision_id TEXT PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,
     reason TEXT NOT NULL, policy TEXT, event_time REAL, statistic REAL, limit_value REAL,
@@ -65,6 +70,11 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
+DEFAULT_RETENTION = timedelta(days=400)
+"""How long rejected events are kept by default (Firestore's default `retention`)."""
+EXPIRE_BATCH = 100
+"""Most expired rejected events one write deletes (bounded work per event)."""
+
 POINT_COLUMNS = ", ".join(f.name for f in fields(StoredPoint))
 _RUN_COLUMNS = (
     "run_id model policy trigger_id state reason created_at request forced claimed_by launched_at "
@@ -82,12 +92,30 @@ def path_from_url(url: str) -> str:
     return path
 
 
+def _retention(text: str) -> timedelta | None:
+    if text.lower() == "none":
+        return None
+    try:
+        retention = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError("RETRAIN_STATE", f"retention: {exc}") from None
+    if retention.total_seconds() <= 0:
+        raise ConfigError("RETRAIN_STATE", f"retention={text!r} must be positive, e.g. "
+                          "'400d' (or 'none' to keep rejected events forever)")
+    return retention
+
+
 class SQLiteStore:
     """The embedded default store. Use `SQLiteStore(":memory:")` for a private, fast one."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout: float = 10.0,
+                 retention: timedelta | None = DEFAULT_RETENTION) -> None:
+        if retention is not None and retention.total_seconds() <= 0:
+            raise ConfigError("RETRAIN_STATE", "sqlite option retention must be positive "
+                              "(write retention=none to keep rejected events forever)")
         self.path = str(path)
         self.busy_timeout = busy_timeout
+        self.retention = retention
         self._local = threading.local()
         self._memory_lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
@@ -100,17 +128,24 @@ class SQLiteStore:
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._conn()
+        with contextlib.suppress(TransientError):  # a busy file: the next rejection expires
+            self.expire_rejected(time.time())
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
-        """`sqlite:///path[?timeout=10s]`: how long a write waits for a lock before the event
-        is answered as transient (5xx, redelivered)."""
+        """`sqlite:///path[?timeout=10s&retention=400d]`: `timeout` is how long a write waits
+        for a lock before the event is answered as transient (5xx, redelivered); `retention`
+        how long rejected events are kept (as on Firestore; `none` keeps them forever)."""
         path, _, query = url.partition("?")
         timeout = 10.0
+        retention: timedelta | None = DEFAULT_RETENTION
         for key, values in parse_qs(query, keep_blank_values=True).items():
+            if key == "retention":
+                retention = _retention(values[-1])
+                continue
             if key != "timeout":
                 raise ConfigError("RETRAIN_STATE", f"unknown option {key!r} in {url!r} "
-                                  "(known: timeout)")
+                                  "(known: timeout, retention)")
             try:
                 seconds = parse_duration(values[-1]).total_seconds()
             except ValueError as exc:
@@ -119,7 +154,7 @@ class SQLiteStore:
                 raise ConfigError("RETRAIN_STATE", f"timeout={values[-1]!r} must be positive, "
                                   "e.g. '2s' or '1m'")
             timeout = seconds
-        return cls(path_from_url(path), busy_timeout=timeout)
+        return cls(path_from_url(path), busy_timeout=timeout, retention=retention)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -136,6 +171,10 @@ class SQLiteStore:
             conn.row_factory = sqlite3.Row
             with _translate:
                 conn.executescript(SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(processed)")}
+                if "ignored_metrics" not in columns:  # a file from before the column
+                    with contextlib.suppress(sqlite3.OperationalError):  # another process did
+                        conn.execute("ALTER TABLE processed ADD COLUMN ignored_metrics INTEGER")
         except sqlite3.OperationalError as exc:
             raise TransientError(f"SQLite store {self.path} unavailable: {exc}") from exc
         return conn
@@ -180,12 +219,19 @@ class SQLiteStore:
     def is_processed(self, message_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM processed WHERE message_id = ?", (message_id,)))
 
-    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
+                       ignored_metrics: int = 0) -> None:
         with self._tx() as conn:
             _insert_decisions(conn, decisions)
             conn.execute(
-                "INSERT OR IGNORE INTO processed (message_id, at) VALUES (?, ?)", (message_id, at)
+                "INSERT OR IGNORE INTO processed (message_id, at, ignored_metrics)"
+                " VALUES (?, ?, ?)", (message_id, at, ignored_metrics or None)
             )
+
+    def ignored_metrics(self, message_id: str) -> int | None:
+        rows = self._query("SELECT ignored_metrics FROM processed WHERE message_id = ?",
+                           (message_id,))
+        return (rows[0][0] or 0) if rows else None
 
     # points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
@@ -265,6 +311,25 @@ class SQLiteStore:
                     event.model,
                 ),
             )
+            self._expire_rejected(conn, event.at)
+
+    def expire_rejected(self, now: float) -> int:
+        """Delete up to `EXPIRE_BATCH` rejected events older than `retention`; how many.
+        Every rejection does this (and every cold start), so the table stays within
+        `retention` at a bounded cost per event, as Firestore's TTL keeps it there."""
+        if self.retention is None:
+            return 0
+        with self._tx() as conn:
+            return self._expire_rejected(conn, now)
+
+    def _expire_rejected(self, conn: sqlite3.Connection, now: float) -> int:
+        if self.retention is None:
+            return 0
+        cursor = conn.execute(
+            "DELETE FROM rejected WHERE message_id IN (SELECT message_id FROM rejected"
+            " WHERE at < ? ORDER BY at LIMIT ?)",
+            (now - self.retention.total_seconds(), EXPIRE_BATCH))
+        return cursor.rowcount
 
     def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
         rows = self._query("SELECT * FROM rejected ORDER BY at DESC LIMIT ?", (limit,))

@@ -168,8 +168,15 @@ class StateStore(Protocol):
 
     def is_processed(self, message_id: str) -> bool: ...
 
-    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision]) -> None:
-        """Record a message's decisions and mark it processed, in one transaction."""
+    def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
+                       ignored_metrics: int = 0) -> None:
+        """Record a message's decisions and mark it processed, in one transaction;
+        `ignored_metrics` (kept on the processed marker) counts the metric values of the
+        event that no policy watches, which were not stored as points."""
+        ...
+
+    def ignored_metrics(self, message_id: str) -> int | None:
+        """The count `finish_message` kept for a processed message (None: not processed)."""
         ...
 
     def record_points(self, points: Sequence[StoredPoint]) -> None: ...
@@ -191,7 +198,11 @@ class StateStore(Protocol):
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]: ...
 
-    def record_rejected(self, event: RejectedEvent) -> None: ...
+    def record_rejected(self, event: RejectedEvent) -> None:
+        """Keep a rejected event (the first record of a message id stands). Rejected events
+        older than the store's `retention` (400 days by default) are deleted, a bounded
+        number per call (SQLite, memory) or by Firestore's TTL policy."""
+        ...
 
     def rejected_events(self, limit: int = 100) -> list[RejectedEvent]: ...
 

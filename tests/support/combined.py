@@ -56,9 +56,10 @@ class App:
         return {str(m): (str(f), str(r)) for m, f, r in rows}
 
     def recorded(self) -> set[str]:
-        """Message ids that left points or decisions behind."""
+        """Message ids that left points, decisions or a count of unwatched metrics behind."""
         rows = self._rows("SELECT message_id FROM points UNION "
-                          "SELECT message_id FROM decisions WHERE message_id IS NOT NULL")
+                          "SELECT message_id FROM decisions WHERE message_id IS NOT NULL UNION "
+                          "SELECT message_id FROM processed WHERE ignored_metrics > 0")
         return {str(row[0]) for row in rows}
 
 
