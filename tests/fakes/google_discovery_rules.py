@@ -5,15 +5,11 @@ fields). Used by the wire-level fakes in tests/fakes/google_apis.py."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import googleapiclient
-
-DOCUMENTS = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+from tests.fakes.discovery import load_document, validate_body
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,8 @@ class DiscoveryRules:
     """The methods of one discovery document, matched and checked against raw requests."""
 
     def __init__(self, document: str) -> None:
-        self.doc: dict[str, Any] = json.loads((DOCUMENTS / document).read_text("utf-8"))
+        self.name = document.removesuffix(".json")
+        self.doc: dict[str, Any] = load_document(self.name)
         prefix = "/" + self.doc.get("servicePath", "")
         methods: list[Method] = []
         for spec in _walk(self.doc):
@@ -75,34 +72,9 @@ class DiscoveryRules:
         if request is None:
             if body not in (None, "", {}):
                 found.append("this method takes no request body")
-        else:
-            found += self._check(body, request, "body")
+        else:  # the one body validator of the fakes (proto3 JSON rules)
+            found += validate_body(self.name, request["$ref"], body)
         return found
-
-    def _check(self, value: Any, schema: dict[str, Any], where: str) -> list[str]:
-        if "$ref" in schema:
-            schema = self.doc["schemas"][schema["$ref"]]
-        kind = schema.get("type")
-        if kind == "object":
-            if not isinstance(value, dict):
-                return [f"{where} is not an object"]
-            found: list[str] = []
-            props = schema.get("properties") or {}
-            extra = schema.get("additionalProperties")
-            for key, item in value.items():
-                if key in props:
-                    found += self._check(item, props[key], f"{where}.{key}")
-                elif extra is not None:
-                    found += self._check(item, extra, f"{where}.{key}")
-                else:
-                    found.append(f"unknown field {where}.{key}")
-            return found
-        if kind == "array":
-            if not isinstance(value, list):
-                return [f"{where} is not an array"]
-            return [p for i, item in enumerate(value)
-                    for p in self._check(item, schema["items"], f"{where}[{i}]")]
-        return _json_scalar(schema, value, where)
 
 
 def _walk(resource: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,28 +102,4 @@ def _scalar(spec: dict[str, Any], value: str, where: str) -> list[str]:
         return [f"{where}={value!r} is not a boolean"]
     if "enum" in spec and value not in spec["enum"]:
         return [f"{where}={value!r} is not one of {spec['enum']}"]
-    return []
-
-
-def _json_scalar(schema: dict[str, Any], value: Any, where: str) -> list[str]:
-    kind = schema.get("type")
-    if kind == "string":
-        if not isinstance(value, str):
-            return [f"{where} is not a string"]
-        if "enum" in schema and value not in schema["enum"]:
-            return [f"{where}={value!r} is not one of {schema['enum']}"]
-        if schema.get("format") in ("int64", "uint64") and not re.fullmatch(r"-?\d+", value):
-            return [f"{where}={value!r} is not an int64 string"]
-        if schema.get("format") == "google-duration" and not re.fullmatch(r"\d+(\.\d+)?s",
-                                                                          value):
-            return [f"{where}={value!r} is not a duration like 300s"]
-        return []
-    if kind == "integer":
-        return [] if isinstance(value, int) and not isinstance(value, bool) else [
-            f"{where} is not an integer"]
-    if kind == "boolean":
-        return [] if isinstance(value, bool) else [f"{where} is not a boolean"]
-    if kind == "number":
-        return [] if isinstance(value, (int, float)) and not isinstance(value, bool) else [
-            f"{where} is not a number"]
     return []
