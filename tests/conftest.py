@@ -145,3 +145,22 @@ def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
 @pytest.fixture
 def harness(make_harness: Callable[..., Harness]) -> Harness:
     return make_harness()
+
+
+@pytest.fixture()
+def fresh_template_cache() -> Iterator[None]:
+    """Templates are cached per process: each test starts and ends with none loaded."""
+    from pipeline_client.templates import clear_template_cache
+
+    clear_template_cache()
+    yield
+    clear_template_cache()
+
+
+@pytest.fixture()
+def vertex() -> Iterator[Any]:
+    """The wire-level fake of the Vertex AI REST API, on a free loopback port."""
+    from tests.fakes.vertex_server import FakeVertexServer
+
+    with FakeVertexServer() as server:
+        yield server

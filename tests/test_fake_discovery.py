@@ -15,7 +15,6 @@ import requests
 
 from pipeline_client.launcher import LaunchRequest
 from pipeline_client.registry import VertexModelRegistry
-from pipeline_client.templates import clear_template_cache
 from pipeline_client.vertex import VertexLauncher
 from tests.fakes import prebuilt
 from tests.fakes.discovery import load_document, request_schema, validate_body, validate_query
@@ -52,12 +51,7 @@ DOCUMENTED_JOB: dict[str, Any] = {
     "reservedIpRanges": ["vertex-ai-range"],
 }
 
-
-@pytest.fixture(autouse=True)
-def _fresh_template_cache() -> Iterator[None]:
-    clear_template_cache()
-    yield
-    clear_template_cache()
+pytestmark = pytest.mark.usefixtures("fresh_template_cache")
 
 
 @pytest.fixture()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline_client.templates import PLACEHOLDER_IMAGE, clear_template_cache, placeholder_images
+from pipeline_client.templates import PLACEHOLDER_IMAGE, placeholder_images
 from tests.conftest import TEST_PIPELINE_IMAGE, vertex_ready_template
 from triggers import wiring
 from triggers.config import Environment
@@ -34,12 +33,7 @@ models:
          absolute: {{threshold: 0.9}}}}
 """
 
-
-@pytest.fixture(autouse=True)
-def _fresh_template_cache() -> Iterator[None]:
-    clear_template_cache()
-    yield
-    clear_template_cache()
+pytestmark = pytest.mark.usefixtures("fresh_template_cache")
 
 
 def spec(path: Path) -> dict[str, object]:

@@ -7,13 +7,12 @@ Vertex does (same component, same resolved inputs as a task of an earlier succes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline_client.templates import clear_template_cache, without_caching
+from pipeline_client.templates import without_caching
 from pipeline_client.vertex import VertexLauncher
 from tests.conftest import Clock
 from tests.fakes.vertex_server import FakeVertexServer
@@ -41,18 +40,7 @@ models:
          absolute: {{threshold: 0.9}}}}
 """
 
-
-@pytest.fixture(autouse=True)
-def _fresh_template_cache() -> Iterator[None]:
-    clear_template_cache()
-    yield
-    clear_template_cache()
-
-
-@pytest.fixture()
-def vertex() -> Iterator[FakeVertexServer]:
-    with FakeVertexServer() as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("fresh_template_cache")
 
 
 def service(vertex: FakeVertexServer, clock: Clock, extra: str = "") -> RetrainService:

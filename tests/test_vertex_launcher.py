@@ -26,7 +26,6 @@ from pipeline_client.launcher import LaunchRequest
 from pipeline_client.templates import (
     STORAGE_EMULATOR_VARIABLE,
     TemplateError,
-    clear_template_cache,
     fetch_template,
     load_template,
     without_caching,
@@ -48,6 +47,8 @@ PARAMETERS = {
     "champion_version": "7",
     "training_days": 30,
 }
+
+pytestmark = pytest.mark.usefixtures("fresh_template_cache")
 
 
 def tiny_spec() -> dict[str, Any]:
@@ -85,19 +86,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture(autouse=True)
-def _fresh_template_cache() -> Iterator[None]:
-    clear_template_cache()
-    yield
-    clear_template_cache()
-
-
-@pytest.fixture()
-def vertex() -> Iterator[FakeVertexServer]:
-    with FakeVertexServer() as server:
-        yield server
 
 
 @pytest.fixture()
