@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.fakes.google_discovery_rules import DiscoveryRules, Method
+from tests.fakes.loopback import LoopbackServer
 
 TOKEN_PREFIX = "fake-token-for:"
 
@@ -73,41 +74,19 @@ class FakeGoogleApi:
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                owner._serve(self)
-
-            def do_POST(self) -> None:
-                owner._serve(self)
-
-            def do_DELETE(self) -> None:
-                owner._serve(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(self._serve, type(self).__name__)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._http.endpoint
 
     def __enter__(self) -> FakeGoogleApi:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()
 
     def handle(self, method: Method, call: Call) -> Reply:
         raise NotImplementedError

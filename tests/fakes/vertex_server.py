@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tests.fakes import prebuilt
 from tests.fakes.discovery import request_schema, validate_body, validate_query
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.pipeline_cache import EXECUTION_STATES, TASK_STATES, plan_tasks
 
 # PipelineState enum values, in order (the index is the number sent with enum-encoding=int).
@@ -202,54 +203,21 @@ class _LocalServer:
         self._lock = threading.RLock()
         self._faults: list[_Fault] = []
         self.chaos: Chaos | None = None
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                owner._serve(self)
-
-            def do_POST(self) -> None:
-                owner._serve(self)
-
-            def do_PATCH(self) -> None:
-                owner._serve(self)
-
-            def do_DELETE(self) -> None:
-                owner._serve(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(self._serve, type(self).__name__, host, port)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._http.endpoint
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                args=(0.05,),
-                name=type(self).__name__,
-                daemon=True,
-            )
-            self._thread.start()
+        self._http.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
+        self._http.stop()
 
     def __enter__(self) -> Any:
         self.start()
