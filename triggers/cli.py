@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "backtest", help="replay a metric history through the policies and guards; sweep a "
         "policy field (table, JSON/CSV, PNG)")
     backtest.add_argument("--policies", required=True, help="policy file")
-    backtest.add_argument("--history", required=True,
+    backtest.add_argument("--history",
                           help="metric history: JSONL events or CSV "
                           "(model,metric,value,window_end[,examples,slice,model_version])")
     backtest.add_argument("--model", help="replay this model only (default: every configured "
@@ -106,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                           "model's absolute floor on that metric)")
     backtest.add_argument("--plot", help="sweeps: the PNG to write (default: beside --output, "
                           "else backtest-sweep.png)")
+    backtest.add_argument("--counterfactual", metavar="MATRIX.csv",
+                          help="replay on what each retrained model would have scored (rows "
+                               "model, trained_through, window_end, metrics): runs promote "
+                               "the latest model trained before their launch; reports costs "
+                               "against never retraining and fixed schedules")
+    backtest.add_argument("--retrain-cost", type=float,
+                          help="--counterfactual: one run's cost (default: the cost policy's)")
+    backtest.add_argument("--loss-per-unit-day", type=float,
+                          help="--counterfactual: the metric 1.0 worse for a day (default: "
+                               "the cost policy's)")
+    backtest.add_argument("--metric", help="--counterfactual: the metric priced (default: "
+                                           "the cost policy's, else the first policy's)")
     backtest.add_argument("--progress", action="store_true",
                           help="show progress on stderr even when it is not a terminal")
 
@@ -140,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
     if args.command == "rollback":
         return _rollback(args)
+    if args.command == "backtest" and args.counterfactual:
+        from triggers.counterfactual import run_command as run_counterfactual
+
+        return run_counterfactual(args)
+    if args.command == "backtest" and not args.history:
+        print("retrain-trigger backtest: --history is required (or --counterfactual "
+              "MATRIX.csv)", file=sys.stderr)
+        return 2
     if args.command == "backtest":
         from triggers.backtest import run_command
 
