@@ -126,8 +126,8 @@ def test_needs_the_reference_and_the_window() -> None:
     verdict = policy.evaluate(daily([0.9] * 4))
     assert verdict.status == "insufficient_data"
     assert "first 5 accuracy points" in verdict.reason
-    assert cost_policy(retrain_cost=1, loss_per_unit_day=1).evaluate(daily([0.9] * 7)).reason \
-        == "need 8 accuracy points within 2w of the latest, have 7"
+    assert cost_policy(retrain_cost=1, loss_per_unit_day=1).evaluate(daily([0.9] * 3)).reason \
+        == "need 4 accuracy points within 2w of the latest, have 3"
 
 
 @pytest.mark.parametrize(("rule", "field"), [

@@ -536,7 +536,7 @@ KINDS: list[tuple[PolicyKind, dict[str, Any], dict[str, Any], int]] = [
     ("baseline", {"max_relative_drop": 0.2}, {}, 4),
     ("trend", TREND, {}, 8),
     ("forecast", {"threshold": 0.95, "horizon": "7d", "lookback": "14d"}, {}, 8),
-    ("cost", {"retrain_cost": 500, "loss_per_unit_day": 20000, "lookback": "14d"}, {}, 8),
+    ("cost", {"retrain_cost": 500, "loss_per_unit_day": 20000, "lookback": "14d"}, {}, 4),
 ]
 CASE_LIST = [
     Case(kind, rule, top, minimum, direction)

@@ -96,7 +96,7 @@ class CostSchema(StrictModel):
         "champion's age, the cost-optimal period for a linear decay)")
     lookback: Duration = Field(default=timedelta(days=14),
                                description="the window of the forecast's robust line")
-    min_points: int = Field(default=8, ge=3, le=100_000)
+    min_points: int = Field(default=4, ge=3, le=100_000)
     reference_points: int = Field(
         default=3, ge=1, le=1000,
         description="the champion's first points whose mean is the expected fresh level")

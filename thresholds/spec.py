@@ -63,7 +63,7 @@ class CostSpec:
     loss_per_unit_day: float
     horizon: timedelta | None = None
     lookback: timedelta = timedelta(days=14)
-    min_points: int = 8
+    min_points: int = 4
     reference_points: int = 3
     confidence: float = 0.8
 

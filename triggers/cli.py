@@ -80,6 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--policies", help="policy file (default: $RETRAIN_POLICY_FILE)")
     rollback.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
 
+    matrix = commands.add_parser(
+        "matrix", help="MATRIX.csv for backtest --counterfactual: the reference pipeline's "
+        "train step over a grid of training dates, each model scored on every later day")
+    matrix.add_argument("--data", required=True, help="the data lake (directory of "
+                        "<model>/<YYYY-MM-DD>.csv)")
+    matrix.add_argument("--model", required=True, help="the model's folder in the data lake")
+    matrix.add_argument("--output", required=True, help="the MATRIX.csv to write")
+    matrix.add_argument("--training-days", type=int, default=7,
+                        help="days each model trains on (default 7, as the pipeline)")
+    matrix.add_argument("--every", type=int, default=1,
+                        help="a training date every N days (default 1)")
+    matrix.add_argument("--progress", action="store_true",
+                        help="draw the progress bar even when stderr is not a terminal")
+
     backtest = commands.add_parser(
         "backtest", help="replay a metric history through the policies and guards; sweep a "
         "policy field (table, JSON/CSV, PNG)")
@@ -152,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
     if args.command == "rollback":
         return _rollback(args)
+    if args.command == "matrix":
+        from triggers.matrix import run_command as run_matrix
+
+        return run_matrix(args)
     if args.command == "backtest" and args.counterfactual:
         from triggers.counterfactual import run_command as run_counterfactual
 

@@ -214,6 +214,17 @@ class CounterfactualReplay(Replay):
         """Per window of the matrix, the `trained_through` of the model in production."""
 
     def play(self, model: ModelConfig) -> None:
+        import logging
+
+        service_logger = logging.getLogger("retrain")
+        level = service_logger.level
+        service_logger.setLevel(logging.ERROR)  # simulated launches are not log news
+        try:
+            self._play(model)
+        finally:
+            service_logger.setLevel(level)
+
+    def _play(self, model: ModelConfig) -> None:
         by_version = {self.matrix.version(t): t for t in self.matrix.trained}
         first = self.matrix.trained[0]
         for line, window in enumerate(self.matrix.windows, start=1):
