@@ -60,6 +60,7 @@ class ModelMatrix:
     windows: list[Window] = field(default_factory=list)
     scores: dict[tuple[float, float], Mapping[str, float]] = field(default_factory=dict)
     examples: dict[tuple[float, float], int | None] = field(default_factory=dict)
+    _best: dict[tuple[str, bool], dict[float, float]] = field(default_factory=dict, repr=False)
 
     def version(self, trained_through: float) -> str:
         """The model_version the replay gives the model trained up to `trained_through`."""
@@ -83,9 +84,16 @@ class ModelMatrix:
 
     def best(self, window: Window, metric: str, higher_is_better: bool) -> float:
         """The best value any model of the matrix scored on `window`."""
-        values = [s[metric] for (_, end), s in self.scores.items()
-                  if end == window.end and metric in s]
-        return max(values) if higher_is_better else min(values)
+        key = (metric, higher_is_better)
+        table = self._best.get(key)
+        if table is None:
+            pick = max if higher_is_better else min
+            table = self._best[key] = {}
+            for (_, end), scores in self.scores.items():
+                if metric in scores:
+                    value = scores[metric]
+                    table[end] = pick(table[end], value) if end in table else value
+        return table[window.end]
 
     def length_days(self, index: int) -> float:
         """Window `index`'s length: end − start, else the gap since the previous window's end
