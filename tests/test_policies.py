@@ -21,6 +21,7 @@ import pytest
 from thresholds import Point, Policy, PolicySpec, Verdict, build_policy
 from thresholds.absolute import AbsolutePolicy
 from thresholds.baseline import BaselinePolicy
+from thresholds.cost import CostPolicy
 from thresholds.forecast import ForecastPolicy
 from thresholds.registry import POLICY_CLASSES
 from thresholds.spec import POLICY_KINDS, PolicyKind
@@ -535,6 +536,7 @@ KINDS: list[tuple[PolicyKind, dict[str, Any], dict[str, Any], int]] = [
     ("baseline", {"max_relative_drop": 0.2}, {}, 4),
     ("trend", TREND, {}, 8),
     ("forecast", {"threshold": 0.95, "horizon": "7d", "lookback": "14d"}, {}, 8),
+    ("cost", {"retrain_cost": 500, "loss_per_unit_day": 20000, "lookback": "14d"}, {}, 4),
 ]
 CASE_LIST = [
     Case(kind, rule, top, minimum, direction)
@@ -632,6 +634,7 @@ def test_every_policy_fast_path_matches_the_base_semantics(case: Case) -> None:
         ("baseline", {"max_absolute_drop": 0.1}, BaselinePolicy, None),
         ("trend", TREND, TrendPolicy, timedelta(days=14)),
         ("forecast", {**FORECAST, "lookback": "36h"}, ForecastPolicy, timedelta(hours=36)),
+        ("cost", {"retrain_cost": 1, "loss_per_unit_day": 1}, CostPolicy, timedelta(days=14)),
     ],
 )
 def test_build_policy(

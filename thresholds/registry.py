@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from thresholds.absolute import AbsolutePolicy
 from thresholds.base import Policy
 from thresholds.baseline import BaselinePolicy
+from thresholds.cost import CostPolicy
 from thresholds.forecast import ForecastPolicy
 from thresholds.spec import PolicyKind, PolicySpec
 from thresholds.trend import TrendPolicy
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from thresholds.schema import PolicySchema
 
 POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = MappingProxyType(
-    {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy)}
+    {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy,
+                                    CostPolicy)}
 )
 
 

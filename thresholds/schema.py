@@ -82,6 +82,27 @@ class ForecastSchema(StrictModel):
     min_points: int = Field(default=8, ge=3, le=100_000)
 
 
+class CostSchema(StrictModel):
+    """Breach when keeping the champion over `horizon` is projected, at `confidence`, to lose
+    more than one run costs: loss = loss_per_unit_day × (fresh level − forecast path) × days."""
+
+    retrain_cost: float = Field(gt=0, allow_inf_nan=False,
+                                description="the cost of one retraining run")
+    loss_per_unit_day: float = Field(
+        gt=0, allow_inf_nan=False,
+        description="the cost of the metric being 1.0 worse than a fresh model for one day")
+    horizon: Duration | None = Field(
+        default=None, description="how far ahead to project (default: (√2 − 1) × the "
+        "champion's age, the cost-optimal period for a linear decay)")
+    lookback: Duration = Field(default=timedelta(days=14),
+                               description="the window of the forecast's robust line")
+    min_points: int = Field(default=4, ge=3, le=100_000)
+    reference_points: int = Field(
+        default=3, ge=1, le=1000,
+        description="the champion's first points whose mean is the expected fresh level")
+    confidence: float = Field(default=0.8, gt=0.5, lt=1)
+
+
 class PolicySchema(StrictModel):
     """One policy: a metric, a direction, and exactly one rule."""
 
@@ -93,6 +114,7 @@ class PolicySchema(StrictModel):
     baseline: BaselineSchema | None = None
     trend: TrendSchema | None = None
     forecast: ForecastSchema | None = None
+    cost: CostSchema | None = None
     breaches_to_trigger: int = Field(default=1, ge=1, le=10_000)
     evaluation_points: int = Field(default=1, ge=1, le=10_000)
     min_examples: int = Field(default=0, ge=0)
@@ -104,7 +126,7 @@ class PolicySchema(StrictModel):
             given = [kind for kind in POLICY_KINDS if data.get(kind) is not None]
             if len(given) != 1:
                 raise ValueError(
-                    "a policy needs exactly one of absolute, baseline, trend, forecast"
+                    "a policy needs exactly one of absolute, baseline, trend, forecast, cost"
                     + (f" (got {', '.join(given)})" if given else "")
                 )
         return data
@@ -125,9 +147,12 @@ class PolicySchema(StrictModel):
 
     @model_validator(mode="after")
     def _positive_lookback(self) -> PolicySchema:
-        rule = self.trend or self.forecast
+        rule = self.trend or self.forecast or self.cost
         if rule is not None and rule.lookback.total_seconds() <= 0:
             raise ValueError("lookback must be longer than zero")
+        if self.cost is not None and self.cost.horizon is not None \
+                and self.cost.horizon.total_seconds() <= 0:
+            raise ValueError("cost.horizon must be longer than zero")
         return self
 
     @property

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from thresholds.durations import format_duration, parse_duration
 
 Direction = Literal["higher_is_better", "lower_is_better"]
-PolicyKind = Literal["absolute", "baseline", "trend", "forecast"]
-POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast")
+PolicyKind = Literal["absolute", "baseline", "trend", "forecast", "cost"]
+POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast", "cost")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -54,11 +54,26 @@ class ForecastSpec:
     min_points: int = 8
 
 
+@dataclass(frozen=True)
+class CostSpec:
+    """Breach when keeping the champion over `horizon` is projected, at `confidence`, to lose
+    more than one run costs (see `thresholds.cost`). `horizon` None: (√2 − 1) × its age."""
+
+    retrain_cost: float
+    loss_per_unit_day: float
+    horizon: timedelta | None = None
+    lookback: timedelta = timedelta(days=14)
+    min_points: int = 4
+    reference_points: int = 3
+    confidence: float = 0.8
+
+
 _RULES: dict[str, type[Any]] = {
     "absolute": AbsoluteSpec,
     "baseline": BaselineSpec,
     "trend": TrendSpec,
     "forecast": ForecastSpec,
+    "cost": CostSpec,
 }
 
 
@@ -74,6 +89,7 @@ class PolicySpec:
     baseline: BaselineSpec | None = None
     trend: TrendSpec | None = None
     forecast: ForecastSpec | None = None
+    cost: CostSpec | None = None
     breaches_to_trigger: int = 1
     evaluation_points: int = 1
     min_examples: int = 0
@@ -99,7 +115,8 @@ class PolicySpec:
         for kind, rule in _RULES.items():
             if values.get(kind) is not None:
                 values[kind] = rule(**{
-                    key: parse_duration(value) if key in ("lookback", "horizon") else value
+                    key: (parse_duration(value)
+                          if key in ("lookback", "horizon") and value is not None else value)
                     for key, value in values[kind].items()
                 })
         return cls(**values)

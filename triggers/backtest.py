@@ -805,7 +805,7 @@ def backtest(
 @dataclass(frozen=True)
 class SweepSpec:
     """`POLICY[.RULE].FIELD=START:STOP:STEP`: the values (STOP included when on the grid);
-    `rule` (absolute, baseline, trend, forecast) when the field was named with its rule."""
+    `rule` (absolute, baseline, trend, forecast, cost) when the field was named with its rule."""
 
     policy: str
     field: str
@@ -818,7 +818,7 @@ _TOP_FIELDS = ("breaches_to_trigger", "evaluation_points", "min_examples")
 _DURATION_FIELDS = ("lookback", "horizon")
 
 
-_RULES = ("absolute", "baseline", "trend", "forecast")
+_RULES = ("absolute", "baseline", "trend", "forecast", "cost")
 
 
 def parse_sweep(text: str) -> SweepSpec:
@@ -887,7 +887,7 @@ def _rule_fields(spec: PolicySpec) -> tuple[str, ...]:
     rule = getattr(spec, spec.kind)
     return tuple(name for name in rule.__dataclass_fields__
                  if isinstance(getattr(rule, name), (int, float, timedelta))
-                 or name in ("max_relative_drop", "max_absolute_drop"))
+                 or name in ("max_relative_drop", "max_absolute_drop", "horizon"))
 
 
 def with_policy(config: ServiceConfig, model: str, spec: PolicySpec) -> ServiceConfig:

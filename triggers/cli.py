@@ -80,11 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--policies", help="policy file (default: $RETRAIN_POLICY_FILE)")
     rollback.add_argument("--state", help="state URL (default: $RETRAIN_STATE)")
 
+    matrix = commands.add_parser(
+        "matrix", help="MATRIX.csv for backtest --counterfactual: the reference pipeline's "
+        "train step over a grid of training dates, each model scored on every later day")
+    matrix.add_argument("--data", required=True, help="the data lake (directory of "
+                        "<model>/<YYYY-MM-DD>.csv)")
+    matrix.add_argument("--model", required=True, help="the model's folder in the data lake")
+    matrix.add_argument("--output", required=True, help="the MATRIX.csv to write")
+    matrix.add_argument("--training-days", type=int, default=7,
+                        help="days each model trains on (default 7, as the pipeline)")
+    matrix.add_argument("--every", type=int, default=1,
+                        help="a training date every N days (default 1)")
+    matrix.add_argument("--progress", action="store_true",
+                        help="draw the progress bar even when stderr is not a terminal")
+
     backtest = commands.add_parser(
         "backtest", help="replay a metric history through the policies and guards; sweep a "
         "policy field (table, JSON/CSV, PNG)")
     backtest.add_argument("--policies", required=True, help="policy file")
-    backtest.add_argument("--history", required=True,
+    backtest.add_argument("--history",
                           help="metric history: JSONL events or CSV "
                           "(model,metric,value,window_end[,examples,slice,model_version])")
     backtest.add_argument("--model", help="replay this model only (default: every configured "
@@ -106,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
                           "model's absolute floor on that metric)")
     backtest.add_argument("--plot", help="sweeps: the PNG to write (default: beside --output, "
                           "else backtest-sweep.png)")
+    backtest.add_argument("--counterfactual", metavar="MATRIX.csv",
+                          help="replay on what each retrained model would have scored (rows "
+                               "model, trained_through, window_end, metrics): runs promote "
+                               "the latest model trained before their launch; reports costs "
+                               "against never retraining and fixed schedules")
+    backtest.add_argument("--retrain-cost", type=float,
+                          help="--counterfactual: one run's cost (default: the cost policy's)")
+    backtest.add_argument("--loss-per-unit-day", type=float,
+                          help="--counterfactual: the metric 1.0 worse for a day (default: "
+                               "the cost policy's)")
+    backtest.add_argument("--metric", help="--counterfactual: the metric priced (default: "
+                                           "the cost policy's, else the first policy's)")
     backtest.add_argument("--progress", action="store_true",
                           help="show progress on stderr even when it is not a terminal")
 
@@ -140,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
     if args.command == "rollback":
         return _rollback(args)
+    if args.command == "matrix":
+        from triggers.matrix import run_command as run_matrix
+
+        return run_matrix(args)
+    if args.command == "backtest" and args.counterfactual:
+        from triggers.counterfactual import run_command as run_counterfactual
+
+        return run_counterfactual(args)
+    if args.command == "backtest" and not args.history:
+        print("retrain-trigger backtest: --history is required (or --counterfactual "
+              "MATRIX.csv)", file=sys.stderr)
+        return 2
     if args.command == "backtest":
         from triggers.backtest import run_command
 

@@ -365,6 +365,8 @@ class RetrainService:
         head: list[StoredPoint] = []
         if spec.baseline is not None:
             head = fetch(spec.baseline.reference_points, oldest=True, since=start)
+        elif spec.cost is not None:  # the champion's first points: its fresh level
+            head = fetch(spec.cost.reference_points, oldest=True, since=start)
         merged = {p.window_end: p for p in (*head, *before, *after)}
         contiguous = before[0].window_end if before else as_of
         return [merged[t] for t in sorted(merged)], contiguous
