@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
 from thresholds.spec import ForecastSpec, PolicySpec
+from thresholds.theil_sen import SlidingPairs, sliding_statistics
 from thresholds.trend import (
     DAY,
     FitMemo,
@@ -45,6 +46,8 @@ class ForecastPolicy(Policy):
         super().__init__(spec)
         assert spec.forecast is not None  # Policy.__init__ checked the kind
         self.rule: ForecastSpec = spec.forecast
+        self.sliding = SlidingPairs()
+        """The last window's pairs: the next window, a point or two apart, is fitted from them."""
 
     @property
     def lookback(self) -> timedelta:
@@ -53,9 +56,14 @@ class ForecastPolicy(Policy):
     def _fit(self, window: Sequence[Point]) -> RobustFit:
         """The window's Theil–Sen fit (remembered with a `fit_memo`)."""
         if self.fit_memo is None:
-            return theil_sen(window, _CONFIDENCE)
+            return self._fit_now(window)
         return self.fit_memo.get(("fit", _CONFIDENCE, *window_key(window)),
-                                 lambda: theil_sen(window, _CONFIDENCE))
+                                 lambda: self._fit_now(window))
+
+    def _fit_now(self, window: Sequence[Point]) -> RobustFit:
+        """From the last window's pairs where they give it exactly, else a full refit."""
+        quick = sliding_statistics(self.sliding, window, _CONFIDENCE, None)
+        return quick[0] if quick is not None else theil_sen(window, _CONFIDENCE)
 
     def evaluate(self, points: Sequence[Point]) -> Verdict:
         # Only the lookback window matters: walk back from the end, not over the whole series.

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
 from thresholds.spec import PolicySpec, TrendSpec
+from thresholds.theil_sen import SlidingPairs, sliding_statistics
 
 DAY = 86_400.0
 
@@ -281,12 +282,17 @@ class TrendPolicy(Policy):
         super().__init__(spec)
         assert spec.trend is not None  # Policy.__init__ checked the kind
         self.rule: TrendSpec = spec.trend
+        self.sliding = SlidingPairs()
+        """The last window's pairs: the next window, a point or two apart, is fitted from them."""
 
     def _statistics(self, window: Sequence[Point]) -> tuple[RobustFit, float]:
         """The window's Theil–Sen fit and Kendall p-value (remembered with a `fit_memo`)."""
         confidence, decreasing = self.rule.confidence, self.higher_is_better
 
         def compute() -> tuple[RobustFit, float]:
+            quick = sliding_statistics(self.sliding, window, confidence, decreasing)
+            if quick is not None:
+                return quick
             pairs = _Pairs(window)
             return (_theil_sen(pairs, confidence, window[-1].time),
                     _kendall_p_value(pairs, decreasing))

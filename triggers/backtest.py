@@ -32,7 +32,8 @@ from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import InvalidEventError, RetrainError
 from triggers.events import MetricEvent, fast_event
 from triggers.memory_store import MemoryStore
-from triggers.service import RetrainService, is_champion_version
+from triggers.series import is_champion_version
+from triggers.service import RetrainService
 from triggers.store import IN_FLIGHT, Decision, ModelState, StoredPoint, iso
 
 DEFAULT_RUN_DURATION = timedelta(hours=6)

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
-from thresholds.base import Point, Policy, Verdict
+from thresholds.base import Policy, Verdict
 from thresholds.durations import format_duration
 from triggers import ids
 from triggers.config import ModelConfig, ServiceConfig
@@ -29,6 +29,7 @@ from triggers.errors import (
 from triggers.events import Delivery, MetricEvent, parse_event, truncated
 from triggers.guards import check_guards, guard_window
 from triggers.logs import log_event
+from triggers.series import MAX_REEVALUATIONS, ChampionSeries
 from triggers.store import (
     IN_FLIGHT,
     Claim,
@@ -45,9 +46,6 @@ logger = logging.getLogger("retrain.service")
 
 INFERRED_ENDS: frozenset[str] = frozenset({"completed", "timed_out"})
 """Ends the service inferred without the pipeline's report; a real outcome replaces them."""
-
-MAX_REEVALUATIONS = 50
-"""After a late point, at most this many later points are evaluated again."""
 
 
 @dataclass
@@ -129,6 +127,8 @@ class RetrainService:
         self.clock = clock
         self.launch_grace = launch_grace
         self.status_interval = status_interval
+        self.series = ChampionSeries(store)
+        """The champion's points, read (and on a warm instance kept) for the policies."""
 
     # ------------------------------------------------------------------ events
     def handle_delivery(self, delivery: Delivery, caller: str | None = None) -> EventResult:
@@ -175,7 +175,7 @@ class RetrainService:
             if self.store.is_processed(message_id):
                 return EventResult("duplicate", message_id, event.model, refreshed)
             if kept:  # only what some policy reads is kept; the rest is counted
-                self.store.record_points([
+                self.series.record([
                     StoredPoint(
                         model=event.model,
                         slice=event.slice,
@@ -283,8 +283,10 @@ class RetrainService:
             series, contiguous = self._series(model.name, policy, state, t_new)
             times = [p.window_end for p in series if p.window_end >= t_new]
             for as_of in times[: MAX_REEVALUATIONS + 1] or [t_new]:
-                prefix = [p for p in series if p.window_end <= as_of]
-                verdict = self._evaluate_as_of(policy, prefix, model.lateness, now, contiguous)
+                prefix = (series if series and series[-1].window_end <= as_of
+                          else [p for p in series if p.window_end <= as_of])
+                verdict = self._evaluate_as_of(policy, prefix, model.lateness, now, contiguous,
+                                               model.name)
                 if verdict.fired:
                     fired_at.setdefault(as_of, []).append((policy, verdict))
                 else:
@@ -301,82 +303,16 @@ class RetrainService:
     def _series(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
     ) -> tuple[list[StoredPoint], float]:
-        """What `policy` needs to judge the champion as of `as_of` (default: its latest point)
-        and as of each of the next MAX_REEVALUATIONS points, oldest first; and the time from
-        which the points are contiguous (a baseline's first points stand apart).
-
-        Bounded reads: the lookback window, or the latest points the rule counts (and the
-        champion's first points for a baseline), plus one predecessor for the gap check.
-        """
-        spec = policy.spec
-        start = state.history_start
-
-        def counts(p: StoredPoint) -> bool:
-            return is_champion_version(state, p.model_version)
-
-        def usable(p: StoredPoint) -> bool:
-            return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
-
-        def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
-            """At least `wanted` usable points at the near end (or all there are)."""
-            limit = wanted
-            while True:
-                raw = self.store.points(model, spec.slice, policy.metric, limit=limit,
-                                        oldest=oldest, **bounds)
-                if len(raw) < limit or sum(map(usable, raw)) >= wanted:
-                    return [p for p in raw if counts(p)]
-                limit *= 4
-
-        if as_of is None:
-            latest = self.store.points(model, spec.slice, policy.metric, since=start, limit=1)
-            if not latest:
-                return [], 0.0
-            as_of = latest[0].window_end
-        lookback = policy.lookback
-
-        def up_to(until: float | None) -> list[StoredPoint]:
-            """The points judging `as_of` needs, and those after it up to `until`."""
-            if lookback is None:
-                return fetch(spec.evaluation_points + 1, since=start, until=until)
-            def read(lower: float) -> list[StoredPoint]:
-                return [p for p in self.store.points(
-                    model, spec.slice, policy.metric, since=max(lower, start or lower),
-                    until=until) if counts(p)]
-
-            lower = lookback_start(lookback, as_of)
-            window = read(lower)
-            judged = ([p for p in window if p.window_end <= as_of] if spec.min_examples
-                      else None)
-            if judged and not usable(judged[-1]):
-                # The policy ignores unusable points: its window ends at the newest usable one.
-                usable_ends = [p.window_end for p in fetch(1, since=start, until=as_of)
-                               if usable(p)]
-                if usable_ends:
-                    lower = lookback_start(lookback, max(usable_ends))
-                    window = read(lower)
-            if window and window[0].window_start is not None:  # its predecessor, for gaps
-                window = fetch(1, since=start, until=lower) + window
-            return window
-
-        before, after = up_to(None), []
-        if before and before[-1].window_end > as_of:  # a late point: bounded re-evaluation
-            before = up_to(as_of)
-            after = fetch(MAX_REEVALUATIONS, oldest=True, since=as_of)
-        head: list[StoredPoint] = []
-        if spec.baseline is not None:
-            head = fetch(spec.baseline.reference_points, oldest=True, since=start)
-        elif spec.cost is not None:  # the champion's first points: its fresh level
-            head = fetch(spec.cost.reference_points, oldest=True, since=start)
-        merged = {p.window_end: p for p in (*head, *before, *after)}
-        contiguous = before[0].window_end if before else as_of
-        return [merged[t] for t in sorted(merged)], contiguous
+        """The champion's points `policy` judges as of `as_of` (see `ChampionSeries.window`)."""
+        return self.series.window(model, policy, state, as_of)
 
     def _verdict_now(
         self, model: ModelConfig, policy: Policy, state: ModelState, now: float
     ) -> Verdict:
         """The policy's verdict as of the champion's latest point."""
         series, contiguous = self._series(model.name, policy, state)
-        return self._evaluate_as_of(policy, series, model.lateness, now, contiguous)
+        return self._evaluate_as_of(policy, series, model.lateness, now, contiguous,
+                                    model.name)
 
     def _evaluate_as_of(
         self,
@@ -385,6 +321,7 @@ class RetrainService:
         lateness: timedelta,
         now: float,
         contiguous: float,
+        model: str = "",
     ) -> Verdict:
         """The policy's verdict on `prefix`, unless a window it needs is still expected.
 
@@ -392,7 +329,8 @@ class RetrainService:
         predecessor's end leaves a gap. Within `lateness` of that point's arrival the gap is
         a late point on its way, and judging without it could fire on the wrong point.
         """
-        gap = unsettled_gap([p for p in prefix if p.window_end >= contiguous],
+        gap = unsettled_gap(prefix if not prefix or prefix[0].window_end >= contiguous
+                            else [p for p in prefix if p.window_end >= contiguous],
                             lateness.total_seconds(), now)
         if gap is not None:
             return Verdict(
@@ -401,7 +339,7 @@ class RetrainService:
                 f"missing (waiting up to {format_duration(lateness)} after the next one)",
                 details={"missing_window_end": iso(gap)})
         try:
-            return policy.evaluate([Point(p.window_end, p.value, p.examples) for p in prefix])
+            return policy.evaluate(self.series.as_points(model, policy, prefix))
         except (ArithmeticError, ValueError) as exc:  # e.g. values near float's limits
             log_event(logger, logging.ERROR, f"{policy.name} could not be evaluated: {exc}",
                       labels={"policy": policy.name})
@@ -905,18 +843,6 @@ class RetrainService:
             message_id=message_id,
             details=details,
         )
-
-
-def lookback_start(lookback: timedelta, as_of: float) -> float:
-    """The event time after which a lookback policy's points are read to judge `as_of`."""
-    return as_of - lookback.total_seconds() - 1e-6
-
-
-def is_champion_version(state: ModelState, model_version: str | None) -> bool:
-    """Whether a point evaluated on `model_version` counts for the champion's policies (a point
-    that names no version always does, and every point does while there is no champion)."""
-    return (state.champion_version is None or model_version is None
-            or model_version == state.champion_version)
 
 
 def unsettled_gap(prefix: Sequence[StoredPoint], lateness: float, now: float) -> float | None:

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (model, slice, metric, window_end)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_by_model_time ON points (model, window_end);
+CREATE TABLE IF NOT EXISTS series_marks (
+    model TEXT NOT NULL, slice TEXT NOT NULL, metric TEXT NOT NULL, writes INTEGER NOT NULL,
+    token INTEGER NOT NULL, PRIMARY KEY (model, slice, metric)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS processed (
     message_id TEXT PRIMARY KEY, at REAL NOT NULL, ignored_metrics INTEGER
 );
@@ -260,6 +264,20 @@ class SQLiteStore:
                     for p in points
                 ],
             )
+            conn.executemany(  # every write replaces its series' mark (ChampionSeries checks)
+                "INSERT INTO series_marks (model, slice, metric, writes, token)"
+                " VALUES (?, ?, ?, 1, random())"
+                " ON CONFLICT (model, slice, metric) DO UPDATE SET"
+                " writes = writes + 1, token = random()",
+                [(p.model, p.slice, p.metric) for p in points],
+            )
+
+    def series_mark(self, model: str, slice_: str, metric: str) -> tuple[int, int] | None:
+        """A mark that every write of a point of the series replaces: (write count, random
+        token); None before the first. Read it in the transaction of the reads it vouches for."""
+        rows = self._query("SELECT writes, token FROM series_marks WHERE model = ? AND"
+                           " slice = ? AND metric = ?", (model, slice_, metric))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     def points(
         self,

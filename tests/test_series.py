@@ -1,0 +1,147 @@
+"""The champion's series as a warm instance keeps it: exact fits of sliding windows, and
+points kept across events that never hide another instance's writes."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Harness
+from thresholds.base import Point
+from thresholds.theil_sen import SlidingPairs, sliding_statistics
+from thresholds.trend import _kendall_p_value, _Pairs, _theil_sen
+
+WARM_POLICY = """
+defaults:
+  guards: {cooldown: 6h, max_runs: {count: 50, per: 7d}, skip_if_running: false}
+models:
+  fraud-detector:
+    pipeline:
+      template: %(template)s
+      pipeline_root: gs://test-bucket/root
+    policies:
+      - {name: accuracy-floor, metric: accuracy, direction: higher_is_better,
+         absolute: {threshold: 0.95}, breaches_to_trigger: 3, evaluation_points: 5,
+         min_examples: 500}
+      - {name: accuracy-trend, metric: accuracy, direction: higher_is_better,
+         trend: {lookback: 2d, max_decline_per_day: 0.001, confidence: 0.9, min_points: 12}}
+      - {name: accuracy-forecast, metric: accuracy, direction: higher_is_better,
+         forecast: {lookback: 1d, horizon: 2d, threshold: 0.9, min_points: 6}}
+"""
+
+
+def _full(window: list[Point], confidence: float, decreasing: bool) -> tuple[float, ...]:
+    pairs = _Pairs(window)
+    fit = _theil_sen(pairs, confidence, window[-1].time)
+    return (fit.slope, fit.low_slope, fit.high_slope, fit.level,
+            _kendall_p_value(pairs, decreasing))
+
+
+def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x == y and math.copysign(1, x) == math.copysign(1, y)
+               or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sliding_fit_is_bit_identical_to_the_full_refit(seed: int) -> None:
+    rng = random.Random(seed)
+    step = [3600.0, 60.0, 1.0, 0.001, 86400.0, 3600.0, 7.5, 3600.0][seed]
+    start = 1.7e9 + rng.random() * 1e6
+    points = []
+    for i in range(260):
+        t = start + i * step + (rng.random() * step * 0.4 if rng.random() < 0.3 else 0.0)
+        v = (round(rng.random(), 1) if seed % 3 == 0
+             else 0.9 - i * 1e-5 + rng.gauss(0, 1e-3) if seed % 3 == 1
+             else rng.gauss(0.9, 0.01))
+        points.append(Point(t, v))
+    sliding = SlidingPairs()
+    width = [7, 40, 120, 60, 25, 90, 33, 150][seed]
+    compared = 0
+    for end in range(width, len(points)):
+        window = points[end - width:end]
+        if rng.random() < 0.1:  # a hole, or a late point arriving in the middle
+            del window[rng.randrange(1, width - 1)]
+        if rng.random() < 0.05:  # a corrected value
+            i = rng.randrange(width - 1)
+            window[i] = Point(window[i].time, window[i].value + 0.01)
+        confidence = rng.choice([0.8, 0.9, 0.95])
+        quick = sliding_statistics(sliding, window, confidence, True)
+        assert quick is not None
+        fit, p_value = quick
+        assert _same((fit.slope, fit.low_slope, fit.high_slope, fit.level, p_value),
+                     _full(window, confidence, True)), (seed, end)
+        compared += 1
+    assert compared == len(points) - width
+    assert sliding.updates > sliding.rebuilds  # incremental, not rebuilt every time
+
+
+def test_sliding_fit_declines_windows_it_cannot_fit_exactly() -> None:
+    sliding = SlidingPairs()
+    tied = [Point(1.0, 0.5), Point(1.0, 0.6), Point(2.0, 0.7)]
+    assert sliding_statistics(sliding, tied, 0.95, True) is None
+    infinite = [Point(1.0, 0.5), Point(2.0, math.inf), Point(3.0, 0.7)]
+    assert sliding_statistics(sliding, infinite, 0.95, True) is None
+
+
+def _hourly(h: Harness, i: int, value: float, **extra: Any) -> dict[str, Any]:
+    event = h.event(i / 24, value, window_start=None, **extra)
+    event.pop("window_start")
+    return event
+
+
+def _decisions(h: Harness) -> list[tuple[Any, ...]]:
+    return sorted((d.decision_id, d.kind, d.policy, d.event_time, d.statistic, d.limit,
+                   d.reason, d.run_id, sorted(d.details.items()))
+                  for d in h.store.decisions(limit=1_000_000))
+
+
+def _stream(seed: int) -> list[tuple[int, float, dict[str, Any]]]:
+    """(hour, value, extra fields): a slow decline with noise, some late points, some
+    corrections of a point already recorded, some small samples."""
+    rng = random.Random(seed)
+    out: list[tuple[int, float, dict[str, Any]]] = []
+    held: list[tuple[int, float, dict[str, Any]]] = []
+    for hour in range(160):
+        value = round(0.975 - hour * 0.00015 + rng.gauss(0, 0.002), 4)
+        extra: dict[str, Any] = {}
+        if rng.random() < 0.05:
+            extra["examples"] = 100  # below min_examples
+        item = (hour, value, extra)
+        if rng.random() < 0.06:
+            held.append(item)  # arrives late
+            continue
+        out.append(item)
+        if held and rng.random() < 0.3:
+            out.append(held.pop(0))
+        if rng.random() < 0.04 and out:
+            h, v, e = out[rng.randrange(len(out))]
+            out.append((h, round(v - 0.003, 4), e))  # a correction of a recorded window
+    return out + held
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_two_warm_instances_on_one_file_decide_as_one_instance(
+        make_harness: Callable[..., Harness], tmp_path: Path, seed: int) -> None:
+    single = make_harness(WARM_POLICY, db=tmp_path / "single.db")
+    first = make_harness(WARM_POLICY, db=tmp_path / "shared.db")
+    second = make_harness(WARM_POLICY, db=tmp_path / "shared.db")
+    rng = random.Random(seed)
+    for n, (hour, value, extra) in enumerate(_stream(seed)):
+        event = _hourly(single, hour, value, model_version="7", **extra)
+        # runs of a few events on one instance, then the other: each keeps its series warm
+        # while the other writes behind its back
+        target = first if (n // rng.choice([1, 3, 5])) % 2 == 0 else second
+        for h in (single, target):
+            h.clock.now = single.clock.now
+            h.send(event, message_id=f"m-{n}")
+        single.clock.advance(minutes=7)
+    assert _decisions(first) == _decisions(second)  # one file
+    assert _decisions(first) == _decisions(single)
+    kinds = {d[1] for d in _decisions(single)}
+    assert {"fired", "ok", "insufficient_data"} <= kinds  # the stream exercised the policies
+    assert first.service.series._kept and second.service.series._kept  # both kept series

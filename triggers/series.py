@@ -1,0 +1,310 @@
+"""The champion's series: which points a policy judges, read once per warm instance.
+
+`ChampionSeries` is the one reader of a champion's points (the service's, the backtest's);
+on a store that keeps a per-series write mark it keeps what it read and checks the mark.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Protocol, runtime_checkable
+
+from thresholds.base import Point, Policy
+from triggers.store import ModelState, StateStore, StoredPoint
+
+MAX_REEVALUATIONS = 50
+"""After a late point, at most this many later points are evaluated again."""
+
+TRIM_SLACK = 256
+"""Points kept below what the last reads touched before a kept series is trimmed."""
+
+SeriesKey = tuple[str, str, str]
+
+
+@runtime_checkable
+class SeriesMarks(Protocol):
+    """A store that can say cheaply whether a series changed: a mark that every write of one
+    of its points replaces (a write count and a random token, read in the caller's
+    transaction). Stores without it are read afresh for every event."""
+
+    def series_mark(self, model: str, slice_: str, metric: str) -> object: ...
+
+
+def lookback_start(lookback: timedelta, as_of: float) -> float:
+    """The event time after which a lookback policy's points are read to judge `as_of`."""
+    return as_of - lookback.total_seconds() - 1e-6
+
+
+def is_champion_version(state: ModelState, model_version: str | None) -> bool:
+    """Whether a point evaluated on `model_version` counts for the champion's policies (a point
+    that names no version always does, and every point does while there is no champion)."""
+    return (state.champion_version is None or model_version is None
+            or model_version == state.champion_version)
+
+
+class _Kept:
+    """What a warm instance knows of one series: every point with window_end > `lower`,
+    sorted, as of the store's `mark`; and each point's `Point` (built once)."""
+
+    __slots__ = ("mark", "lower", "times", "points", "plain", "touched")
+
+    def __init__(self, mark: object) -> None:
+        self.mark = mark
+        self.lower = math.inf  # nothing known yet
+        self.times: list[float] = []
+        self.points: list[StoredPoint] = []
+        self.plain: dict[int, tuple[StoredPoint, Point]] = {}
+        self.touched = math.inf
+
+    def answer(self, since: float | None, until: float | None, limit: int | None,
+               oldest: bool) -> list[StoredPoint] | None:
+        """The store's answer to `points(...)` if it follows from what is kept, else None."""
+        times = self.times
+        high = len(times) if until is None else bisect_right(times, until)
+        low_bound = -math.inf if since is None else since
+        if low_bound >= self.lower:
+            low = bisect_right(times, low_bound)
+            if limit is not None:
+                if oldest:
+                    high = min(high, low + limit)
+                else:
+                    low = max(low, high - limit)
+        elif limit is not None and not oldest and high >= limit:
+            low = high - limit  # the latest `limit` all lie in the kept range
+        else:
+            return None
+        if low < high:
+            self.touched = min(self.touched, times[low])
+        return self.points[low:high]
+
+    def learn(self, since: float | None, until: float | None, limit: int | None,
+              oldest: bool, result: list[StoredPoint]) -> None:
+        """Extend what is kept downwards with a store answer that reaches the kept range."""
+        low = -math.inf if since is None else since
+        high = math.inf if until is None else until
+        if limit is not None and len(result) >= limit:
+            if oldest:
+                high = result[-1].window_end
+            else:
+                low = math.nextafter(result[0].window_end, -math.inf)
+        if high < self.lower or low >= self.lower:
+            return
+        below = [p for p in result if p.window_end <= self.lower and p.window_end > low]
+        self.times[:0] = [p.window_end for p in below]
+        self.points[:0] = below
+        self.lower = low
+        if below:
+            self.touched = min(self.touched, below[0].window_end)
+
+    def put(self, point: StoredPoint) -> None:
+        """A point this instance wrote (the same key again replaces it)."""
+        t = point.window_end
+        if t <= self.lower:
+            return
+        times = self.times
+        if not times or t > times[-1]:
+            times.append(t)
+            self.points.append(point)
+            return
+        index = bisect_right(times, t)
+        if index and times[index - 1] == t:
+            self.plain.pop(id(self.points[index - 1]), None)
+            self.points[index - 1] = point
+            return
+        times.insert(index, t)
+        self.points.insert(index, point)
+
+    def trim(self) -> None:
+        """Forget the points no read reached since the last trim (beyond some slack)."""
+        if self.touched == math.inf:
+            return
+        cut = bisect_right(self.times, self.touched) - 1 - TRIM_SLACK
+        if cut > TRIM_SLACK:
+            for p in self.points[:cut]:
+                self.plain.pop(id(p), None)
+            self.lower = math.nextafter(self.times[cut], -math.inf)
+            del self.times[:cut]
+            del self.points[:cut]
+        self.touched = math.inf
+
+
+class ChampionSeries:
+    """Reads and windows a champion's points for its policies: only the champion's version,
+    from its history start, bounded by what each policy reads.
+
+    On a store with `SeriesMarks`, the points read stay in memory: a warm instance checks the
+    series' mark (in the caller's transaction) and extends what it kept with the points it
+    writes itself (`record`); a mark it did not expect — another instance wrote — drops them.
+    """
+
+    def __init__(self, store: StateStore, keep: bool = True) -> None:
+        self.store = store
+        self.keep = keep and isinstance(store, SeriesMarks)
+        self._kept: dict[SeriesKey, _Kept] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ writes
+    def record(self, points: Sequence[StoredPoint]) -> None:
+        """`store.record_points(points)`, keeping what is kept in step."""
+        if not self.keep:
+            self.store.record_points(points)
+            return
+        store = self.store
+        assert isinstance(store, SeriesMarks)
+        with self._lock:
+            keys = {(p.model, p.slice, p.metric) for p in points}
+            before = {key: store.series_mark(*key) for key in keys}
+            try:
+                self.store.record_points(points)
+            except BaseException:
+                for key in keys:
+                    self._kept.pop(key, None)
+                raise
+            for key in keys:
+                kept = self._kept.get(key)
+                if kept is None or kept.mark != before[key]:
+                    self._kept.pop(key, None)
+                    continue
+                kept.trim()
+                for p in points:
+                    if (p.model, p.slice, p.metric) == key:
+                        kept.put(p)
+                kept.mark = store.series_mark(*key)
+
+    def forget(self) -> None:
+        """Drop everything kept (a transaction that recorded points was rolled back)."""
+        with self._lock:
+            self._kept.clear()
+
+    # ------------------------------------------------------------------ reads
+    def points(self, model: str, slice_: str, metric: str, *, since: float | None = None,
+               until: float | None = None, limit: int | None = None,
+               oldest: bool = False, kept: _Kept | None = None) -> list[StoredPoint]:
+        """`store.points(...)`, from what is kept where it answers."""
+        if kept is not None:
+            answer = kept.answer(since, until, limit, oldest)
+            if answer is not None:
+                return answer
+        result = self.store.points(model, slice_, metric, since=since, until=until,
+                                   limit=limit, oldest=oldest)
+        if kept is not None:
+            kept.learn(since, until, limit, oldest, result)
+        return result
+
+    def _checked(self, key: SeriesKey) -> _Kept | None:
+        """What is kept of `key`, valid as of the store's mark now (None: not keeping)."""
+        if not self.keep:
+            return None
+        store = self.store
+        assert isinstance(store, SeriesMarks)
+        mark = store.series_mark(*key)
+        kept = self._kept.get(key)
+        if kept is None or kept.mark != mark:
+            kept = self._kept[key] = _Kept(mark)
+        return kept
+
+    def as_points(self, model: str, policy: Policy,
+                  stored: Sequence[StoredPoint]) -> list[Point]:
+        """The policy's `Point`s of `stored` (built once per kept point)."""
+        kept = self._kept.get((model, policy.spec.slice, policy.metric)) if self.keep else None
+        if kept is None:
+            return [Point(p.window_end, p.value, p.examples) for p in stored]
+        plain = kept.plain
+        if len(plain) > 2 * len(kept.points) + 1024:  # points no longer kept: start afresh
+            plain.clear()
+        out = []
+        for p in stored:
+            entry = plain.get(id(p))
+            if entry is None or entry[0] is not p:  # the pair holds `p`: its id stays its own
+                entry = plain[id(p)] = (p, Point(p.window_end, p.value, p.examples))
+            out.append(entry[1])
+        return out
+
+    def window(
+        self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
+    ) -> tuple[list[StoredPoint], float]:
+        """What `policy` needs to judge the champion as of `as_of` (default: its latest point)
+        and as of each of the next MAX_REEVALUATIONS points, oldest first; and the time from
+        which the points are contiguous (a baseline's first points stand apart).
+
+        Bounded reads: the lookback window, or the latest points the rule counts (and the
+        champion's first points for a baseline), plus one predecessor for the gap check.
+        """
+        with self._lock:
+            kept = self._checked((model, policy.spec.slice, policy.metric))
+            return self._window(model, policy, state, as_of, kept)
+
+    def _window(
+        self, model: str, policy: Policy, state: ModelState, as_of: float | None,
+        kept: _Kept | None,
+    ) -> tuple[list[StoredPoint], float]:
+        spec = policy.spec
+        start = state.history_start
+
+        def read(**bounds: float | int | bool | None) -> list[StoredPoint]:
+            return self.points(model, spec.slice, policy.metric, kept=kept, **bounds)  # type: ignore[arg-type]
+
+        def counts(p: StoredPoint) -> bool:
+            return is_champion_version(state, p.model_version)
+
+        def usable(p: StoredPoint) -> bool:
+            return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
+
+        def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
+            """At least `wanted` usable points at the near end (or all there are)."""
+            limit = wanted
+            while True:
+                raw = read(limit=limit, oldest=oldest, **bounds)
+                if len(raw) < limit or sum(map(usable, raw)) >= wanted:
+                    return [p for p in raw if counts(p)]
+                limit *= 4
+
+        if as_of is None:
+            latest = read(since=start, limit=1)
+            if not latest:
+                return [], 0.0
+            as_of = latest[0].window_end
+        lookback = policy.lookback
+
+        def up_to(until: float | None) -> list[StoredPoint]:
+            """The points judging `as_of` needs, and those after it up to `until`."""
+            if lookback is None:
+                return fetch(spec.evaluation_points + 1, since=start, until=until)
+
+            def since(lower: float) -> list[StoredPoint]:
+                return [p for p in read(since=max(lower, start or lower), until=until)
+                        if counts(p)]
+
+            lower = lookback_start(lookback, as_of)
+            window = since(lower)
+            judged = ([p for p in window if p.window_end <= as_of] if spec.min_examples
+                      else None)
+            if judged and not usable(judged[-1]):
+                # The policy ignores unusable points: its window ends at the newest usable one.
+                usable_ends = [p.window_end for p in fetch(1, since=start, until=as_of)
+                               if usable(p)]
+                if usable_ends:
+                    lower = lookback_start(lookback, max(usable_ends))
+                    window = since(lower)
+            if window and window[0].window_start is not None:  # its predecessor, for gaps
+                window = fetch(1, since=start, until=lower) + window
+            return window
+
+        before, after = up_to(None), []
+        if before and before[-1].window_end > as_of:  # a late point: bounded re-evaluation
+            before = up_to(as_of)
+            after = fetch(MAX_REEVALUATIONS, oldest=True, since=as_of)
+        head: list[StoredPoint] = []
+        if spec.baseline is not None:
+            head = fetch(spec.baseline.reference_points, oldest=True, since=start)
+        elif spec.cost is not None:  # the champion's first points: its fresh level
+            head = fetch(spec.cost.reference_points, oldest=True, since=start)
+        contiguous = before[0].window_end if before else as_of
+        if not head and not after:  # already sorted, one point per time
+            return before, contiguous
+        merged = {p.window_end: p for p in (*head, *before, *after)}
+        return [merged[t] for t in sorted(merged)], contiguous
