@@ -10,6 +10,7 @@ from triggers.logs import configure_logging
 
 configure_logging()
 wiring.service()  # validate RETRAIN_POLICY_FILE and the environment once, loudly
+wiring.decision_publisher()  # and RETRAIN_DECISIONS_TOPIC
 # The app functions-framework is loading this file into (one per function, as deployed):
 # bodies read whole and bounded before parsing; errors as JSON that echo no header or body.
 http_guard.install()

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from triggers import ids, wiring
+from triggers import ids, outbox, wiring
 from triggers.errors import InvalidEventError
 from triggers.events import Delivery, delivery_from_pubsub, storable_id
 from triggers.http_api import handle, json_response
@@ -56,9 +56,16 @@ def _dispatch(
     cloud_event: Any, service: RetrainService, handler: Callable[[Delivery], EventResult]
 ) -> EventResult:
     delivery, error = delivery_from_cloudevent(cloud_event)
-    if error is not None:
-        return service.reject(delivery, error)
-    return handler(delivery)
+    result = service.reject(delivery, error) if error is not None else handler(delivery)
+    tell_decisions(service)
+    return result
+
+
+def tell_decisions(service: RetrainService,
+                   publisher: outbox.DecisionPublisher | None = None) -> outbox.DrainReport:
+    """After an answer's work: publish the outbox to RETRAIN_DECISIONS_TOPIC (never raises;
+    what fails stays for the next delivery). Default: the process's own publisher."""
+    return outbox.drain(service.store, publisher or wiring.decision_publisher())
 
 
 def manual_request(request: Any, service: RetrainService | None = None) -> Any:
@@ -66,4 +73,6 @@ def manual_request(request: Any, service: RetrainService | None = None) -> Any:
     service = service or wiring.service()
     body, status, headers = handle(request, service, wiring.environment(),
                                    wiring.id_token_verifier())
+    if request.method == "POST":
+        tell_decisions(service)
     return json_response(body, status, headers)
