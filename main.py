@@ -29,3 +29,8 @@ def manual_trigger(request):  # type: ignore[no-untyped-def]
 @functions_framework.cloud_event
 def on_run_outcome(cloud_event):  # type: ignore[no-untyped-def]
     entry.outcome_cloud_event(cloud_event)
+
+
+@functions_framework.cloud_event
+def on_evaluation_file(cloud_event):  # type: ignore[no-untyped-def]
+    entry.evaluation_file_cloud_event(cloud_event)

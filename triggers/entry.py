@@ -61,6 +61,24 @@ def _dispatch(
     return result
 
 
+def evaluation_file_cloud_event(cloud_event: Any, service: RetrainService | None = None,
+                                reader: Any = None) -> Any:
+    """on_evaluation_file: every line of a finalized Cloud Storage object as a metric event."""
+    from triggers.evaluation_files import StorageReader, handle_object_event
+
+    global _storage_reader
+    service = service or wiring.service()
+    if reader is None:
+        _storage_reader = _storage_reader or StorageReader()
+        reader = _storage_reader
+    result = handle_object_event(service, cloud_event.data, reader)
+    tell_decisions(service)
+    return result
+
+
+_storage_reader: Any = None
+
+
 def tell_decisions(service: RetrainService,
                    publisher: outbox.DecisionPublisher | None = None) -> outbox.DrainReport:
     """After an answer's work: publish the outbox to RETRAIN_DECISIONS_TOPIC (never raises;
