@@ -554,7 +554,9 @@ DEGRADED = HEALTHY[:16] + [0.97 - 0.02 * (day - 15) for day in range(16, 30)]
 
 
 def test_cases_cover_every_policy_class() -> None:
-    assert {case.kind for case in CASE_LIST} == set(POLICY_CLASSES) == set(POLICY_KINDS)
+    # `alert` judges Cloud Monitoring incidents, not series: tests/test_incidents.py
+    assert {case.kind for case in CASE_LIST} | {"alert"} == set(POLICY_CLASSES) \
+        == set(POLICY_KINDS)
 
 
 def check(case: Case, verdict: Verdict, status: str) -> None:

@@ -20,6 +20,7 @@ from triggers.sqlite_store import SQLiteStore
 from triggers.store import (
     IN_FLIGHT,
     Decision,
+    IncidentRecord,
     ModelState,
     RejectedEvent,
     RunRecord,
@@ -127,6 +128,40 @@ def test_decisions_newest_first_filtered_and_replaced_by_id(store: StateStore) -
     assert [d.decision_id for d in store.decisions(limit=3)] == ["d5", "d4", "d3"]
     assert [d.decision_id for d in store.decisions("m")] == ["d5", "d3", "d1"]
     assert store.decisions("m", limit=1)[0].reason == "changed"
+
+
+def test_told_decisions_enter_the_outbox_with_the_decision_and_leave_when_cleared(
+    store: StateStore,
+) -> None:
+    store.finish_message("o1", NOW, [
+        Decision("d-ok", "m", "ok", NOW, "fine"),
+        Decision("d-fired", "m", "fired", NOW + 1, "floor", policy="p", run_id="r1",
+                 event_time=NOW - 60, details={"x": 1}),
+        Decision("d-blocked", "m", "suppressed", NOW + 2, "cooldown"),
+        Decision("d-held", "m", "suppressed", NOW + 3, "held",
+                 details={"inhibited_by": "0.abc"}),
+    ])
+    store.record_decisions([Decision("d-promoted", "m", "promoted", NOW + 4, "won")])
+    store.record_decisions([Decision("d-fired", "m", "fired", NOW + 1, "floor", policy="p",
+                                     run_id="r1", event_time=NOW - 60, details={"x": 1})])
+    waiting = store.outbox()
+    assert [d.decision_id for d in waiting] == ["d-fired", "d-held", "d-promoted"]
+    assert waiting[0] == store.decisions("m", limit=10)[-2]  # the same record, round-tripped
+    assert [d.decision_id for d in store.outbox(limit=1)] == ["d-fired"]
+    store.clear_outbox(["d-fired", "d-held", "unknown"])
+    assert [d.decision_id for d in store.outbox()] == ["d-promoted"]
+
+
+def test_inhibiting_incidents_open_close_and_never_reopen(store: StateStore) -> None:
+    opened = IncidentRecord("m", "0.abc", True, "Data freshness", "stale", "no data", NOW)
+    store.record_incident(opened)
+    store.record_incident(IncidentRecord("n", "0.xyz", True, "Data freshness", "stale", "", NOW))
+    assert store.open_incidents("m") == [opened]
+    store.record_incident(replace(opened, open=False, at=NOW + 10))
+    assert store.open_incidents("m") == []
+    store.record_incident(replace(opened, at=NOW + 20))  # a late "open" after the close
+    assert store.open_incidents("m") == []
+    assert [i.incident_id for i in store.open_incidents("n")] == ["0.xyz"]
 
 
 def test_model_state_round_trips(store: StateStore) -> None:

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from thresholds.absolute import AbsolutePolicy
+from thresholds.alert import AlertPolicy
 from thresholds.base import Policy
 from thresholds.baseline import BaselinePolicy
 from thresholds.cost import CostPolicy
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = MappingProxyType(
     {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy,
-                                    CostPolicy)}
+                                    CostPolicy, AlertPolicy)}
 )
 
 

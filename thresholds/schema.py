@@ -20,7 +20,14 @@ from pydantic import (
 )
 
 from thresholds.durations import format_duration, parse_duration
-from thresholds.spec import NAME_PATTERN, POLICY_KINDS, Direction, PolicyKind, PolicySpec
+from thresholds.spec import (
+    INCIDENT_METRIC,
+    NAME_PATTERN,
+    POLICY_KINDS,
+    Direction,
+    PolicyKind,
+    PolicySpec,
+)
 
 Duration = Annotated[
     timedelta,
@@ -103,6 +110,29 @@ class CostSchema(StrictModel):
     confidence: float = Field(default=0.8, gt=0.5, lt=1)
 
 
+class AlertSchema(StrictModel):
+    """Fires on an open Cloud Monitoring incident (notification schema 1.2) whose alerting
+    policy carries the user label `retrain_model: <model>`; `policy_name` and
+    `condition_name` narrow that, or map an unlabelled alerting policy by its names."""
+
+    policy_name: str | None = Field(default=None, min_length=1, max_length=512)
+    condition_name: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class InhibitSchema(StrictModel):
+    """An alert condition that holds back every retraining of the model while an incident
+    of it is open (data freshness, schema, pipeline failures)."""
+
+    policy_name: str | None = Field(default=None, min_length=1, max_length=512)
+    condition_name: str | None = Field(default=None, min_length=1, max_length=512)
+
+    @model_validator(mode="after")
+    def _named(self) -> InhibitSchema:
+        if self.policy_name is None and self.condition_name is None:
+            raise ValueError("name the alerting policy_name and/or condition_name")
+        return self
+
+
 class PolicySchema(StrictModel):
     """One policy: a metric, a direction, and exactly one rule."""
 
@@ -115,6 +145,7 @@ class PolicySchema(StrictModel):
     trend: TrendSchema | None = None
     forecast: ForecastSchema | None = None
     cost: CostSchema | None = None
+    alert: AlertSchema | None = None
     breaches_to_trigger: int = Field(default=1, ge=1, le=10_000)
     evaluation_points: int = Field(default=1, ge=1, le=10_000)
     min_examples: int = Field(default=0, ge=0)
@@ -126,9 +157,14 @@ class PolicySchema(StrictModel):
             given = [kind for kind in POLICY_KINDS if data.get(kind) is not None]
             if len(given) != 1:
                 raise ValueError(
-                    "a policy needs exactly one of absolute, baseline, trend, forecast, cost"
-                    + (f" (got {', '.join(given)})" if given else "")
+                    "a policy needs exactly one of absolute, baseline, trend, forecast, cost, "
+                    "alert" + (f" (got {', '.join(given)})" if given else "")
                 )
+            if given == ["alert"]:  # judged on incidents: no metric, no direction
+                if data.get("metric", INCIDENT_METRIC) != INCIDENT_METRIC:
+                    raise ValueError("an alert policy reads incidents, not a metric: "
+                                     "leave metric out")
+                data = {"metric": INCIDENT_METRIC, "direction": "higher_is_better", **data}
         return data
 
     @model_validator(mode="after")

@@ -13,8 +13,11 @@ from typing import Any, Literal
 from thresholds.durations import format_duration, parse_duration
 
 Direction = Literal["higher_is_better", "lower_is_better"]
-PolicyKind = Literal["absolute", "baseline", "trend", "forecast", "cost"]
-POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast", "cost")
+PolicyKind = Literal["absolute", "baseline", "trend", "forecast", "cost", "alert"]
+POLICY_KINDS: tuple[PolicyKind, ...] = ("absolute", "baseline", "trend", "forecast", "cost",
+                                        "alert")
+INCIDENT_METRIC = "(incident)"
+"""The `metric` of an `alert` policy: it reads Cloud Monitoring incidents, not points."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
@@ -68,7 +71,17 @@ class CostSpec:
     confidence: float = 0.8
 
 
+@dataclass(frozen=True)
+class AlertSpec:
+    """Fires on an open Cloud Monitoring incident of this model (see `thresholds.alert`):
+    its alerting policy labelled `retrain_model: <model>`, or named here."""
+
+    policy_name: str | None = None
+    condition_name: str | None = None
+
+
 _RULES: dict[str, type[Any]] = {
+    "alert": AlertSpec,
     "absolute": AbsoluteSpec,
     "baseline": BaselineSpec,
     "trend": TrendSpec,
@@ -90,6 +103,7 @@ class PolicySpec:
     trend: TrendSpec | None = None
     forecast: ForecastSpec | None = None
     cost: CostSpec | None = None
+    alert: AlertSpec | None = None
     breaches_to_trigger: int = 1
     evaluation_points: int = 1
     min_examples: int = 0

@@ -21,7 +21,7 @@ from typing import Any
 from thresholds.base import Policy
 from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
-from thresholds.spec import PolicySpec
+from thresholds.spec import AlertSpec, PolicySpec
 from triggers.auth import GOOGLE_CERTS_URL, audiences, parse_invokers
 from triggers.errors import ConfigError, PolicyConfigError
 
@@ -90,11 +90,15 @@ class ModelConfig:
     guards: Guards
     promotion: Mapping[str, Any] | None = None
     lateness: timedelta = DEFAULT_LATENESS
+    inhibit_when: tuple[AlertSpec, ...] = ()
+    """Alert conditions whose open incidents hold back every retraining of the model."""
 
     @cached_property
     def watched(self) -> frozenset[tuple[str, str]]:
-        """The (slice, metric) pairs some policy reads: the only points the service keeps."""
-        return frozenset((p.spec.slice, p.metric) for p in self.policies)
+        """The (slice, metric) pairs some policy reads: the only points the service keeps
+        (an `alert` policy reads incidents, not points)."""
+        return frozenset((p.spec.slice, p.metric) for p in self.policies
+                         if p.spec.kind != "alert")
 
     @cached_property
     def watched_slices(self) -> frozenset[str]:
@@ -133,6 +137,7 @@ class ServiceConfig:
                 guards=defaults.merged(model.get("guards")),
                 promotion=model.get("promotion"),
                 lateness=_duration(model.get("lateness"), default_lateness),
+                inhibit_when=tuple(AlertSpec(**rule) for rule in model.get("inhibit_when") or ()),
             )
             slices = models[name].watched_slices
             if len(slices) > max_slices:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from triggers import ids, wiring
+from triggers import ids, outbox, wiring
 from triggers.errors import InvalidEventError
 from triggers.events import Delivery, delivery_from_pubsub, storable_id
 from triggers.http_api import handle, json_response
@@ -56,9 +56,34 @@ def _dispatch(
     cloud_event: Any, service: RetrainService, handler: Callable[[Delivery], EventResult]
 ) -> EventResult:
     delivery, error = delivery_from_cloudevent(cloud_event)
-    if error is not None:
-        return service.reject(delivery, error)
-    return handler(delivery)
+    result = service.reject(delivery, error) if error is not None else handler(delivery)
+    tell_decisions(service)
+    return result
+
+
+def evaluation_file_cloud_event(cloud_event: Any, service: RetrainService | None = None,
+                                reader: Any = None) -> Any:
+    """on_evaluation_file: every line of a finalized Cloud Storage object as a metric event."""
+    from triggers.evaluation_files import StorageReader, handle_object_event
+
+    global _storage_reader
+    service = service or wiring.service()
+    if reader is None:
+        _storage_reader = _storage_reader or StorageReader()
+        reader = _storage_reader
+    result = handle_object_event(service, cloud_event.data, reader)
+    tell_decisions(service)
+    return result
+
+
+_storage_reader: Any = None
+
+
+def tell_decisions(service: RetrainService,
+                   publisher: outbox.DecisionPublisher | None = None) -> outbox.DrainReport:
+    """After an answer's work: publish the outbox to RETRAIN_DECISIONS_TOPIC (never raises;
+    what fails stays for the next delivery). Default: the process's own publisher."""
+    return outbox.drain(service.store, publisher or wiring.decision_publisher())
 
 
 def manual_request(request: Any, service: RetrainService | None = None) -> Any:
@@ -66,4 +91,6 @@ def manual_request(request: Any, service: RetrainService | None = None) -> Any:
     service = service or wiring.service()
     body, status, headers = handle(request, service, wiring.environment(),
                                    wiring.id_token_verifier())
+    if request.method == "POST":
+        tell_decisions(service)
     return json_response(body, status, headers)

@@ -109,11 +109,13 @@ from triggers.store import (
     IN_FLIGHT,
     Claim,
     Decision,
+    IncidentRecord,
     ModelState,
     RejectedEvent,
     RunRecord,
     StoredPoint,
     dumps,
+    is_told,
     iso,
 )
 
@@ -124,7 +126,10 @@ RUNS = "retrain_runs"
 DECISIONS = "retrain_decisions"
 PROCESSED = "retrain_processed"
 REJECTED = "retrain_rejected"
-COLLECTION_GROUPS = (MODELS, SERIES, POINTS, RUNS, DECISIONS, PROCESSED, REJECTED)
+OUTBOX = "retrain_outbox"
+INCIDENTS = "retrain_incidents"
+COLLECTION_GROUPS = (MODELS, SERIES, POINTS, RUNS, DECISIONS, PROCESSED, REJECTED, OUTBOX,
+                     INCIDENTS)
 EXPIRING: frozenset[str] = frozenset({POINTS, PROCESSED, DECISIONS, REJECTED})
 """Collection groups whose documents carry `expire_at` (a TTL policy deletes them)."""
 
@@ -481,11 +486,16 @@ class FirestoreStore:
 
     # ------------------------------------------------------------------ decisions
     def _decision_writes(self, decisions: Sequence[Decision]) -> list[_Write]:
+        """Each decision, and (in the same batch) its outbox entry if it is told."""
         written = time.time_ns()
         return [
             _Write("set", f"{DECISIONS}/{_doc_id(d.decision_id)}",
                    {**_decision_doc(d), "written_ns": written + i, **self._expire_at(d.at)})
             for i, d in enumerate(decisions)
+        ] + [
+            _Write("set", f"{OUTBOX}/{_doc_id(d.decision_id)}",
+                   {"decision_id": d.decision_id, "at": float(d.at), "body": dumps(d.to_json())})
+            for d in decisions if is_told(d)
         ]
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
@@ -725,6 +735,53 @@ class FirestoreStore:
     def in_flight_runs(self, model: str | None = None) -> list[RunRecord]:
         found = [_run(doc) for doc in self._query(self._in_flight_query(model), "in_flight")]
         return sorted(found, key=lambda r: (r.created_at, r.run_id))
+
+    # ------------------------------------------------------------------ decisions outbox
+    def outbox(self, limit: int = 100) -> list[Decision]:
+        if limit <= 0:
+            return []
+        query = self.client.collection(OUTBOX).order_by("at", direction=_ASC).limit(limit)
+        return [Decision.from_json(json.loads(doc["body"]))
+                for doc in self._query(query, "outbox")]
+
+    def clear_outbox(self, decision_ids: Sequence[str]) -> None:
+        client = self.client
+        for start in range(0, len(decision_ids), MAX_BATCH_WRITES):
+            batch = client.batch()
+            for decision_id in decision_ids[start : start + MAX_BATCH_WRITES]:
+                batch.delete(client.document(f"{OUTBOX}/{_doc_id(decision_id)}"))
+            with _Errors("clear_outbox", commit=True):
+                batch.commit(retry=self._retry(commit=True), timeout=self.timeout)
+
+    # ------------------------------------------------------------------ incidents
+    def record_incident(self, incident: IncidentRecord) -> None:
+        """Compare-and-set on the incident's document (a closed one is never reopened)."""
+        path = f"{INCIDENTS}/{_key(incident.model + '|' + incident.incident_id)}"
+        data = {f.name: getattr(incident, f.name) for f in fields(IncidentRecord)}
+        for _ in range(5):
+            current, update_time = self._get(path, "record_incident")
+            try:
+                if current is None:
+                    self._commit([_Write("create", path, data)], "record_incident")
+                else:
+                    merged = {**data, "open": bool(current.get("open")) and incident.open,
+                              "at": max(float(current.get("at") or 0.0), incident.at)}
+                    self._commit([_Write("update", path, merged, update_time)],
+                                 "record_incident")
+                return
+            except (_Exists, _Conflict):
+                continue  # changed meanwhile: read it again
+        raise TransientError("Firestore record_incident: the incident kept changing; retry")
+
+    def open_incidents(self, model: str) -> list[IncidentRecord]:
+        query = (self.client.collection(INCIDENTS)
+                 .where(filter=_field("model", "==", model))
+                 .where(filter=_field("open", "==", True)))
+        found = [IncidentRecord(doc["model"], doc["incident_id"], bool(doc["open"]),
+                                doc.get("policy_name", ""), doc.get("condition_name", ""),
+                                doc.get("summary", ""), float(doc.get("at") or 0.0))
+                 for doc in self._query(query, "open_incidents")]
+        return sorted(found, key=lambda i: i.at)
 
     def _in_flight_query(self, model: str | None) -> Any:
         query = self.client.collection(RUNS)

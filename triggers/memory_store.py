@@ -18,10 +18,12 @@ from triggers.store import (
     IN_FLIGHT,
     Claim,
     Decision,
+    IncidentRecord,
     ModelState,
     RejectedEvent,
     RunRecord,
     StoredPoint,
+    is_told,
 )
 
 DEFAULT_RETENTION = timedelta(days=400)
@@ -90,6 +92,8 @@ class MemoryStore:
         self._runs: dict[str, RunRecord] = {}
         self._runs_of_model: dict[str, list[str]] = {}
         self._in_flight: dict[str, None] = {}  # run ids, in claim order
+        self._outbox: dict[str, Decision] = {}  # decision id -> decision, in write order
+        self._incidents: dict[tuple[str, str], IncidentRecord] = {}
 
     def atomic(self) -> threading.RLock:
         return self._lock
@@ -206,6 +210,8 @@ class MemoryStore:
                 self._sequence += 1
                 self._decisions.pop(decision.decision_id, None)
                 self._decisions[decision.decision_id] = (self._sequence, decision)
+                if is_told(decision):
+                    self._outbox[decision.decision_id] = decision
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         with self._lock:
@@ -213,6 +219,31 @@ class MemoryStore:
                     if model is None or row[1].model == model]
         rows.sort(key=lambda row: (row[1].at, row[0]), reverse=True)
         return [decision for _, decision in rows[:limit]]
+
+    def outbox(self, limit: int = 100) -> list[Decision]:
+        with self._lock:
+            waiting = sorted(self._outbox.values(), key=lambda d: d.at)
+        return waiting[:limit]
+
+    def clear_outbox(self, decision_ids: Sequence[str]) -> None:
+        with self._lock:
+            for decision_id in decision_ids:
+                self._outbox.pop(decision_id, None)
+
+    # inhibiting incidents
+    def record_incident(self, incident: IncidentRecord) -> None:
+        key = (incident.model, incident.incident_id)
+        with self._lock:
+            known = self._incidents.get(key)
+            if known is not None:
+                incident = replace(incident, open=known.open and incident.open,
+                                   at=max(known.at, incident.at))
+            self._incidents[key] = incident
+
+    def open_incidents(self, model: str) -> list[IncidentRecord]:
+        with self._lock:
+            found = [i for (m, _), i in self._incidents.items() if m == model and i.open]
+        return sorted(found, key=lambda i: i.at)
 
     def all_decisions(self) -> list[Decision]:
         """Every decision, in the order they were last written (oldest first)."""

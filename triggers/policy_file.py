@@ -19,7 +19,7 @@ from pipeline_client.promotion import (
     MetricName,
     check_direction,
 )
-from thresholds.schema import Duration, PolicySchema, StrictModel
+from thresholds.schema import Duration, InhibitSchema, PolicySchema, StrictModel
 from thresholds.spec import NAME_PATTERN, Direction
 from triggers.errors import PolicyConfigError
 
@@ -228,6 +228,10 @@ class ModelSpec(StrictModel):
         "window_start) before evaluating past the gap",
     )
     promotion: PromotionSpec | None = None
+    inhibit_when: list[InhibitSchema] = Field(
+        default_factory=list,
+        description="alert conditions (Cloud Monitoring policy_name / condition_name) that "
+        "hold back every retraining of the model while one of their incidents is open")
 
     @model_validator(mode="after")
     def _unique_policy_names(self) -> ModelSpec:

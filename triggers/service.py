@@ -137,7 +137,12 @@ class RetrainService:
 
         Recording, evaluating and claiming happen in one store transaction where the store
         can (`atomic`); a launch is submitted after it, and the message is finished last.
+        A Cloud Monitoring incident notification goes to `triggers.incidents` instead.
         """
+        from triggers import incidents
+
+        if incidents.looks_like_incident(delivery.payload):
+            return incidents.handle_incident(self, delivery, caller)
         try:
             event = parse_event(delivery.payload)
             model = self.config.models.get(event.model)
@@ -381,10 +386,14 @@ class RetrainService:
                 kind, why = "launch_failed", f"{v.reason} — launch refused: {error}"
             else:
                 kind, why = "fired", v.reason
-            decisions.append(self._verdict_decision(
+            decision = self._verdict_decision(
                 launch.model, p, v, kind, now, message_id, launch.as_of, launch.t_new,
                 run_id=None if claim.status == "blocked" else request.run_id,
-                trigger_id=request.trigger_id, reason=why))
+                trigger_id=request.trigger_id, reason=why)
+            if claim.inhibited_by:
+                decision = replace(decision, details={**decision.details,
+                                                      "inhibited_by": claim.inhibited_by})
+            decisions.append(decision)
             level = logging.WARNING if kind == "fired" else logging.INFO
             log_event(logger, level, f"{launch.model}/{p.name} {kind}: {why}",
                       labels={"model": launch.model, "policy": p.name,
@@ -450,6 +459,13 @@ class RetrainService:
             forced=force,
             claimed_by=claimed_by,
         )
+        held = self.store.open_incidents(model.name) if model.inhibit_when else []
+        if held:  # inhibit_when: retraining on broken data makes things worse
+            incident = held[0]
+            names = " / ".join(n for n in (incident.policy_name, incident.condition_name) if n)
+            return Claim("blocked", run,
+                         f"held back while incident {incident.incident_id} ({names}) is open: "
+                         f"{incident.summary}", inhibited_by=incident.incident_id)
         claim = self.store.claim_run(run, model.guards, now, force)
         if claim.status in ("resume", "exists") and claim.run.claimed_by != claimed_by:
             stale = claim.run.state == "launching" and now - claim.run.created_at >= (
@@ -709,7 +725,8 @@ class RetrainService:
             run_id=None if claim.status == "blocked" else request.run_id,
             trigger_id=request.trigger_id,
             details={"policies_fired": answer["policies_fired"], "forced": force,
-                     **({"caller": caller} if caller else {})}))
+                     **({"caller": caller} if caller else {}),
+                     **({"inhibited_by": claim.inhibited_by} if claim.inhibited_by else {})}))
         self.store.record_decisions(decisions)
         answer.update(
             status=kind,

@@ -27,11 +27,13 @@ from triggers.store import (
     IN_FLIGHT,
     Claim,
     Decision,
+    IncidentRecord,
     ModelState,
     RejectedEvent,
     RunRecord,
     StoredPoint,
     dumps,
+    is_told,
 )
 
 SCHEMA = """
@@ -69,6 +71,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_model_time ON runs (model, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS outbox (
+    decision_id TEXT PRIMARY KEY, at REAL NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (at);
+CREATE TABLE IF NOT EXISTS incidents (
+    model TEXT NOT NULL, incident_id TEXT NOT NULL, open INTEGER NOT NULL,
+    policy_name TEXT NOT NULL, condition_name TEXT NOT NULL, summary TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (model, incident_id)
+);
 CREATE TABLE IF NOT EXISTS models (
     model TEXT PRIMARY KEY, champion_version TEXT, history_start REAL, updated_at REAL
 );
@@ -456,6 +467,35 @@ class SQLiteStore:
         return [_run(row) for row in self._query(sql + " ORDER BY created_at", args)]
 
 
+    # decisions outbox
+    def outbox(self, limit: int = 100) -> list[Decision]:
+        rows = self._query("SELECT body FROM outbox ORDER BY at, rowid LIMIT ?", (limit,))
+        return [Decision.from_json(json.loads(row[0])) for row in rows]
+
+    def clear_outbox(self, decision_ids: Sequence[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany("DELETE FROM outbox WHERE decision_id = ?",
+                             [(i,) for i in decision_ids])
+
+    # inhibiting incidents
+    def record_incident(self, incident: IncidentRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO incidents (model, incident_id, open, policy_name, condition_name,"
+                " summary, at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (model, incident_id) DO UPDATE SET"
+                " open = MIN(incidents.open, excluded.open), summary = excluded.summary,"
+                " at = MAX(incidents.at, excluded.at)",
+                (incident.model, incident.incident_id, int(incident.open), incident.policy_name,
+                 incident.condition_name, incident.summary, incident.at))
+
+    def open_incidents(self, model: str) -> list[IncidentRecord]:
+        rows = self._query("SELECT * FROM incidents WHERE model = ? AND open = 1 ORDER BY at",
+                           (model,))
+        return [IncidentRecord(row["model"], row["incident_id"], bool(row["open"]),
+                               row["policy_name"], row["condition_name"], row["summary"],
+                               row["at"]) for row in rows]
+
 def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
@@ -480,6 +520,9 @@ def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -
             for d in decisions
         ],
     )
+    conn.executemany(
+        "INSERT OR REPLACE INTO outbox (decision_id, at, body) VALUES (?, ?, ?)",
+        [(d.decision_id, d.at, dumps(d.to_json())) for d in decisions if is_told(d)])
 
 
 class _Translate:

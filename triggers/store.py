@@ -81,6 +81,15 @@ class Decision:
         data["details"] = dict(self.details)
         return data
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        """The decision `to_json` wrote (as the outbox keeps it)."""
+        values = dict(data)
+        for key in ("at", "event_time"):
+            if values.get(key) is not None:
+                values[key] = datetime.fromisoformat(values[key]).timestamp()
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class RejectedEvent:
@@ -139,6 +148,32 @@ class ModelState:
     updated_at: float | None = None
 
 
+@dataclass(frozen=True)
+class IncidentRecord:
+    """A Cloud Monitoring incident that holds a model's retraining back while it is open
+    (its `inhibit_when`). Once closed it stays closed: a late "open" changes nothing."""
+
+    model: str
+    incident_id: str
+    open: bool
+    policy_name: str = ""
+    condition_name: str = ""
+    summary: str = ""
+    at: float = 0.0
+
+
+OUTBOX_KINDS: frozenset[str] = frozenset(
+    {"fired", "launch_failed", "promoted", "rejected_challenger", "failed", "timed_out",
+     "rollback"})
+"""Decision kinds published to RETRAIN_DECISIONS_TOPIC (and a suppression by an incident)."""
+
+
+def is_told(decision: Decision) -> bool:
+    """Whether `decision` goes to the decisions outbox (written with the decision itself)."""
+    return decision.kind in OUTBOX_KINDS or (
+        decision.kind == "suppressed" and "inhibited_by" in decision.details)
+
+
 ClaimStatus = Literal["claimed", "resume", "exists", "blocked", "duplicate"]
 
 
@@ -149,6 +184,8 @@ class Claim:
     status: ClaimStatus
     run: RunRecord
     reason: str = ""
+    inhibited_by: str | None = None
+    """The open incident that blocked it (a block by `inhibit_when`), if any."""
 
 
 class StateStore(Protocol):
@@ -225,6 +262,24 @@ class StateStore(Protocol):
     def runs(self, model: str | None = None, limit: int = 50) -> list[RunRecord]: ...
 
     def in_flight_runs(self, model: str | None = None) -> list[RunRecord]: ...
+
+    def outbox(self, limit: int = 100) -> list[Decision]:
+        """Decisions waiting to be published, oldest first. `record_decisions` and
+        `finish_message` put every decision `is_told` there in the same write as the
+        decision; the same decision id written again is one entry."""
+        ...
+
+    def clear_outbox(self, decision_ids: Sequence[str]) -> None:
+        """Remove published decisions from the outbox (unknown ids are ignored)."""
+        ...
+
+    def record_incident(self, incident: IncidentRecord) -> None:
+        """Upsert by (model, incident_id); a closed record is never reopened."""
+        ...
+
+    def open_incidents(self, model: str) -> list[IncidentRecord]:
+        """The model's inhibiting incidents that are open, oldest first."""
+        ...
 
 
 def dumps(value: Any) -> str:

@@ -16,6 +16,7 @@ from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier
 from triggers.config import Environment, ServiceConfig, load_policy_file
 from triggers.errors import ConfigError, PolicyConfigError
 from triggers.events import Delivery
+from triggers.outbox import DecisionPublisher
 from triggers.service import EventResult, RetrainService
 from triggers.store import StateStore
 
@@ -23,6 +24,7 @@ _lock = threading.Lock()
 _service: RetrainService | None = None
 _environment: Environment | None = None
 _verifier: IdTokenVerifier | None = None
+_publisher: DecisionPublisher | None | bool = False  # False: not built yet
 
 
 def build_store(url: str) -> StateStore:
@@ -115,13 +117,30 @@ def service() -> RetrainService:
     return _service
 
 
+def decision_publisher() -> DecisionPublisher | None:
+    """The publisher of told decisions to RETRAIN_DECISIONS_TOPIC (None when it is unset);
+    the topic name is checked here, at cold start, and the SDK loads on the first drain."""
+    global _publisher
+    if _publisher is False:
+        import os
+
+        from triggers.outbox import PubSubPublisher, topic_path
+
+        topic = os.environ.get("RETRAIN_DECISIONS_TOPIC", "").strip()
+        _publisher = (PubSubPublisher(topic_path(topic, os.environ.get("GOOGLE_CLOUD_PROJECT")))
+                      if topic else None)
+    assert _publisher is not True
+    return _publisher
+
+
 def reset() -> None:
     """Forget the cached service and environment (tests change the environment)."""
-    global _service, _environment, _verifier
+    global _service, _environment, _verifier, _publisher
     with _lock:
         _service = None
         _environment = None
         _verifier = None
+        _publisher = False
 
 
 def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:
