@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.common import Row, interleaved, machine_banner, median, print_rows, write_rows  # noqa: E402
-from triggers.backtest import (  # noqa: E402
+from triggers.config import ServiceConfig  # noqa: E402
+from triggers.events import MetricEvent, fast_event  # noqa: E402
+from triggers.tools.backtest import (  # noqa: E402
     BacktestSettings,
     Replay,
     available_cores,
@@ -28,8 +30,6 @@ from triggers.backtest import (  # noqa: E402
     read_history,
     run_sweeps,
 )
-from triggers.config import ServiceConfig  # noqa: E402
-from triggers.events import MetricEvent, fast_event  # noqa: E402
 
 HOURS = 8760
 THRESHOLD, BREACHES, WINDOW = 0.95, 3, 5

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher, RunStatus
+from pipeline_client.launching.protocol import FakeLauncher, RunStatus
 from tests.conftest import T0, Clock, Harness, policy_config
 from thresholds.base import Point
 from triggers.errors import TransientError
 from triggers.events import Delivery
 from triggers.ids import RUN_ID_PATTERN
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import ModelState, RunRecord
+from triggers.state.protocol import ModelState, RunRecord
+from triggers.state.sqlite import SQLiteStore
 
 HEALTHY = [0.96, 0.961, 0.959, 0.962, 0.96]
 # accuracy-floor is 3 of the latest 5 below 0.95: with these values it fires at index 7.

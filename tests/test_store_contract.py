@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator, firestore_env  # noqa: F401
-from triggers.config import Guards
 from triggers.events import Delivery
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import (
+from triggers.state.guards import Guards
+from triggers.state.protocol import (
     IN_FLIGHT,
     Decision,
     ModelState,
@@ -26,6 +25,7 @@ from triggers.store import (
     StateStore,
     StoredPoint,
 )
+from triggers.state.sqlite import SQLiteStore
 
 NOW = 1_800_000_000.0
 GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(days=1))
@@ -47,13 +47,13 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
                 memory.append(SQLiteStore(":memory:"))
             store = memory[0]
         elif request.param == "memory":
-            from triggers.memory_store import MemoryStore
+            from triggers.state.memory import MemoryStore
 
             if not memory:
                 memory.append(MemoryStore())
             store = memory[0]
         else:
-            from triggers.firestore_store import FirestoreStore
+            from triggers.state.firestore import FirestoreStore
 
             emulator: FirestoreEmulator = request.getfixturevalue("firestore_env")
             store = FirestoreStore(project=emulator.project)
@@ -158,7 +158,7 @@ def interleaved(store: StateStore, action: Callable[[], None]) -> list[bool]:
     """Make `action` (another instance's write) land inside `store`'s next claim where it
     can: on Firestore right after the claim's first read (a hook on the SDK client's
     `get_all`); the other stores claim under one lock, so there it simply runs first."""
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     done: list[bool] = []
     if not isinstance(store, FirestoreStore):

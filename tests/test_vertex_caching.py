@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_client.templates import clear_template_cache, without_caching
-from pipeline_client.vertex import VertexLauncher
+from pipeline_client.launching.templates import clear_template_cache, without_caching
+from pipeline_client.launching.vertex import VertexLauncher
 from tests.conftest import Clock
 from tests.fakes.vertex_server import FakeVertexServer
 from triggers.config import ServiceConfig
-from triggers.memory_store import MemoryStore
 from triggers.service import RetrainService
+from triggers.state.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RETRAIN_TEMPLATE = ROOT / "pipelines" / "retrain.yaml"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
+from pipeline_client.launching.protocol import TERMINAL_STATES, LaunchRequest, PipelineLauncher
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
 from triggers import ids
@@ -27,9 +27,9 @@ from triggers.errors import (
     UnknownModelError,
 )
 from triggers.events import Delivery, MetricEvent, parse_event, truncated
-from triggers.guards import check_guards, guard_window
 from triggers.logs import log_event
-from triggers.store import (
+from triggers.state.guards import check_guards, guard_window
+from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,

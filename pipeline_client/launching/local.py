@@ -19,17 +19,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline_client.launcher import LaunchRequest, LaunchResult, RunStatus
+from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunStatus
 from triggers.errors import LaunchRejectedError, TransientError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTCOME_HANDLER = "triggers.wiring:deliver_outcome"
+DEFAULT_OUTCOME_HANDLER = "triggers.cloud.wiring:deliver_outcome"
 REQUEST_FILE = "request.json"
 STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
 LOCK_FILE = ".lock"
-CHILD_MODULE = "pipeline_client.local_run"
+CHILD_MODULE = "pipeline_client.launching.local_run"
 NOT_REPORTING = "local run process exited without reporting"
 NEVER_STARTED = "local run process never started"
 # A run left `pending` without a pid (the submitter died before starting the child) for this
@@ -37,7 +37,7 @@ NEVER_STARTED = "local run process never started"
 START_GRACE_SECONDS = 60.0
 _RUN_ID = re.compile(r"[a-z][a-z0-9-]{0,127}")
 _REMOTE_PREFIXES = ("gs://", "http://", "https://")
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LocalLauncher:

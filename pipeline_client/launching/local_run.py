@@ -1,4 +1,5 @@
-"""The local launcher's child: `python -m pipeline_client.local_run RUN_DIR [--outcome-handler F]`.
+"""The local launcher's child:
+`python -m pipeline_client.launching.local_run RUN_DIR [--outcome-handler F]`.
 
 Runs the request's compiled pipeline with kfp.local, writes the final status, delivers the outcome.
 """
@@ -18,10 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from pipeline_client.launcher import LaunchRequest
-from pipeline_client.local import LOG_FILE, REQUEST_FILE, read_run_status, write_run_status
+from pipeline_client.launching.local import (
+    LOG_FILE,
+    REQUEST_FILE,
+    read_run_status,
+    write_run_status,
+)
+from pipeline_client.launching.protocol import LaunchRequest
 
-logger = logging.getLogger("pipeline_client.local_run")
+logger = logging.getLogger("pipeline_client.launching.local_run")
 
 MAX_ERROR_CHARS = 4000
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -236,8 +242,8 @@ def _short(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m pipeline_client.local_run`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline_client.local_run")
+    """Entry point of `python -m pipeline_client.launching.local_run`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline_client.launching.local_run")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--outcome-handler", default=None, help="module:function")
     args = parser.parse_args(argv)

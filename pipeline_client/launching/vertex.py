@@ -11,8 +11,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pipeline_client.launcher import LaunchRequest, LaunchResult, RunState, RunStatus
-from pipeline_client.templates import (
+from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunState, RunStatus
+from pipeline_client.launching.templates import (
     PLACEHOLDER_IMAGE,
     PipelineTemplate,
     TemplateError,

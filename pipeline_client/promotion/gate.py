@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline_client.promotion import METRICS, GuardrailRule, PrimaryRule, PromotionRules
+from pipeline_client.promotion.rules import METRICS, GuardrailRule, PrimaryRule, PromotionRules
 from thresholds.spec import Direction
 from triggers.errors import RetrainError
 

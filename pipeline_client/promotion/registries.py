@@ -879,7 +879,7 @@ class VertexModelRegistry:
         """Uploads `body` as a new version (a new model when `parent_model` is None)."""
         from google.cloud.aiplatform_v1 import UploadModelRequest
 
-        from pipeline_client.vertex import _classify
+        from pipeline_client.launching.vertex import _classify
 
         if parent_model:
             request = UploadModelRequest(parent=self.parent, parent_model=parent_model, model=body)
@@ -927,7 +927,7 @@ class VertexModelRegistry:
         self, model: str, version: str | None, method: str, materialize: bool = False, **kwargs: Any
     ) -> Any:
         """One client call; None on NOT_FOUND; other failures as RegistryError subclasses."""
-        from pipeline_client.vertex import _classify
+        from pipeline_client.launching.vertex import _classify
 
         try:
             result = getattr(self._get_client(), method)(**kwargs, retry=None, timeout=self.timeout)
@@ -969,7 +969,7 @@ class VertexModelRegistry:
     def _create_client(self) -> ModelServiceClient:
         from google.cloud.aiplatform_v1 import ModelServiceClient
 
-        from pipeline_client.vertex import rest_client
+        from pipeline_client.launching.vertex import rest_client
 
         client: ModelServiceClient = rest_client(ModelServiceClient, self.endpoint,
                                                  self.credentials)

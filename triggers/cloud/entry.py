@@ -9,10 +9,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from triggers import ids, wiring
+from triggers import ids
+from triggers.cloud import wiring
+from triggers.cloud.routes import handle, json_response
 from triggers.errors import InvalidEventError
 from triggers.events import Delivery, delivery_from_pubsub, storable_id
-from triggers.http_api import handle, json_response
 from triggers.service import EventResult, RetrainService
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from triggers.cloud.routes import MAX_BODY_BYTES, json_response
 from triggers.errors import TransientError
-from triggers.http_api import MAX_BODY_BYTES, json_response
 from triggers.logs import log_event
 
 logger = logging.getLogger("retrain.http")

@@ -1,6 +1,6 @@
 """Structured logs in Cloud Logging's JSON format, one object per line, through `logging`.
 
-`log_event(logger, level, message, labels={...}, **fields)` is the one way the service logs.
+The records come from `triggers.logs.log_event` (labels and fields on the record).
 """
 
 from __future__ import annotations
@@ -53,14 +53,3 @@ def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
-
-
-def log_event(
-    logger: logging.Logger,
-    level: int,
-    message: str,
-    labels: dict[str, Any] | None = None,
-    exc_info: bool = False,
-    **fields: Any,
-) -> None:
-    logger.log(level, message, exc_info=exc_info, extra={"labels": labels or {}, "fields": fields})

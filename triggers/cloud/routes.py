@@ -11,8 +11,8 @@ import logging
 import math
 from typing import Any, Protocol
 
-from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
-from triggers.config import Environment
+from triggers.cloud.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
+from triggers.cloud.environment import Environment
 from triggers.errors import InvalidEventError, RequestError, TransientError
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
 from triggers.logs import log_event

@@ -9,18 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from triggers.http_guard import DRAIN_BYTES, MAX_PUSH_BYTES
+from triggers.cloud.http_guard import DRAIN_BYTES, MAX_PUSH_BYTES
 
 __all__ = ["DRAIN_BYTES", "MAX_PUSH_BYTES", "create_combined_app", "serve"]
 
-MAIN = Path(__file__).resolve().parent.parent / "main.py"
+MAIN = Path(__file__).resolve().parents[2] / "main.py"
 METRICS_PATH = "/pubsub/metrics"
 OUTCOMES_PATH = "/pubsub/outcomes"
 
 
 def create_combined_app(source: str | Path = MAIN) -> Any:
     """A WSGI app dispatching by path to the three functions-framework apps of `main.py`
-    (each guarded by main.py itself: bounded bodies, JSON errors; see `triggers.http_guard`)."""
+    (each guarded by main.py itself: bounded bodies, JSON errors; see `cloud.http_guard`)."""
     from functions_framework import create_app
 
     manual = create_app("manual_trigger", str(source), "http")  # type: ignore[no-untyped-call]

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline_client.launcher import PipelineLauncher
-from triggers.auth import GoogleIdTokenVerifier, IdTokenVerifier
-from triggers.config import Environment, ServiceConfig, load_policy_file
+from pipeline_client.launching.protocol import PipelineLauncher
+from triggers.cloud.auth import GoogleIdTokenVerifier, IdTokenVerifier
+from triggers.cloud.environment import Environment
+from triggers.config import ServiceConfig, load_policy_file
 from triggers.errors import ConfigError, PolicyConfigError
 from triggers.events import Delivery
 from triggers.service import EventResult, RetrainService
-from triggers.store import StateStore
+from triggers.state.protocol import StateStore
 
 _lock = threading.Lock()
 _service: RetrainService | None = None
@@ -28,11 +29,11 @@ _verifier: IdTokenVerifier | None = None
 def build_store(url: str) -> StateStore:
     """The store a RETRAIN_STATE URL names."""
     if url.startswith("sqlite:///"):
-        from triggers.sqlite_store import SQLiteStore
+        from triggers.state.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
     if url.startswith("firestore://"):
-        from triggers.firestore_store import FirestoreStore  # the SDK loads on first use
+        from triggers.state.firestore import FirestoreStore  # the SDK loads on first use
 
         return FirestoreStore.from_url(url)
     raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
@@ -43,8 +44,8 @@ def check_vertex_templates(config: ServiceConfig) -> None:
 
     Templates at gs:// or Artifact Registry are not downloaded at cold start; the launcher
     refuses them at submit instead. A template that cannot be read is left to the launcher."""
-    from pipeline_client.templates import TemplateError, fetch_template
-    from pipeline_client.vertex import placeholder_problem
+    from pipeline_client.launching.templates import TemplateError, fetch_template
+    from pipeline_client.launching.vertex import placeholder_problem
 
     for name, model in config.models.items():
         uri = model.pipeline.template
@@ -62,12 +63,12 @@ def check_vertex_templates(config: ServiceConfig) -> None:
 def build_launcher(env: Environment) -> PipelineLauncher:
     """The launcher RETRAIN_LAUNCHER names; SDKs load on first submit, not here."""
     if env.launcher == "vertex":
-        from pipeline_client.vertex import VertexLauncher
+        from pipeline_client.launching.vertex import VertexLauncher
 
         assert env.project is not None
         return VertexLauncher(env.project, env.location, endpoint=env.vertex_endpoint,
                               timeout=env.vertex_timeout)
-    from pipeline_client.local import LocalLauncher
+    from pipeline_client.launching.local import LocalLauncher
 
     state_dir = _state_dir(env.state)
     return LocalLauncher(workdir=state_dir / "runs")

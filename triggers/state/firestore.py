@@ -39,7 +39,7 @@ breaching events that follow a launch cost no transaction; a transaction aborted
 is retried after a random pause (the emulator aborts every party of a write-write race after
 ~2 s, and immediate retries would collide again in lockstep), and the retry's BeginTransaction
 names the aborted one (`retry_transaction`, as the SDK's own retry does) so it keeps its
-priority for the locks (the SDK internals this takes are isolated in `triggers.firestore_sdk`).
+priority for the locks (the SDK internals this takes are isolated in `state.firestore_sdk`).
 A run the model's run queries already hold (another delivery of the same message claimed it
 between our reads) is resumed, never reported as blocked by itself.
 
@@ -101,11 +101,11 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from thresholds.durations import format_duration, parse_duration
-from triggers import firestore_sdk, ids
-from triggers.config import Guards
+from triggers import ids
 from triggers.errors import ConfigError, TransientError
-from triggers.guards import check_guards, guard_window
-from triggers.store import (
+from triggers.state import firestore_sdk
+from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,

@@ -1,15 +1,50 @@
 """Guards against too many runs: one in flight, cooldown, budget per sliding window.
 
-A pure function of a model's recent runs; every store calls it inside its claim transaction.
+The settings (`Guards`, from the policy file) and `check_guards`, a pure function of a
+model's recent runs that every store calls inside its claim transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from thresholds.durations import format_duration
-from triggers.config import Guards
-from triggers.store import IN_FLIGHT, RunRecord
+from thresholds.durations import format_duration, parse_duration
+from triggers.state.protocol import IN_FLIGHT, RunRecord
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Resolved guards of one model."""
+
+    cooldown: timedelta = timedelta(hours=24)
+    max_runs: int = 3
+    max_runs_per: timedelta = timedelta(days=7)
+    skip_if_running: bool = True
+    run_timeout: timedelta = timedelta(hours=24)
+
+    def merged(self, data: Mapping[str, Any] | None) -> Guards:
+        """These guards with the fields `data` (validated, as written) sets replaced."""
+        if not data:
+            return self
+        max_runs = data.get("max_runs")
+        return Guards(
+            cooldown=_duration(data.get("cooldown"), self.cooldown),
+            max_runs=max_runs["count"] if max_runs else self.max_runs,
+            max_runs_per=parse_duration(max_runs["per"]) if max_runs else self.max_runs_per,
+            skip_if_running=(
+                data["skip_if_running"]
+                if data.get("skip_if_running") is not None
+                else self.skip_if_running
+            ),
+            run_timeout=_duration(data.get("run_timeout"), self.run_timeout),
+        )
+
+
+def _duration(value: Any, default: timedelta) -> timedelta:
+    return default if value is None else parse_duration(value)
 
 
 def guard_window(guards: Guards) -> float:

@@ -12,9 +12,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from triggers.config import Guards
-from triggers.guards import check_guards, guard_window
-from triggers.store import (
+from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,

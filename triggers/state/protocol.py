@@ -10,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from triggers.config import Guards
+if TYPE_CHECKING:
+    from triggers.state.guards import Guards
+
 
 IN_FLIGHT: frozenset[str] = frozenset({"launching", "launched", "running"})
 """Run states during which the model's policies are disarmed."""

@@ -20,10 +20,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from thresholds.durations import parse_duration
-from triggers.config import Guards
 from triggers.errors import ConfigError, TransientError
-from triggers.guards import check_guards, guard_window
-from triggers.store import (
+from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline_client.launcher import LaunchRequest, LaunchResult, RunStatus
+from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunStatus
 from thresholds.base import Point, Policy
 from thresholds.durations import format_duration, parse_duration
 from thresholds.forecast import ForecastPolicy
@@ -31,9 +31,9 @@ from thresholds.trend import FitMemo, TrendPolicy
 from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import InvalidEventError, RetrainError
 from triggers.events import MetricEvent, fast_event
-from triggers.memory_store import MemoryStore
 from triggers.service import RetrainService, is_champion_version
-from triggers.store import IN_FLIGHT, Decision, ModelState, StoredPoint, iso
+from triggers.state.memory import MemoryStore
+from triggers.state.protocol import IN_FLIGHT, Decision, ModelState, StoredPoint, iso
 
 DEFAULT_RUN_DURATION = timedelta(hours=6)
 FIRED_KINDS = frozenset({"fired", "suppressed", "launch_failed"})
@@ -75,7 +75,7 @@ class History:
 def read_history(path: str | Path, config: ServiceConfig, model: str | None = None) -> History:
     """Every well-formed event of a JSONL or CSV history (the formats `publish` reads) of the
     configured models (or of `model` only); malformed lines are listed in `errors`."""
-    from triggers.publish import read_events
+    from triggers.tools.publish import read_events
 
     errors: list[RowError] = []
     events: list[tuple[int, MetricEvent]] = []

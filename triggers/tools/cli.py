@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     doctor = commands.add_parser(
         "doctor", help="preflight of a Google Cloud project: APIs, service accounts and their "
         "permissions, templates, registry, Firestore, topics; each failure with its fix")
-    from triggers.doctor import add_arguments as add_doctor_arguments
+    from triggers.tools.doctor import add_arguments as add_doctor_arguments
 
     add_doctor_arguments(doctor)
 
@@ -131,21 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(schema_json())
         return 0
     if args.command == "quickstart":
-        from triggers.quickstart import run_quickstart
+        from triggers.tools.quickstart import run_quickstart
 
         return int(run_quickstart(Path(args.workdir), keep_serving=args.keep_serving))
     if args.command == "demo":
-        from triggers.demo import DemoSettings, run_demo
+        from triggers.tools.demo import DemoSettings, run_demo
 
         return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
     if args.command == "rollback":
         return _rollback(args)
     if args.command == "backtest":
-        from triggers.backtest import run_command
+        from triggers.tools.backtest import run_command
 
         return run_command(args)
     if args.command == "doctor":
-        from triggers.doctor import run_command as run_doctor
+        from triggers.tools.doctor import run_command as run_doctor
 
         return run_doctor(args)
     print(f"retrain-trigger {args.command}: not built yet; see README.md", file=sys.stderr)
@@ -157,9 +157,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["RETRAIN_POLICY_FILE"] = args.policies
     if args.state:
         os.environ["RETRAIN_STATE"] = args.state
-    from triggers.config import Environment, load_policy_file
+    from triggers.cloud.environment import Environment
+    from triggers.cloud.serve import serve
+    from triggers.config import load_policy_file
     from triggers.errors import RetrainError
-    from triggers.server import serve
 
     try:  # fail before forking workers, with the field named
         load_policy_file(Environment.from_env().policy_file)
@@ -175,9 +176,9 @@ def _rollback(args: argparse.Namespace) -> int:
         os.environ["RETRAIN_POLICY_FILE"] = args.policies
     if args.state:
         os.environ["RETRAIN_STATE"] = args.state
-    from pipeline_client.registry import open_registry
+    from pipeline_client.promotion.registries import open_registry
+    from triggers.cloud.wiring import build_service
     from triggers.errors import RetrainError
-    from triggers.wiring import build_service
 
     try:
         service = build_service()
@@ -213,7 +214,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from triggers.publish import publish_to_topic, publish_to_url, read_events
+    from triggers.tools.publish import publish_to_topic, publish_to_url, read_events
 
     events = list(read_events(args.file))
     progress = _Progress(len(events), "publishing")
@@ -268,7 +269,7 @@ def _validate(path: str, compile_: bool = False) -> int:
 
 def _template_problems(model: Any) -> list[str]:
     """A local template's declared inputs against what the service will pass it."""
-    from pipeline_client.templates import fetch_template
+    from pipeline_client.launching.templates import fetch_template
     from triggers.errors import RetrainError
 
     where = f"models.{model.name}.pipeline"
@@ -290,7 +291,7 @@ def _template_problems(model: Any) -> list[str]:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    from triggers.wiring import build_store
+    from triggers.cloud.wiring import build_store
 
     url = args.state or os.environ.get("RETRAIN_STATE") or "sqlite:///.retrain/state.db"
     store = build_store(url)

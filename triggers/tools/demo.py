@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from triggers.quickstart import (
+from triggers.tools.quickstart import (
     ROOT,
     call,
     free_port,
@@ -208,7 +208,7 @@ class Demo:
         return sample
 
     def _champion(self) -> tuple[str, Any] | None:
-        from pipeline_client.registry import LocalModelRegistry
+        from pipeline_client.promotion.registries import LocalModelRegistry
         from pipelines.logistic import LogisticModel
 
         current = LocalModelRegistry(self.registry_root).champion(MODEL)

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "examples" / "policies.yaml"
 STREAM = ROOT / "examples" / "sample_stream.jsonl"
 MODEL = "fraud-detector"

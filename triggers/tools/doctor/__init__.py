@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-from triggers.doctor.checks import DoctorSettings, run_checks
-from triggers.doctor.google import Endpoints, GoogleApis
-from triggers.doctor.report import Finding, Report
+from triggers.tools.doctor.checks import DoctorSettings, run_checks
+from triggers.tools.doctor.google import Endpoints, GoogleApis
+from triggers.tools.doctor.report import Finding, Report
 
 __all__ = ["DoctorSettings", "Endpoints", "Finding", "GoogleApis", "Report", "add_arguments",
            "run_checks", "run_command"]

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from triggers.doctor.google import GoogleApiError, GoogleApis, ImpersonationError
-from triggers.doctor.permissions import Account, Need, Resource, needs
-from triggers.doctor.report import Report
+from triggers.tools.doctor.google import GoogleApiError, GoogleApis, ImpersonationError
+from triggers.tools.doctor.permissions import Account, Need, Resource, needs
+from triggers.tools.doctor.report import Report
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 INDEXES_FILE = ROOT / "deploy" / "firestore.indexes.json"
 # What deploy/ enables (deploy/gcloud/deploy.sh), plus what doctor itself calls.
 REQUIRED_APIS = (
@@ -87,7 +87,7 @@ def run_checks(settings: DoctorSettings, apis: GoogleApis) -> Report:
     check_firestore(ctx)
     check_topics(ctx)
     if settings.smoke:
-        from triggers.doctor.smoke import check_smoke
+        from triggers.tools.doctor.smoke import check_smoke
 
         check_smoke(ctx)
     return ctx.report
@@ -150,7 +150,7 @@ def check_policy_file(ctx: Context) -> None:
 def check_templates(ctx: Context) -> None:
     """Each model's template loads, declares every parameter the service passes, runs as the
     pipeline account and has a pipeline_root."""
-    from pipeline_client.templates import fetch_template
+    from pipeline_client.launching.templates import fetch_template
     from triggers.errors import RetrainError
 
     if ctx.config is None:
@@ -359,7 +359,7 @@ def _grant(ctx: Context, resource: Resource, account: str, role: str, target: st
 def check_registry(ctx: Context) -> None:
     """Each model's registry (its `registry` parameter) has it with a `champion`, or has no
     version yet (the first run registers version 1 and promotes it: the first-model path)."""
-    from pipeline_client.registry import VertexModelRegistry, open_registry
+    from pipeline_client.promotion.registries import VertexModelRegistry, open_registry
     from triggers.errors import RetrainError
 
     if ctx.config is None:

@@ -25,22 +25,23 @@ class Need:
 
 
 NEEDS: tuple[Need, ...] = (
-    # runtime: pipeline_client/vertex.py VertexLauncher
+    # runtime: pipeline_client/launching/vertex.py VertexLauncher
     Need("runtime", "project", "aiplatform.pipelineJobs.create", "roles/aiplatform.user",
          "VertexLauncher.submit (create_pipeline_job)"),
     Need("runtime", "project", "aiplatform.pipelineJobs.get", "roles/aiplatform.user",
          "VertexLauncher.get_status (get_pipeline_job)"),
     Need("runtime", "project", "logging.logEntries.create", "roles/logging.logWriter",
-         "structured logs (triggers/logs.py)"),
+         "structured logs (triggers/cloud/logs.py)"),
     Need("runtime", "service_account", "iam.serviceAccounts.actAs",
          "roles/iam.serviceAccountUser", "PipelineJob.service_account = the pipeline account"),
     Need("runtime", "template_bucket", "storage.objects.get", "roles/storage.objectViewer",
-         "pipeline_client/templates.py fetch_template (gs://)"),
+         "pipeline_client/launching/templates.py fetch_template (gs://)"),
     Need("runtime", "outcome_topic", "pubsub.topics.publish", "roles/pubsub.publisher",
-         "outcome messages (pipeline_client/outcome.py)"),
+         "outcome messages (pipeline_client/promotion/outcome.py)"),
     Need("runtime", "decisions_topic", "pubsub.topics.publish", "roles/pubsub.publisher",
          "decisions outbox (RETRAIN_DECISIONS_TOPIC)"),
-    # pipeline: pipelines/components.py through pipeline_client/registry.py and outcome.py
+    # pipeline: pipelines/components.py through pipeline_client/promotion/registries.py
+    # and outcome.py
     Need("pipeline", "project", "aiplatform.models.upload", "roles/aiplatform.user",
          "VertexModelRegistry.register (upload_model)"),
     Need("pipeline", "project", "aiplatform.models.get", "roles/aiplatform.user",

@@ -8,18 +8,18 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from triggers.doctor.checks import ROOT
+from triggers.tools.doctor.checks import ROOT
 
 if TYPE_CHECKING:
-    from triggers.doctor.checks import Context
+    from triggers.tools.doctor.checks import Context
 
 SMOKE_TEMPLATE = ROOT / "pipelines" / "smoke.yaml"
 
 
 def check_smoke(ctx: Context, sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> None:
-    from pipeline_client.launcher import LaunchRequest
-    from pipeline_client.vertex import VertexLauncher
+    from pipeline_client.launching.protocol import LaunchRequest
+    from pipeline_client.launching.vertex import VertexLauncher
     from triggers.errors import RetrainError
 
     s = ctx.settings
