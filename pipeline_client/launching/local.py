@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline_client.errors import LaunchRejectedError, TransientError
 from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunStatus
-from triggers.errors import LaunchRejectedError, TransientError
 
 logger = logging.getLogger(__name__)
 

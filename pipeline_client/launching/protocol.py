@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
-from triggers.errors import LaunchRejectedError, TransientError
+from pipeline_client.errors import LaunchRejectedError, TransientError
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled", "unknown"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})

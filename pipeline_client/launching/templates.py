@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from triggers.errors import RetrainError, TransientError
+from pipeline_client.errors import RetrainError, TransientError
+from pipeline_client.google_api import TRANSIENT_HTTP_STATUSES
 
 if TYPE_CHECKING:
     import requests
@@ -34,7 +35,6 @@ _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _GS_URI = re.compile(r"^gs://(?P<bucket>[^/]+)/(?P<object>.+)$")
 # https://{region}-kfp.pkg.dev/{project}/{repository}/{package}/{tag or sha256:version}
 _AR_URL = re.compile(r"^https://[\w-]+-kfp\.pkg\.dev/[^/]+/[^/]+/[^/]+/[^/]+$", re.IGNORECASE)
-_TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 _cache: dict[tuple[Any, ...], PipelineTemplate] = {}
 _cache_lock = threading.Lock()
@@ -302,7 +302,7 @@ def _download(session: requests.Session, url: str, uri: str) -> str:
         response.encoding = response.encoding or "utf-8"
         return str(response.text)
     detail = _error_message(response)
-    if response.status_code in _TRANSIENT_HTTP_STATUSES:
+    if response.status_code in TRANSIENT_HTTP_STATUSES:
         raise TransientError(f"template {uri}: HTTP {response.status_code}: {detail}")
     raise TemplateError(uri, f"download failed with HTTP {response.status_code}: {detail}")
 

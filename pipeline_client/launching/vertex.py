@@ -11,6 +11,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pipeline_client.errors import LaunchRejectedError, TransientError
+from pipeline_client.google_api import classify, rest_client
 from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunState, RunStatus
 from pipeline_client.launching.templates import (
     PLACEHOLDER_IMAGE,
@@ -20,7 +22,6 @@ from pipeline_client.launching.templates import (
     placeholder_images,
     without_caching,
 )
-from triggers.errors import LaunchRejectedError, TransientError
 
 if TYPE_CHECKING:
     from google.cloud.aiplatform_v1 import PipelineJob, PipelineServiceClient
@@ -38,11 +39,7 @@ _STATES: dict[str, RunState] = {
     "PIPELINE_STATE_FAILED": "failed",
     "PIPELINE_STATE_CANCELLED": "cancelled",
 }
-# google.rpc.Code names for which a later retry (a Pub/Sub redelivery) may succeed.
-_TRANSIENT_CODES = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN"}
-)
-_TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
 
 
 class VertexLauncher:
@@ -99,7 +96,7 @@ class VertexLauncher:
                 timeout=self.timeout,
             )
         except Exception as exc:
-            kind, detail = _classify(exc)
+            kind, detail = classify(exc)
             if kind == "already_exists":
                 return LaunchResult(run_id, self.job_name(run_id), already_existed=True)
             if kind == "transient":
@@ -116,7 +113,7 @@ class VertexLauncher:
                 name=self.job_name(run_id), retry=None, timeout=self.timeout
             )
         except Exception as exc:
-            kind, detail = _classify(exc)
+            kind, detail = classify(exc)
             if kind == "transient":
                 raise TransientError(f"run {run_id}: Vertex AI unavailable: {detail}") from exc
             if kind in ("not_found", "permanent", "already_exists"):
@@ -193,17 +190,6 @@ def placeholder_problem(template: PipelineTemplate) -> str | None:
     )
 
 
-def rest_client(client_class: Any, endpoint: str, credentials: Any = None) -> Any:
-    """An aiplatform_v1 service client over REST at `endpoint`; an `http://` endpoint (a local
-    fake) gets anonymous credentials unless `credentials` are given."""
-    if credentials is None and endpoint.startswith("http://"):
-        from google.auth.credentials import AnonymousCredentials
-
-        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call,unused-ignore]
-    return client_class(credentials=credentials, transport="rest",
-                        client_options={"api_endpoint": endpoint})
-
-
 def _parameter_values(request: LaunchRequest, template: PipelineTemplate) -> dict[str, Any]:
     """Template defaults from a job spec, then the request's values; None means "use default"."""
     values: dict[str, Any] = dict(template.runtime_config.get("parameterValues") or {})
@@ -248,55 +234,3 @@ def _check_json_value(value: Any, path: str, run_id: str) -> None:
     raise LaunchRejectedError(
         run_id, f"parameter {path} has unsupported type {type(value).__name__}"
     )
-
-
-def _classify(exc: BaseException) -> tuple[str, str]:
-    """("already_exists" | "not_found" | "transient" | "permanent" | "other", detail)."""
-    import requests
-    from google.api_core import exceptions as api_exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    if isinstance(exc, api_exceptions.GoogleAPICallError):
-        code = _rpc_code(exc)
-        detail = f"{code or exc.code}: {exc.message}"
-        if code == "ALREADY_EXISTS":
-            return "already_exists", detail
-        if code == "NOT_FOUND":
-            return "not_found", detail
-        if code in _TRANSIENT_CODES or exc.code in _TRANSIENT_HTTP_STATUSES:
-            return "transient", detail
-        return "permanent", detail
-    if isinstance(exc, api_exceptions.RetryError):
-        return "transient", str(exc)
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-        return "transient", f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, auth_exceptions.DefaultCredentialsError):
-        return "permanent", f"Google credentials unusable: {exc}"
-    if isinstance(exc, auth_exceptions.RefreshError):
-        retryable = getattr(exc, "retryable", False)
-        return ("transient" if retryable else "permanent"), f"credentials refresh failed: {exc}"
-    if isinstance(exc, auth_exceptions.TransportError):
-        return "transient", f"credentials transport failed: {exc}"
-    return "other", str(exc)
-
-
-def _rpc_code(exc: Any) -> str | None:
-    """The google.rpc.Code name of an API error.
-
-    Over REST the exception class follows the HTTP status only (409 is `Conflict` for both
-    ALREADY_EXISTS and ABORTED), so the JSON error's `status` decides when present.
-    """
-    response = getattr(exc, "response", None)
-    if response is not None and hasattr(response, "json"):
-        try:
-            status = response.json()["error"]["status"]
-        except (ValueError, KeyError, TypeError):
-            status = None
-        if isinstance(status, str) and status:
-            return status
-    grpc_code = getattr(exc, "grpc_status_code", None)
-    if grpc_code is not None:
-        return str(getattr(grpc_code, "name", grpc_code))
-    if getattr(exc, "code", None) == 409:  # a bare 409 on create: the id is taken
-        return "ALREADY_EXISTS"
-    return None

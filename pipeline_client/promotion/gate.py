@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline_client.errors import RetrainError
 from pipeline_client.promotion.rules import METRICS, GuardrailRule, PrimaryRule, PromotionRules
 from thresholds.spec import Direction
-from triggers.errors import RetrainError
 
 __all__ = [
     "CheckResult",

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from triggers.errors import ConfigError, TransientError
+from pipeline_client.errors import ConfigError, TransientError
 
 OUTCOME_TARGET = "outcome_topic"
 

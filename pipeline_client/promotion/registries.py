@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from triggers.errors import RetrainError, TransientError
+from pipeline_client.errors import RetrainError, TransientError
 
 if TYPE_CHECKING:
     from google.cloud.aiplatform_v1 import Model, ModelServiceClient
@@ -879,7 +879,7 @@ class VertexModelRegistry:
         """Uploads `body` as a new version (a new model when `parent_model` is None)."""
         from google.cloud.aiplatform_v1 import UploadModelRequest
 
-        from pipeline_client.launching.vertex import _classify
+        from pipeline_client.google_api import classify
 
         if parent_model:
             request = UploadModelRequest(parent=self.parent, parent_model=parent_model, model=body)
@@ -893,7 +893,7 @@ class VertexModelRegistry:
             )
             return operation.result(timeout=self.upload_timeout)
         except Exception as exc:
-            kind, detail = _classify(exc)
+            kind, detail = classify(exc)
             if kind == "already_exists" and not parent_model:
                 # Another register created the model first: add this version under it.
                 return self._upload(model, body, self.model_resource_name(model))
@@ -927,13 +927,13 @@ class VertexModelRegistry:
         self, model: str, version: str | None, method: str, materialize: bool = False, **kwargs: Any
     ) -> Any:
         """One client call; None on NOT_FOUND; other failures as RegistryError subclasses."""
-        from pipeline_client.launching.vertex import _classify
+        from pipeline_client.google_api import classify
 
         try:
             result = getattr(self._get_client(), method)(**kwargs, retry=None, timeout=self.timeout)
             return list(result) if materialize else result  # a pager fetches pages here
         except Exception as exc:
-            kind, detail = _classify(exc)
+            kind, detail = classify(exc)
             if kind == "not_found":
                 return None
             if kind == "other":
@@ -969,7 +969,7 @@ class VertexModelRegistry:
     def _create_client(self) -> ModelServiceClient:
         from google.cloud.aiplatform_v1 import ModelServiceClient
 
-        from pipeline_client.launching.vertex import rest_client
+        from pipeline_client.google_api import rest_client
 
         client: ModelServiceClient = rest_client(ModelServiceClient, self.endpoint,
                                                  self.credentials)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from pipeline_client.errors import PolicyConfigError
 from thresholds.spec import Direction
-from triggers.errors import PolicyConfigError
 
 Task = Literal["classification", "regression"]
 MetricName = Literal[

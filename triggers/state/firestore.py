@@ -100,9 +100,9 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import format_duration, parse_duration
 from triggers import ids
-from triggers.errors import ConfigError, TransientError
 from triggers.state import firestore_sdk
 from triggers.state.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import parse_duration
-from triggers.errors import ConfigError, TransientError
 from triggers.state.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
