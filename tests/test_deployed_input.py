@@ -156,8 +156,8 @@ def seed_run_in_flight(store: StateStore) -> str:
     """A retraining run launched (by a fake launcher) and still in flight; its id."""
     service = RetrainService(policy_config(), store, FakeLauncher())
     answer = service.request_retrain("fraud-detector", "seeded by the test")
-    assert answer["status"] == "fired", answer
-    return str(answer["run_id"])
+    assert answer.status == "fired", answer
+    return str(answer.run_id)
 
 
 # ---------------------------------------------------------------- 1. future window_end
@@ -231,7 +231,7 @@ def test_a_champion_history_never_starts_in_the_future(make_store: Any) -> None:
 
 def seed_run_in_flight_at(service: RetrainService) -> str:
     answer = service.request_retrain("fraud-detector", "seeded by the test")
-    return str(answer["run_id"])
+    return str(answer.run_id)
 
 
 def test_max_clock_skew_is_set_in_defaults() -> None:

@@ -32,7 +32,14 @@ from triggers.state.firestore import (
     FirestoreStore,
 )
 from triggers.state.guards import Guards
-from triggers.state.protocol import Decision, ModelState, RejectedEvent, RunRecord, StoredPoint
+from triggers.state.protocol import (
+    Decision,
+    ModelState,
+    RejectedEvent,
+    RunRecord,
+    RunUpdate,
+    StoredPoint,
+)
 
 firestore_emulator = fixtures.firestore_emulator  # the session emulator (shared) and
 firestore_env = fixtures.firestore_env  # its per-test reset with the environment set
@@ -138,11 +145,11 @@ def test_a_run_changed_under_a_unit_fails_the_whole_unit(
 ) -> None:
     assert store.claim_run(run("run-1", "launching"), GUARDS, NOW, False).status == "claimed"
     with pytest.raises(TransientError, match="changed before it committed"), store.atomic():
-        ended = store.update_run("run-1", frozenset({"launching"}), state="promoted")
+        ended = store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="promoted"))
         assert ended is not None and ended.state == "promoted"
         assert store.get_run("run-1") == ended  # the unit sees its own update
         store.finish_message("outcome-1", NOW, [Decision("d1", "m", "promoted", NOW, "r")])
-        peer.update_run("run-1", frozenset({"launching"}), message="changed elsewhere")
+        peer.update_run("run-1", frozenset({"launching"}), RunUpdate(message="changed elsewhere"))
     after = peer.get_run("run-1")
     assert after is not None and (after.state, after.message) == ("launching",
                                                                   "changed elsewhere")

@@ -22,6 +22,7 @@ from triggers.state.protocol import (
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunUpdate,
     StateStore,
     StoredPoint,
 )
@@ -142,12 +143,12 @@ def test_claim_checks_guards_in_one_step(store: StateStore) -> None:
     blocked = store.claim_run(run("run-2", NOW), GUARDS, NOW, False)
     assert blocked.status == "blocked" and "in flight" in blocked.reason
     assert store.claim_run(run("run-2", NOW), GUARDS, NOW, True).status == "blocked"
-    store.update_run("run-1", IN_FLIGHT, state="rejected", ended_at=NOW)
+    store.update_run("run-1", IN_FLIGHT, RunUpdate(state="rejected", ended_at=NOW))
     assert store.claim_run(run("run-1", NOW), GUARDS, NOW, False).status == "exists"
     cooldown = store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, False)
     assert cooldown.status == "blocked" and cooldown.reason.startswith("cooldown")
     assert store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, True).status == "claimed"
-    store.update_run("run-2", IN_FLIGHT, state="failed")
+    store.update_run("run-2", IN_FLIGHT, RunUpdate(state="failed"))
     budget = store.claim_run(run("run-3", NOW + 7200), GUARDS, NOW + 7200, False)
     assert budget.status == "blocked" and budget.reason.startswith("budget")
     later = NOW + 86400 + 61
@@ -195,18 +196,18 @@ def test_a_run_claimed_by_another_instance_meanwhile_is_resumed_not_blocked(
     claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
     assert done
     assert (claim.status, claim.run.claimed_by) == ("resume", "other-instance"), claim
-    mine.update_run("run-1", IN_FLIGHT, state="launched", launched_at=NOW)
+    mine.update_run("run-1", IN_FLIGHT, RunUpdate(state="launched", launched_at=NOW))
     claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
     assert (claim.status, claim.run.state) == ("exists", "launched")
 
 
 def test_update_run_only_from_the_given_states(store: StateStore) -> None:
     store.claim_run(run("run-1", NOW), GUARDS, NOW, False)
-    updated = store.update_run("run-1", frozenset({"launching"}), state="launched",
-                               launched_at=NOW, outcome={"a": 1})
+    updated = store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="launched",
+                               launched_at=NOW, outcome={"a": 1}))
     assert updated is not None and updated.state == "launched" and updated.outcome == {"a": 1}
-    assert store.update_run("run-1", frozenset({"launching"}), state="failed") is None
-    assert store.update_run("missing", IN_FLIGHT, state="failed") is None
+    assert store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="failed")) is None
+    assert store.update_run("missing", IN_FLIGHT, RunUpdate(state="failed")) is None
     assert [r.run_id for r in store.in_flight_runs("m")] == ["run-1"]
     assert store.get_run("run-1") == updated
 

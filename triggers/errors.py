@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "InvalidEventError",
     "LaunchRejectedError",
+    "ModelNotConfiguredError",
     "PolicyConfigError",
     "RequestError",
     "RetrainError",
@@ -42,6 +43,15 @@ class UnknownModelError(InvalidEventError):
     def __init__(self, model: str) -> None:
         super().__init__("model", f"model {model!r} is not configured in the policy file", model)
         self.model = model
+
+
+class ModelNotConfiguredError(RetrainError):
+    """A request names a model that the policy file does not configure."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.field = "model"
+        super().__init__(f"model {model!r} is not configured")
 
 
 class RequestError(RetrainError):

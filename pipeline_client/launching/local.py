@@ -44,7 +44,8 @@ class LocalLauncher:
     """Runs each request's compiled template via kfp.local, in a detached child process.
 
     `submit` answers at once; the child writes status.json and, when `outcome_handler`
-    ("module:function") is set, calls it with the run's outcome message.
+    ("module:function") is set, calls it with the run's outcome message. `child_env`: variables
+    the child gets beyond this process's own (the settings its outcome handler reads).
     """
 
     name = "local"
@@ -54,12 +55,14 @@ class LocalLauncher:
         workdir: Path = Path(".retrain/runs"),
         outcome_handler: str | None = DEFAULT_OUTCOME_HANDLER,
         python: str = sys.executable,
+        child_env: Mapping[str, str] | None = None,
     ) -> None:
         if outcome_handler is not None and not _is_handler_ref(outcome_handler):
             raise ValueError(f"outcome_handler must be 'module:function', got {outcome_handler!r}")
         self.workdir = Path(workdir).resolve()
         self.outcome_handler = outcome_handler
         self.python = python
+        self.child_env = dict(child_env or {})
 
     def submit(self, request: LaunchRequest) -> LaunchResult:
         """Starts the run unless `workdir/{run_id}` exists already (then `already_existed`)."""
@@ -142,7 +145,7 @@ class LocalLauncher:
             argv += ["--outcome-handler", self.outcome_handler]
         tmp = run_dir / "tmp"
         tmp.mkdir()
-        env = dict(os.environ)
+        env = {**os.environ, **self.child_env}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )

@@ -13,7 +13,12 @@ from typing import Any, Protocol
 
 from triggers.cloud.auth import GoogleIdTokenVerifier, IdTokenVerifier, caller_of
 from triggers.cloud.environment import Environment
-from triggers.errors import InvalidEventError, RequestError, TransientError
+from triggers.errors import (
+    InvalidEventError,
+    ModelNotConfiguredError,
+    RequestError,
+    TransientError,
+)
 from triggers.events import MAX_EVENT_BYTES, delivery_from_https
 from triggers.logs import log_event
 from triggers.service import RetrainService
@@ -33,6 +38,9 @@ class Request(Protocol):
 
     def get_data(self, cache: bool = ..., as_text: bool = ..., parse_form_data: bool = ...) -> Any:
         ...
+
+RETRAIN_STATUS_CODES = {"fired": 202, "suppressed": 409, "launch_failed": 502}
+"""The manual trigger's HTTP status for each outcome of a retrain request (a dry run: 200)."""
 
 
 def check_auth(request: Request, env: Environment,
@@ -76,6 +84,8 @@ def handle(request: Request, service: RetrainService, env: Environment,
     except RequestError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         return {"error": exc.error, "field": exc.field}, exc.status, headers
+    except ModelNotConfiguredError as exc:
+        return {"error": str(exc), "field": exc.field}, 404, {}
     except TransientError as exc:
         log_event(logger, logging.WARNING, f"transient failure: {exc}", path=request.path)
         return {"error": "temporarily unavailable; retry", "field": None, "retry": True}, 503, {
@@ -104,15 +114,14 @@ def _route(request: Request, service: RetrainService, env: Environment,
     if path == "/retrain":
         _method(request, "POST")
         retrain = _parse_retrain(_body(request))
-        answer = service.request_retrain(
+        retrained = service.request_retrain(
             retrain.model, retrain.reason, dry_run=retrain.dry_run, force=retrain.force,
             caller=caller,
         )
-        status = {"fired": 202, "suppressed": 409, "launch_failed": 502}.get(
-            answer.get("status", ""), 200
-        )
+        status = RETRAIN_STATUS_CODES[retrained.status] if retrained.status else 200
+        answer = retrained.to_json()
         if status >= 400:
-            answer = {"error": answer["reason"], "field": None, **answer}
+            answer = {"error": retrained.reason, "field": None, **answer}
         return answer, status, {}
     if path.startswith("/models/"):
         _method(request, "GET")

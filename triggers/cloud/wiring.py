@@ -71,7 +71,10 @@ def build_launcher(env: Environment) -> PipelineLauncher:
     from pipeline_client.launching.local import LocalLauncher
 
     state_dir = _state_dir(env.state)
-    return LocalLauncher(workdir=state_dir / "runs")
+    # The run's child hands the outcome to a service of its own: the same settings as ours.
+    return LocalLauncher(workdir=state_dir / "runs", child_env={
+        "RETRAIN_POLICY_FILE": env.policy_file, "RETRAIN_STATE": env.state,
+        "RETRAIN_LAUNCHER": env.launcher})
 
 
 def _state_dir(url: str) -> Path:
@@ -86,6 +89,14 @@ def environment() -> Environment:
     if _environment is None:
         _environment = Environment.from_env()
     return _environment
+
+
+def use_environment(env: Environment) -> None:
+    """Make `env` the process's environment (`serve --policies ...`): the service is built
+    from it, and the workers forked after this call inherit it."""
+    global _environment, _service, _verifier
+    with _lock:
+        _environment, _service, _verifier = env, None, None
 
 
 def id_token_verifier() -> IdTokenVerifier | None:

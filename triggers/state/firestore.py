@@ -112,6 +112,7 @@ from triggers.state.protocol import (
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunUpdate,
     StoredPoint,
     dumps,
     iso,
@@ -678,13 +679,11 @@ class FirestoreStore:
             f"{self.max_attempts} attempts ({contention})")
 
     def update_run(
-        self, run_id: str, from_states: frozenset[str], **changes: Any
+        self, run_id: str, from_states: frozenset[str], update: RunUpdate
     ) -> RunRecord | None:
         """Change a run if it is in one of `from_states` (a compare-and-set on the document's
         update time; inside `atomic()` it is committed with the unit)."""
-        unknown = set(changes) - _CHANGEABLE_RUN_FIELDS
-        if unknown:
-            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        changes = update.changes()
         values = _run_values(changes)
         path = _run_path(run_id)
         for _ in range(self.max_attempts):

@@ -10,7 +10,6 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 from triggers.state.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
@@ -20,6 +19,7 @@ from triggers.state.protocol import (
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunUpdate,
     StoredPoint,
 )
 
@@ -250,11 +250,9 @@ class MemoryStore:
             return Claim("claimed", run)
 
     def update_run(
-        self, run_id: str, from_states: frozenset[str], **changes: Any
+        self, run_id: str, from_states: frozenset[str], update: RunUpdate
     ) -> RunRecord | None:
-        unknown = set(changes) - _RUN_FIELDS
-        if unknown:
-            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        changes = update.changes()
         with self._lock:
             record = self._runs.get(run_id)
             if record is None or record.state not in from_states:

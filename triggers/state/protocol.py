@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from triggers.state.guards import Guards
 
 
+RunState = Literal[
+    "launching", "launched", "running",  # in flight
+    "completed", "failed", "timed_out", "promoted", "rejected",  # ended
+]
+"""Where a run is: claimed and launching, launched, running, or how it ended."""
+DecisionKind = Literal[
+    "fired", "suppressed", "ok", "insufficient_data", "ignored", "rejected", "champion",
+    "promoted", "rejected_challenger", "failed", "completed", "timed_out", "launch_failed",
+    "rollback",
+]
+"""What a decision of the audit trail records (see `Decision`)."""
 IN_FLIGHT: frozenset[str] = frozenset({"launching", "launched", "running"})
 """Run states during which the model's policies are disarmed."""
 
@@ -64,7 +75,7 @@ class Decision:
 
     decision_id: str
     model: str
-    kind: str
+    kind: DecisionKind
     at: float
     reason: str
     policy: str | None = None
@@ -105,7 +116,7 @@ class RunRecord:
     model: str
     policy: str
     trigger_id: str
-    state: str
+    state: RunState
     reason: str
     created_at: float
     request: Mapping[str, Any]
@@ -129,6 +140,23 @@ class RunRecord:
         data["request"] = dict(self.request)
         data["outcome"] = dict(self.outcome) if self.outcome is not None else None
         return data
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """What `update_run` changes in a run; a field left None stays as it is."""
+
+    state: RunState | None = None
+    launched_at: float | None = None
+    ended_at: float | None = None
+    checked_at: float | None = None
+    resource_name: str | None = None
+    outcome: Mapping[str, Any] | None = None
+    message: str | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this update sets, by name."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -219,7 +247,7 @@ class StateStore(Protocol):
     def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim: ...
 
     def update_run(
-        self, run_id: str, from_states: frozenset[str], **changes: Any
+        self, run_id: str, from_states: frozenset[str], update: RunUpdate
     ) -> RunRecord | None: ...
 
     def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -29,6 +29,7 @@ from triggers.state.protocol import (
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunUpdate,
     StoredPoint,
     dumps,
 )
@@ -393,11 +394,9 @@ class SQLiteStore:
             return Claim("claimed", run)
 
     def update_run(
-        self, run_id: str, from_states: frozenset[str], **changes: Any
+        self, run_id: str, from_states: frozenset[str], update: RunUpdate
     ) -> RunRecord | None:
-        unknown = set(changes) - set(_RUN_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        changes = update.changes()
         with self._tx() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None or row["state"] not in from_states:

@@ -8,7 +8,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from triggers.cloud.environment import Environment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,36 +155,38 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.policies:
-        os.environ["RETRAIN_POLICY_FILE"] = args.policies
-    if args.state:
-        os.environ["RETRAIN_STATE"] = args.state
+def _environment(args: argparse.Namespace) -> Environment:
+    """The environment's settings with the command's --policies and --state over them."""
     from triggers.cloud.environment import Environment
+
+    flags = {"RETRAIN_POLICY_FILE": args.policies, "RETRAIN_STATE": args.state}
+    return Environment.from_env({**os.environ, **{k: v for k, v in flags.items() if v}})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from triggers.cloud import wiring
     from triggers.cloud.serve import serve
     from triggers.config import load_policy_file
     from triggers.errors import RetrainError
 
     try:  # fail before forking workers, with the field named
-        load_policy_file(Environment.from_env().policy_file)
+        env = _environment(args)
+        load_policy_file(env.policy_file)
     except RetrainError as exc:
         print(f"retrain-trigger serve: {exc}", file=sys.stderr)
         return 2
+    wiring.use_environment(env)  # the forked workers inherit it
     serve(args.host, args.port, workers=args.workers, threads=args.threads)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    if args.policies:
-        os.environ["RETRAIN_POLICY_FILE"] = args.policies
-    if args.state:
-        os.environ["RETRAIN_STATE"] = args.state
     from pipeline_client.promotion.registries import open_registry
     from triggers.cloud.wiring import build_service
     from triggers.errors import RetrainError
 
     try:
-        service = build_service()
+        service = build_service(_environment(args))
         model = service.config.models.get(args.model)
         if model is None:
             print(f"rollback: model {args.model!r} is not in the policy file", file=sys.stderr)
