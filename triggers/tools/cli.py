@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         return _rollback(args)
     if args.command == "backtest":
-        from triggers.tools.backtest import run_command
+        from triggers.tools.backtest.command import run_command
 
         return run_command(args)
     if args.command == "doctor":
