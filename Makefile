@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make run` (the whole loop on its embedded defaults: a
 # drifting stream, policies, kfp.local runs, promotion gate) and `make test` (lint, types,
-# every test). Both install what they need.
+# every test; `lint` checks the layers with import-linter). Both install what they need.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,6 +25,7 @@ quickstart: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy thresholds triggers pipeline_client main.py
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest -q

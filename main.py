@@ -5,8 +5,8 @@ Wiring only; the logic lives in `triggers/`. Config is validated here, at cold s
 
 import functions_framework
 
-from triggers import entry, http_guard, wiring
-from triggers.logs import configure_logging
+from triggers.cloud import entry, http_guard, wiring
+from triggers.cloud.logs import configure_logging
 
 configure_logging()
 wiring.service()  # validate RETRAIN_POLICY_FILE and the environment once, loudly

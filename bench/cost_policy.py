@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from triggers.config import ServiceConfig
-from triggers.counterfactual import (
+from triggers.tools.backtest.counterfactual import (
     Costs,
     ModelMatrix,
     Window,

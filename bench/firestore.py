@@ -48,12 +48,12 @@ COLD_TARGET = 1.3  # the decision path's cold-start target (README), here with F
 
 def decision_latency(args: argparse.Namespace, work: Path, emulator: Any) -> list[Row]:
     """Median and p95 of one `handle_delivery` (no launch), SQLite file vs Firestore."""
-    from pipeline_client.launcher import FakeLauncher
+    from pipeline_client.launching.protocol import FakeLauncher
     from triggers.config import ServiceConfig
     from triggers.events import Delivery
-    from triggers.firestore_store import FirestoreStore
     from triggers.service import RetrainService
-    from triggers.sqlite_store import SQLiteStore
+    from triggers.state.firestore import FirestoreStore
+    from triggers.state.sqlite import SQLiteStore
 
     config = ServiceConfig.from_yaml(policy_text(), ROOT)
     stores: dict[str, Any] = {
@@ -100,7 +100,7 @@ def decision_latency(args: argparse.Namespace, work: Path, emulator: Any) -> lis
 def cold_start(args: argparse.Namespace, work: Path, emulator: Any) -> list[Row]:
     """Popen → first CloudEvent answered: hello world, ours on SQLite, ours on Firestore."""
     from triggers.config import compile_policy_file
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     hello = work / "hello.py"
     hello.write_text(HELLO_SOURCE, encoding="utf-8")

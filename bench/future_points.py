@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_client.launcher import FakeLauncher  # noqa: E402
+from pipeline_client.launching.protocol import FakeLauncher  # noqa: E402
 from triggers.config import load_policy_file  # noqa: E402
 from triggers.events import Delivery  # noqa: E402
 from triggers.service import RetrainService  # noqa: E402
-from triggers.sqlite_store import SQLiteStore  # noqa: E402
+from triggers.state.sqlite import SQLiteStore  # noqa: E402
 
 POLICIES = Path(__file__).resolve().parent.parent / "examples" / "policies.yaml"
 HOUR = 3600.0

@@ -1,4 +1,4 @@
-"""A functions-framework CloudEvent function served by `triggers.server.serve` itself, so the
+"""A functions-framework CloudEvent function served by `triggers.cloud.serve.serve` itself, so the
 throughput floor runs under exactly the gunicorn options of `python -m triggers serve`."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from triggers import server
+    from triggers.cloud import serve as server
 
     def hello_app(source: Any = None) -> Any:  # built in each worker, as serve() builds ours
         from functions_framework import create_app

@@ -45,7 +45,7 @@ from tests.support.storm import (  # noqa: E402
     model_name,
     policy_yaml,
 )
-from triggers.sqlite_store import SQLiteStore  # noqa: E402
+from triggers.state.sqlite import SQLiteStore  # noqa: E402
 
 EXAMPLE_TEMPLATE = ROOT / "pipelines" / "example.yaml"
 

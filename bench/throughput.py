@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args(argv)
     machine_banner("throughput.py", argv)
-    print(f"# gunicorn: workers={args.workers} threads={args.threads} (triggers.server.serve "
+    print(f"# gunicorn: workers={args.workers} threads={args.threads} (triggers.cloud.serve.serve "
           f"options for both); client: {args.concurrency} threads, keep-alive, "
           f"{args.warmup} warm-up + {args.count} timed Pub/Sub push requests")
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from pipeline_client.templates import PLACEHOLDER_IMAGE
+from pipeline_client.launching.templates import PLACEHOLDER_IMAGE
 
 # The image every step runs in. kfp.local's SubprocessRunner ignores it and uses the current
 # interpreter; on Vertex it must hold kfp, numpy, scipy, statsmodels, scikit-learn, joblib
@@ -48,7 +48,7 @@ def evaluate_models(
 
     import numpy as np
 
-    from pipeline_client.registry import open_registry
+    from pipeline_client.promotion.registries import open_registry
     from pipelines.logistic import LogisticModel
 
     with open(holdout.path, encoding="utf-8") as handle:
@@ -84,7 +84,7 @@ def promotion_gate(
     import json
     from collections import namedtuple
 
-    from pipeline_client.gate import PromotionRules, evaluate_promotion
+    from pipeline_client.promotion.gate import PromotionRules, evaluate_promotion
 
     with open(predictions.path, encoding="utf-8") as handle:
         data = json.load(handle)
@@ -111,7 +111,7 @@ def promote_model(
     champion version."""
     import json
 
-    from pipeline_client.registry import open_registry
+    from pipeline_client.promotion.registries import open_registry
 
     if not registry:
         raise ValueError("the `registry` pipeline parameter is empty: set it in the policy "
@@ -150,7 +150,7 @@ def report_outcome(
     import json
     import time
 
-    from pipeline_client.outcome import publish_outcome
+    from pipeline_client.promotion.outcome import publish_outcome
 
     gate = json.loads(gate_report)
     message = {

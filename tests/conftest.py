@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.support.fixtures import pubsub_emulator, pubsub_env, unique_name  # noqa: F401
 from triggers.config import ServiceConfig
 from triggers.events import Delivery
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -32,7 +32,7 @@ TEST_PIPELINE_IMAGE = "europe-west4-docker.pkg.dev/acme-ml/retrain/steps:test"
 def vertex_ready_template(directory: Path, template: Path = EXAMPLE_TEMPLATE) -> Path:
     """A copy of `template` in `directory` whose steps name TEST_PIPELINE_IMAGE, as if compiled
     with RETRAIN_PIPELINE_IMAGE set (the Vertex launcher refuses the placeholder image)."""
-    from pipeline_client.templates import PLACEHOLDER_IMAGE
+    from pipeline_client.launching.templates import PLACEHOLDER_IMAGE
 
     target = directory / f"{template.stem}.vertex.yaml"
     text = template.read_text(encoding="utf-8")
@@ -150,7 +150,7 @@ def harness(make_harness: Callable[..., Harness]) -> Harness:
 @pytest.fixture()
 def fresh_template_cache() -> Iterator[None]:
     """Templates are cached per process: each test starts and ends with none loaded."""
-    from pipeline_client.templates import clear_template_cache
+    from pipeline_client.launching.templates import clear_template_cache
 
     clear_template_cache()
     yield

@@ -21,8 +21,8 @@ import pytest
 from tests.conftest import DESIGN_EVENT, POLICY_YAML
 from tests.support.combined import TOKEN, App, combined_app
 from tests.support.serve import serve_process
-from triggers import http_api
-from triggers.logs import CloudLoggingFormatter
+from triggers.cloud import routes as http_api
+from triggers.cloud.logs import CloudLoggingFormatter
 
 CHURN_BREACH = {"model": "churn", "metrics": {"logloss": 0.9},
                 "window_end": "2026-11-02T00:00:00Z"}
@@ -104,7 +104,7 @@ def test_the_scheme_is_case_insensitive_the_token_is_not(app: App, scheme: str) 
 
 @pytest.fixture
 def digest_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool | None], list[tuple]]:
-    """Record the calls of `hmac.compare_digest` as triggers.http_api sees it (the stdlib
+    """Record the calls of `hmac.compare_digest` as triggers.cloud.routes sees it (the stdlib
     function, wrapped); `force(True/False)` makes it answer that instead."""
     real = hmac.compare_digest
     calls: list[tuple] = []

@@ -18,27 +18,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import EXAMPLE_TEMPLATE, ROOT, Clock, policy_config
 from thresholds import Point, PolicySpec, build_policy
 from thresholds.trend import DAY, kendall_p_value, theil_sen
-from triggers.backtest import (
-    BacktestInputError,
-    BacktestReport,
-    BacktestSettings,
-    Replay,
-    backtest,
-    format_report,
-    parse_recovery,
-    parse_sweep,
-    read_history,
-    run_sweeps,
-)
 from triggers.config import ServiceConfig
 from triggers.events import Delivery, MetricEvent, fast_event
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import StateStore
+from triggers.state.protocol import StateStore
+from triggers.state.sqlite import SQLiteStore
+from triggers.tools.backtest.io import BacktestInputError, read_history
+from triggers.tools.backtest.replay import BacktestSettings, Replay, parse_recovery
+from triggers.tools.backtest.report import BacktestReport, backtest, format_report
+from triggers.tools.backtest.sweep import parse_sweep, run_sweeps
 
 HOUR = 3600.0
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

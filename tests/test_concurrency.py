@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.sqlite import SQLiteStore
 
 WORKER = textwrap.dedent(
     """
     import json, sys, time
-    from pipeline_client.launcher import FakeLauncher
+    from pipeline_client.launching.protocol import FakeLauncher
     from triggers.config import load_policy_file
     from triggers.events import Delivery
     from triggers.service import RetrainService
-    from triggers.sqlite_store import SQLiteStore
+    from triggers.state.sqlite import SQLiteStore
 
     policy, db, start_at, message_id, event = sys.argv[1:6]
 
@@ -56,7 +56,7 @@ def test_two_processes_one_run_one_suppressed(
     policy = tmp_path / "policies.yaml"
     policy.write_text(POLICY_YAML % {"template": EXAMPLE_TEMPLATE})
     db = tmp_path / "state.db"
-    from pipeline_client.launcher import FakeLauncher
+    from pipeline_client.launching.protocol import FakeLauncher
     from tests.test_service import DEGRADING, FIRST_FIRE
     from triggers.config import load_policy_file
     from triggers.events import Delivery

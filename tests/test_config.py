@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
-from triggers.config import Environment
+from triggers.cloud.environment import Environment
 from triggers.errors import ConfigError, PolicyConfigError
 from triggers.policy_file import parse_policy_file, schema_json
 
@@ -149,7 +149,7 @@ def test_cold_start_with_a_compiled_policy_needs_neither_pydantic_nor_yaml(
     event = json.dumps({"model": "churn", "metrics": {"logloss": 0.1},
                         "window_end": "2026-11-02T00:00:00Z"})
     code = (
-        "import sys, main; from triggers import wiring; "
+        "import sys, main; from triggers.cloud import wiring; "
         "from triggers.events import delivery_from_https; "
         f"r = wiring.service().handle_delivery(delivery_from_https({event!r}.encode()));"
         "print(r.status, sorted({m.split('.')[0] for m in sys.modules} & "
@@ -184,7 +184,7 @@ def test_validate_checks_a_local_template_declares_what_the_service_passes(
 def test_store_and_vertex_timeouts_come_from_the_environment(tmp_path: Path) -> None:
     """`sqlite:///path?timeout=2s` bounds a write's wait for a lock; RETRAIN_VERTEX_TIMEOUT
     bounds each Vertex call. Bad values name the variable."""
-    from triggers.sqlite_store import SQLiteStore
+    from triggers.state.sqlite import SQLiteStore
 
     assert SQLiteStore.from_url(f"sqlite:///{tmp_path}/a.db?timeout=2s").busy_timeout == 2.0
     assert SQLiteStore.from_url(f"sqlite:///{tmp_path}/b.db").busy_timeout == 10.0

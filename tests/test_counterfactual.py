@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, Clock
-from triggers.backtest import BacktestInputError
 from triggers.config import ServiceConfig
-from triggers.counterfactual import (
+from triggers.events import Delivery
+from triggers.service import RetrainService
+from triggers.state.sqlite import SQLiteStore
+from triggers.tools.backtest.counterfactual import (
     MatrixLauncher,
     counterfactual,
     read_matrix,
 )
-from triggers.events import Delivery
-from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
+from triggers.tools.backtest.io import BacktestInputError
 
 D0 = datetime(2026, 3, 1, tzinfo=UTC)
 

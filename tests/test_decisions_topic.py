@@ -16,7 +16,7 @@ from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import PubSubEmulator
 from tests.support.serve import serve_process
 from tests.test_e2e_pubsub import wait_for
-from triggers.quickstart import call
+from triggers.tools.quickstart import call
 
 TOKEN = "topic-token"
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline_client.registry import LocalModelRegistry
+from pipeline_client.promotion.registries import LocalModelRegistry
 from tests.conftest import ROOT
-from triggers.demo import MODEL
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.sqlite import SQLiteStore
+from triggers.tools.demo import MODEL
 
 
 def test_the_demo_rejects_a_noise_dip_promotes_on_drift_and_recovers(tmp_path: Path) -> None:

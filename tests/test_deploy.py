@@ -36,7 +36,8 @@ DEAD_LETTER = DEPLOY / "gcloud" / "dead_letter.sh"
 INDEXES = DEPLOY / "firestore.indexes.json"
 TERRAFORM = shutil.which("terraform") or shutil.which("tofu")
 
-# Environment variables the function reads (triggers/config.py) that the deployment leaves unset
+# Environment variables the function reads (triggers/cloud/environment.py) that the deployment
+# leaves unset
 # on purpose: manual-trigger trusts Cloud Run IAM instead of a shared token, and the endpoint
 # override exists for local fakes only.
 # Unset on purpose: no shared secret (IAM + ID tokens instead), no fake endpoints, Google's
@@ -202,7 +203,7 @@ def locals_map(paths: list[Path] | None = None) -> dict[str, str]:
 
 
 def config_env_vars() -> set[str]:
-    source = (ROOT / "triggers" / "config.py").read_text()
+    source = (ROOT / "triggers" / "cloud" / "environment.py").read_text()
     names = set(re.findall(r'env\.get\(\s*"([A-Z][A-Z0-9_]+)"', source))
     assert {"RETRAIN_POLICY_FILE", "RETRAIN_STATE", "RETRAIN_LAUNCHER"} <= names, names
     return names
@@ -1081,7 +1082,7 @@ def test_terraform_refuses_wide_invokers(locals_probe, member: str) -> None:  # 
 
 def test_both_paths_enable_every_api_doctor_requires() -> None:
     """doctor fails a project without these APIs, so deploy/ must enable each of them."""
-    from triggers.doctor.checks import REQUIRED_APIS
+    from triggers.tools.doctor.checks import REQUIRED_APIS
 
     required = {f"{api}.googleapis.com" for api in REQUIRED_APIS}
     tf = set(re.findall(r'"([a-z]+\.googleapis\.com)"', (TF_DIR / "main.tf").read_text()))

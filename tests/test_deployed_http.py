@@ -21,8 +21,8 @@ import requests
 
 from tests.conftest import FIXTURES, POLICY_YAML, vertex_ready_template
 from tests.support.deployed import DeployedFunction, deployed
-from triggers.http_api import MAX_BODY_BYTES
-from triggers.http_guard import MAX_PUSH_BYTES
+from triggers.cloud.http_guard import MAX_PUSH_BYTES
+from triggers.cloud.routes import MAX_BODY_BYTES
 
 TOKEN = "d3ployed-t0ken-7c1e"
 SECRET = "Bearer SECRET-CREDENTIAL-4b8e0f"
@@ -401,7 +401,7 @@ def test_duplicate_json_keys_are_refused_as_ambiguous(functions: dict[str, str])
 
 def test_serve_closes_a_body_that_never_finishes_and_keeps_serving(tmp_path: Path) -> None:
     from tests.support.serve import served
-    from triggers.http_guard import BODY_TIMEOUT
+    from triggers.cloud.http_guard import BODY_TIMEOUT
 
     with served(tmp_path, base_env(tmp_path), workers=1, threads=2) as server:
         parts = urlsplit(server.base)

@@ -27,17 +27,17 @@ from typing import Any
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import EXAMPLE_TEMPLATE, FIXTURES, POLICY_YAML, ROOT, Clock, policy_config
 from tests.support import fixtures
 from tests.support.emulators import FirestoreEmulator, free_port
 from triggers.config import ServiceConfig
 from triggers.errors import PolicyConfigError
 from triggers.events import Delivery
-from triggers.memory_store import MemoryStore
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import RejectedEvent, StateStore, StoredPoint
+from triggers.state.memory import MemoryStore
+from triggers.state.protocol import RejectedEvent, StateStore, StoredPoint
+from triggers.state.sqlite import SQLiteStore
 
 firestore_emulator = fixtures.firestore_emulator
 firestore_env = fixtures.firestore_env
@@ -156,8 +156,8 @@ def seed_run_in_flight(store: StateStore) -> str:
     """A retraining run launched (by a fake launcher) and still in flight; its id."""
     service = RetrainService(policy_config(), store, FakeLauncher())
     answer = service.request_retrain("fraud-detector", "seeded by the test")
-    assert answer["status"] == "fired", answer
-    return str(answer["run_id"])
+    assert answer.status == "fired", answer
+    return str(answer.run_id)
 
 
 # ---------------------------------------------------------------- 1. future window_end
@@ -231,7 +231,7 @@ def test_a_champion_history_never_starts_in_the_future(make_store: Any) -> None:
 
 def seed_run_in_flight_at(service: RetrainService) -> str:
     answer = service.request_retrain("fraud-detector", "seeded by the test")
-    return str(answer["run_id"])
+    return str(answer.run_id)
 
 
 def test_max_clock_skew_is_set_in_defaults() -> None:
@@ -288,7 +288,7 @@ def test_an_outcome_with_a_lone_surrogate_ends_the_run_sqlite(
 def test_an_outcome_with_a_lone_surrogate_ends_the_run_firestore(
     tmp_path: Path, firestore_env: FirestoreEmulator,
 ) -> None:
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     deployment = Deployment(tmp_path, "firestore://", firestore_env.env())
     store = FirestoreStore(project=firestore_env.project)
@@ -441,7 +441,7 @@ def test_ignored_metrics_are_kept_on_the_processed_marker(make_store: Any) -> No
 def test_ignored_metrics_are_kept_on_the_processed_marker_firestore(
     firestore_env: FirestoreEmulator,
 ) -> None:
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     check_ignored_metrics_on_the_marker(FirestoreStore(project=firestore_env.project))
 

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline_client.registry import VertexModelRegistry
-from pipeline_client.templates import clear_template_cache
+from pipeline_client.launching.templates import clear_template_cache
+from pipeline_client.promotion.registries import VertexModelRegistry
 from tests.fakes.google_apis import ALL_FAKES, FakeGoogleApi, FakeProject
 from tests.fakes.google_discovery_rules import DiscoveryRules
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import FirestoreEmulator, PubSubEmulator
 from tests.support.fixtures import firestore_emulator  # noqa: F401
-from triggers.doctor import DoctorSettings, Endpoints, GoogleApis, Report, run_checks
-from triggers.doctor.checks import REQUIRED_APIS
+from triggers.tools.doctor import DoctorSettings, Endpoints, GoogleApis, Report, run_checks
+from triggers.tools.doctor.checks import REQUIRED_APIS
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCATION = "us-central1"

@@ -32,7 +32,7 @@ from tests.support.emulators import FirestoreEmulator, PubSubEmulator
 from tests.support.serve import serve_process
 from tests.test_e2e_pubsub import POLICIES as E2E_POLICIES
 from tests.test_service import DEGRADING, FIRST_FIRE
-from triggers.firestore_store import FirestoreStore
+from triggers.state.firestore import FirestoreStore
 
 firestore_emulator = fixtures.firestore_emulator  # the session emulator (shared) and
 firestore_env = fixtures.firestore_env  # its per-test reset with the environment set

@@ -16,7 +16,7 @@ from tests.conftest import vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import PubSubEmulator
 from tests.support.serve import serve_process
-from triggers.quickstart import call
+from triggers.tools.quickstart import call
 
 TOKEN = "e2e-token"
 POLICIES = """

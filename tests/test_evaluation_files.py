@@ -16,9 +16,9 @@ import pytest
 from functions_framework import create_app
 
 from tests.support.emulators import free_port
-from triggers import wiring
-from triggers.evaluation_files import MAX_OBJECT_BYTES
-from triggers.sqlite_store import SQLiteStore
+from triggers.cloud import wiring
+from triggers.cloud.evaluation_files import MAX_OBJECT_BYTES
+from triggers.state.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "main.py")
@@ -71,9 +71,9 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage_emulator: str) 
     monkeypatch.delenv("RETRAIN_DECISIONS_TOPIC", raising=False)
     monkeypatch.chdir(tmp_path)
     wiring.reset()
-    import triggers.entry
+    import triggers.cloud.entry
 
-    monkeypatch.setattr(triggers.entry, "_storage_reader", None)
+    monkeypatch.setattr(triggers.cloud.entry, "_storage_reader", None)
     yield create_app("on_evaluation_file", MAIN, "cloudevent").test_client()
     wiring.reset()
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import DESIGN_EVENT, policy_config
 from triggers.errors import InvalidEventError
 from triggers.event_schema import validate_event
 from triggers.events import Delivery, delivery_from_pubsub, fast_event, parse_event
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.sqlite import SQLiteStore
 
 names = st.one_of(
     st.sampled_from(["fraud-detector", "accuracy", "auc", "overall", "mobile", "7", "v8"]),

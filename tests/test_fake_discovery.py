@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline_client.launcher import LaunchRequest
-from pipeline_client.registry import VertexModelRegistry
-from pipeline_client.vertex import VertexLauncher
+from pipeline_client.launching.protocol import LaunchRequest
+from pipeline_client.launching.vertex import VertexLauncher
+from pipeline_client.promotion.registries import VertexModelRegistry
 from tests.fakes import prebuilt
 from tests.fakes.discovery import load_document, request_schema, validate_body, validate_query
 from tests.fakes.vertex_server import _ROUTES, FakeGcsServer, FakeVertexServer, invalid_request

@@ -29,8 +29,8 @@ from tests.support.storm import (
 )
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_storm import vertex_env
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import StateStore
+from triggers.state.protocol import StateStore
+from triggers.state.sqlite import SQLiteStore
 
 EVENTS = int(os.environ.get("RETRAIN_STORM_EVENTS", "2000")) // 2
 MODELS = 5
@@ -114,7 +114,7 @@ def test_firestore_unreachable_for_a_while(
             time.sleep(1.0)  # outcomes of the last runs
     for key, value in firestore_emulator.env().items():
         monkeypatch.setenv(key, value)
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     failed = sum(n for status, n in report.statuses.items() if not status.startswith("2"))
     print(f"survived a 3 s Firestore outage: {failed} deliveries failed and were redelivered, "

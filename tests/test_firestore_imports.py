@@ -20,7 +20,7 @@ CHECK = textwrap.dedent(
     """
     import json, sys
     import main  # the cold start: config validated, service and store built
-    from triggers import wiring
+    from triggers.cloud import wiring
     from triggers.events import Delivery
 
     loaded = lambda: "google.cloud.firestore" in sys.modules

@@ -15,24 +15,31 @@ from typing import Any
 import grpc
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import ROOT, Clock, policy_config
 from tests.support import fixtures
 from tests.support.emulators import FirestoreEmulator, free_port
 from tests.support.grpc_recorder import GrpcRecorder, RecordedCall
 from tests.test_service import DEGRADING, FIRST_FIRE
-from triggers import firestore_sdk
-from triggers.config import Guards
 from triggers.errors import ConfigError, TransientError
 from triggers.events import Delivery
-from triggers.firestore_store import (
+from triggers.service import RetrainService
+from triggers.state import firestore_sdk
+from triggers.state.firestore import (
     COLLECTION_GROUPS,
     DEFAULT_RETENTION,
     EXPIRING,
     FirestoreStore,
 )
-from triggers.service import RetrainService
-from triggers.store import Decision, ModelState, RejectedEvent, RunRecord, StoredPoint
+from triggers.state.guards import Guards
+from triggers.state.protocol import (
+    Decision,
+    ModelState,
+    RejectedEvent,
+    RunRecord,
+    RunUpdate,
+    StoredPoint,
+)
 
 firestore_emulator = fixtures.firestore_emulator  # the session emulator (shared) and
 firestore_env = fixtures.firestore_env  # its per-test reset with the environment set
@@ -94,7 +101,7 @@ def test_url_names_database_retention_and_timeout() -> None:
 
 
 def test_wiring_builds_it_from_retrain_state() -> None:
-    from triggers.wiring import build_store
+    from triggers.cloud.wiring import build_store
 
     store = build_store("firestore://retrain-state?retention=30d")
     assert isinstance(store, FirestoreStore)
@@ -138,11 +145,11 @@ def test_a_run_changed_under_a_unit_fails_the_whole_unit(
 ) -> None:
     assert store.claim_run(run("run-1", "launching"), GUARDS, NOW, False).status == "claimed"
     with pytest.raises(TransientError, match="changed before it committed"), store.atomic():
-        ended = store.update_run("run-1", frozenset({"launching"}), state="promoted")
+        ended = store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="promoted"))
         assert ended is not None and ended.state == "promoted"
         assert store.get_run("run-1") == ended  # the unit sees its own update
         store.finish_message("outcome-1", NOW, [Decision("d1", "m", "promoted", NOW, "r")])
-        peer.update_run("run-1", frozenset({"launching"}), message="changed elsewhere")
+        peer.update_run("run-1", frozenset({"launching"}), RunUpdate(message="changed elsewhere"))
     after = peer.get_run("run-1")
     assert after is not None and (after.state, after.message) == ("launching",
                                                                   "changed elsewhere")
@@ -404,7 +411,7 @@ def _anonymous() -> Any:
 
 
 def test_paths_are_deterministic_and_valid_document_ids() -> None:
-    from triggers.firestore_store import _doc_id, _key, _point_path
+    from triggers.state.firestore import _doc_id, _key, _point_path
 
     assert _key("fraud/detector") == _key("fraud/detector") != _key("fraud-detector")
     assert "/" not in _key("a/b") and not _key("__x__").startswith("__")
@@ -571,7 +578,7 @@ def test_an_adopted_champion_is_committed_with_the_units_claim(
 def test_a_unit_too_large_for_one_commit_is_refused_whole(
     store: FirestoreStore, peer: FirestoreStore
 ) -> None:
-    from triggers.firestore_store import MAX_BATCH_WRITES, UnitTooLargeError
+    from triggers.state.firestore import MAX_BATCH_WRITES, UnitTooLargeError
 
     many = [Decision(f"d{i}", "m", "ok", NOW, "r") for i in range(MAX_BATCH_WRITES)]
     with pytest.raises(UnitTooLargeError, match="refusing to split"), store.atomic():

@@ -21,8 +21,8 @@ from tests.conftest import (
     vertex_ready_template,
 )
 from tests.fakes.vertex_server import FakeVertexServer
-from triggers import wiring
-from triggers.sqlite_store import SQLiteStore
+from triggers.cloud import wiring
+from triggers.state.sqlite import SQLiteStore
 
 TOKEN = "s3cret-token-for-tests"
 MAIN = str(ROOT / "main.py")

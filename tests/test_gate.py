@@ -12,14 +12,14 @@ import pytest
 from numpy.typing import NDArray
 from scipy.stats import bootstrap, mannwhitneyu, rankdata
 
-from pipeline_client.gate import (
+from pipeline_client.promotion.gate import (
     MAX_BATCH_CELLS,
     GateInputError,
     GateResult,
     PromotionRules,
     evaluate_promotion,
 )
-from pipeline_client.promotion import METRICS
+from pipeline_client.promotion.rules import METRICS
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML
 from triggers.config import ServiceConfig
 from triggers.errors import PolicyConfigError

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from pipeline_client.registry import InvalidModelNameError, LocalModelRegistry
+from pipeline_client.promotion.registries import InvalidModelNameError, LocalModelRegistry
 from tests.conftest import DESIGN_EVENT, FIXTURES, POLICY_YAML
 from tests.support.combined import TOKEN, App, combined_app
 from tests.support.serve import serve_process
@@ -33,8 +33,9 @@ from thresholds.base import Point
 from thresholds.durations import format_duration, parse_duration
 from thresholds.registry import build_policy
 from thresholds.spec import PolicySpec
+from triggers.cloud.entry import delivery_from_cloudevent
+from triggers.cloud.serve import DRAIN_BYTES, MAX_PUSH_BYTES
 from triggers.config import ServiceConfig, compile_policy_file, compiled_path, load_policy_file
-from triggers.entry import delivery_from_cloudevent
 from triggers.errors import ConfigError, InvalidEventError, PolicyConfigError
 from triggers.events import (
     FIELDS,
@@ -44,7 +45,6 @@ from triggers.events import (
     parse_event,
 )
 from triggers.policy_file import SERVICE_PARAMETERS
-from triggers.server import DRAIN_BYTES, MAX_PUSH_BYTES
 
 PROPERTY = settings(deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import Harness
 from tests.test_service import DEGRADING, FIRST_FIRE, feed
+from triggers.cloud.outbox import RecordingPublisher, drain
 from triggers.errors import InvalidEventError
 from triggers.incidents import looks_like_incident, parse_incident
-from triggers.outbox import RecordingPublisher, drain
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POLICIES = """

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, RunStatus
-from pipeline_client.local import NEVER_STARTED, NOT_REPORTING, LocalLauncher
+from pipeline_client.launching.local import NEVER_STARTED, NOT_REPORTING, LocalLauncher
+from pipeline_client.launching.protocol import TERMINAL_STATES, LaunchRequest, RunStatus
 from tests import local_outcome_sink
 from triggers.errors import LaunchRejectedError
 
@@ -324,7 +324,7 @@ def test_compiled_templates_are_up_to_date(module: str, compiled: Path, tmp_path
 
 def test_importing_the_local_launcher_does_not_import_kfp() -> None:
     code = (
-        "import sys, pipeline_client.local; "
+        "import sys, pipeline_client.launching.local; "
         "heavy = sorted(m for m in sys.modules if m == 'kfp' or m.startswith('kfp.')); "
         "assert not heavy, heavy"
     )

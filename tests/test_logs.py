@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Harness
 from tests.test_service import DEGRADING, FIRST_FIRE, feed
-from triggers.logs import LABELS_KEY, CloudLoggingFormatter
+from triggers.cloud.logs import LABELS_KEY, CloudLoggingFormatter
 
 
 @pytest.fixture

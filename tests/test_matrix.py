@@ -15,9 +15,9 @@ from pipelines.datalake import read_day, write_day
 from pipelines.drift import DriftingConcept
 from pipelines.logistic import fit_logistic
 from tests.conftest import ROOT
-from triggers.counterfactual import read_matrix
-from triggers.demo import score
-from triggers.matrix import MatrixInputError, build_matrix
+from triggers.tools.backtest.counterfactual import read_matrix
+from triggers.tools.demo import score
+from triggers.tools.matrix import MatrixInputError, build_matrix
 
 
 @pytest.fixture

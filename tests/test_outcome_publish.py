@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipeline_client.outcome import outcome_message_id, publish_outcome
+from pipeline_client.promotion.outcome import outcome_message_id, publish_outcome
 from tests.conftest import Harness
 from tests.support.emulators import PubSubEmulator
 from tests.support.recorder import RecordingServer

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_client.templates import PLACEHOLDER_IMAGE, placeholder_images
+from pipeline_client.launching.templates import PLACEHOLDER_IMAGE, placeholder_images
 from tests.conftest import TEST_PIPELINE_IMAGE, vertex_ready_template
-from triggers import wiring
-from triggers.config import Environment
+from triggers.cloud import wiring
+from triggers.cloud.environment import Environment
 from triggers.errors import PolicyConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline_client.registry import LocalModelRegistry
+from pipeline_client.promotion.registries import LocalModelRegistry
 from pipelines.datalake import LabelledDay, write_day
 from pipelines.drift import FEATURES, DriftingConcept
 from pipelines.logistic import LogisticModel, fit_logistic
@@ -161,7 +161,7 @@ def test_a_better_challenger_is_promoted_and_the_service_rearms_on_it(
     registry = LocalModelRegistry(workspace["registry"])
     champion = registry.champion(MODEL)
     assert champion is not None and champion.version == "1"
-    from triggers.sqlite_store import SQLiteStore
+    from triggers.state.sqlite import SQLiteStore
 
     store = SQLiteStore(workspace["state"])
     assert store.model_state(MODEL).champion_version == "1"

@@ -16,7 +16,13 @@ import pytest
 from tests.conftest import DESIGN_EVENT as EVENT
 from tests.support.emulators import PubSubEmulator, free_port
 from tests.support.recorder import RecordedRequest, RecordingServer
-from triggers.publish import LineError, PublishReport, publish_to_topic, publish_to_url, read_events
+from triggers.tools.publish import (
+    LineError,
+    PublishReport,
+    publish_to_topic,
+    publish_to_url,
+    read_events,
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.registry import (
+from pipeline_client.promotion.registries import (
     ALIAS_STEPS,
     ALIASES_FILE,
     REGISTER_STEPS,
@@ -438,7 +438,7 @@ def test_fault_hook_sees_every_step_in_order(local: Harness, tmp_path: Path) -> 
 
 CRASHING_CHILD = """
 import os, sys
-from pipeline_client.registry import LocalModelRegistry
+from pipeline_client.promotion.registries import LocalModelRegistry
 
 root, operation, argument, crash_at = sys.argv[1:5]
 
@@ -871,7 +871,7 @@ def test_importing_the_registry_loads_no_google_module() -> None:
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import pipeline_client.registry\n"
+        "import pipeline_client.promotion.registries\n"
         "new = sorted(set(sys.modules) - before)\n"
         "heavy = ('google', 'grpc', 'requests', 'proto', 'yaml', 'kfp', 'numpy')\n"
         "print([m for m in new if m.split('.')[0] in heavy])\n"
@@ -947,7 +947,7 @@ def test_vertex_fake_applies_each_prebuilt_frameworks_rule(
 def test_the_pinned_scikit_learn_matches_the_serving_container() -> None:
     import sklearn
 
-    from pipeline_client.registry import SKLEARN_SERVING_VERSION
+    from pipeline_client.promotion.registries import SKLEARN_SERVING_VERSION
 
     pins = (ROOT / "requirements-pipeline.txt").read_text(encoding="utf-8").splitlines()
     [pinned] = [line.split("==")[1] for line in pins if line.startswith("scikit-learn==")]

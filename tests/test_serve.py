@@ -18,7 +18,7 @@ import pytest
 from pipelines.example import champion_version_for
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML, ROOT
 from tests.support.serve import serve_process
-from triggers.quickstart import call
+from triggers.tools.quickstart import call
 
 TOKEN = "serve-test-token"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections.abc import Callable
 from datetime import timedelta
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher, RunStatus
+from pipeline_client.launching.protocol import FakeLauncher, RunStatus
 from tests.conftest import T0, Clock, Harness, policy_config
 from thresholds.base import Point
-from triggers.errors import TransientError
+from triggers.errors import ModelNotConfiguredError, TransientError
 from triggers.events import Delivery
 from triggers.ids import RUN_ID_PATTERN
-from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import ModelState, RunRecord
+from triggers.service import RetrainResult, RetrainService
+from triggers.state.protocol import ModelState, RunRecord
+from triggers.state.sqlite import SQLiteStore
 
 HEALTHY = [0.96, 0.961, 0.959, 0.962, 0.96]
 # accuracy-floor is 3 of the latest 5 below 0.95: with these values it fires at index 7.
@@ -339,19 +340,19 @@ def test_points_of_unwatched_slices_and_metrics_are_counted_not_stored(
 def test_manual_retrain_dry_run_force_and_in_flight(harness: Harness) -> None:
     feed(harness, HEALTHY)
     dry = harness.service.request_retrain("fraud-detector", "check", dry_run=True)
-    assert dry["would_launch"] and dry["policies_fired"] == [] and harness.launcher.runs == {}
+    assert dry.would_launch and dry.policies_fired == [] and harness.launcher.runs == {}
     first = harness.service.request_retrain("fraud-detector", "new labels arrived")
-    assert first["status"] == "fired" and first["run_id"] in harness.launcher.runs
+    assert first.status == "fired" and first.run_id in harness.launcher.runs
     # in flight: even force is refused
     forced = harness.service.request_retrain("fraud-detector", "again", force=True)
-    assert forced["status"] == "suppressed" and "in flight" in forced["reason"]
-    harness.service.apply_outcome({"model": "fraud-detector", "run_id": first["run_id"],
+    assert forced.status == "suppressed" and "in flight" in forced.reason
+    harness.service.apply_outcome({"model": "fraud-detector", "run_id": first.run_id,
                                    "decision": "rejected"}, harness.clock(), via="test")
     # cooldown blocks a plain request; force passes it
     plain = harness.service.request_retrain("fraud-detector", "once more")
-    assert plain["status"] == "suppressed" and "cooldown" in plain["reason"]
+    assert plain.status == "suppressed" and "cooldown" in plain.reason
     forced = harness.service.request_retrain("fraud-detector", "once more", force=True)
-    assert forced["status"] == "fired" and len(harness.launcher.runs) == 2
+    assert forced.status == "fired" and len(harness.launcher.runs) == 2
 
 
 def test_bounded_reads_give_the_verdicts_of_the_whole_history(
@@ -510,10 +511,42 @@ def test_a_promotion_must_name_the_champion(harness: Harness) -> None:
 def test_the_same_manual_request_after_its_run_ended_is_refused(harness: Harness) -> None:
     feed(harness, HEALTHY)
     first = harness.service.request_retrain("fraud-detector", "labels", force=True)
-    harness.service.apply_outcome({"model": "fraud-detector", "run_id": first["run_id"],
+    harness.service.apply_outcome({"model": "fraud-detector", "run_id": first.run_id,
                                    "decision": "rejected"}, harness.clock(), via="test")
     again = harness.service.request_retrain("fraud-detector", "labels", force=True)
-    assert again["status"] == "suppressed" and "already triggered" in again["reason"]
+    assert again.status == "suppressed" and "already triggered" in again.reason
     assert len(harness.launcher.submitted) == 1
     other = harness.service.request_retrain("fraud-detector", "labels, again", force=True)
-    assert other["status"] == "fired" and len(harness.launcher.runs) == 2
+    assert other.status == "fired" and len(harness.launcher.runs) == 2
+
+
+def test_an_unconfigured_model_is_a_domain_error_and_answers_are_typed(
+    harness: Harness,
+) -> None:
+    """The service raises what went wrong, not an HTTP status (the HTTP layer maps it), and
+    `request_retrain` answers with a typed result."""
+    for call in (lambda: harness.service.request_retrain("nope", "x"),
+                 lambda: harness.service.model_status("nope")):
+        with pytest.raises(ModelNotConfiguredError) as info:
+            call()
+        assert info.value.model == "nope" and info.value.field == "model"
+    dry = harness.service.request_retrain("fraud-detector", "check", dry_run=True)
+    assert isinstance(dry, RetrainResult) and dry.status is None
+    assert "status" not in dry.to_json() and dry.to_json()["would_launch"] is True
+
+
+def test_cli_flags_do_not_leak_into_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`rollback --policies P --state S` uses them for its own service only."""
+    from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML
+    from triggers.tools.cli import main
+
+    monkeypatch.delenv("RETRAIN_POLICY_FILE", raising=False)
+    monkeypatch.delenv("RETRAIN_STATE", raising=False)
+    policy = tmp_path / "policies.yaml"
+    policy.write_text(POLICY_YAML % {"template": EXAMPLE_TEMPLATE})
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    code = main(["rollback", "not-a-model", "--policies", str(policy), "--state", state])
+    assert code == 2 and "'not-a-model' is not in the policy file" in capsys.readouterr().err
+    assert "RETRAIN_POLICY_FILE" not in os.environ and "RETRAIN_STATE" not in os.environ

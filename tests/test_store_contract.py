@@ -11,22 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator, firestore_env  # noqa: F401
-from triggers.config import Guards
 from triggers.events import Delivery
-from triggers.sqlite_store import SQLiteStore
-from triggers.store import (
+from triggers.state.guards import Guards
+from triggers.state.protocol import (
     IN_FLIGHT,
     Decision,
     IncidentRecord,
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunUpdate,
     StateStore,
     StoredPoint,
 )
+from triggers.state.sqlite import SQLiteStore
 
 NOW = 1_800_000_000.0
 GUARDS = Guards(cooldown=timedelta(hours=1), max_runs=2, max_runs_per=timedelta(days=1))
@@ -48,13 +49,13 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
                 memory.append(SQLiteStore(":memory:"))
             store = memory[0]
         elif request.param == "memory":
-            from triggers.memory_store import MemoryStore
+            from triggers.state.memory import MemoryStore
 
             if not memory:
                 memory.append(MemoryStore())
             store = memory[0]
         else:
-            from triggers.firestore_store import FirestoreStore
+            from triggers.state.firestore import FirestoreStore
 
             emulator: FirestoreEmulator = request.getfixturevalue("firestore_env")
             store = FirestoreStore(project=emulator.project)
@@ -177,12 +178,12 @@ def test_claim_checks_guards_in_one_step(store: StateStore) -> None:
     blocked = store.claim_run(run("run-2", NOW), GUARDS, NOW, False)
     assert blocked.status == "blocked" and "in flight" in blocked.reason
     assert store.claim_run(run("run-2", NOW), GUARDS, NOW, True).status == "blocked"
-    store.update_run("run-1", IN_FLIGHT, state="rejected", ended_at=NOW)
+    store.update_run("run-1", IN_FLIGHT, RunUpdate(state="rejected", ended_at=NOW))
     assert store.claim_run(run("run-1", NOW), GUARDS, NOW, False).status == "exists"
     cooldown = store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, False)
     assert cooldown.status == "blocked" and cooldown.reason.startswith("cooldown")
     assert store.claim_run(run("run-2", NOW + 60), GUARDS, NOW + 60, True).status == "claimed"
-    store.update_run("run-2", IN_FLIGHT, state="failed")
+    store.update_run("run-2", IN_FLIGHT, RunUpdate(state="failed"))
     budget = store.claim_run(run("run-3", NOW + 7200), GUARDS, NOW + 7200, False)
     assert budget.status == "blocked" and budget.reason.startswith("budget")
     later = NOW + 86400 + 61
@@ -193,7 +194,7 @@ def interleaved(store: StateStore, action: Callable[[], None]) -> list[bool]:
     """Make `action` (another instance's write) land inside `store`'s next claim where it
     can: on Firestore right after the claim's first read (a hook on the SDK client's
     `get_all`); the other stores claim under one lock, so there it simply runs first."""
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     done: list[bool] = []
     if not isinstance(store, FirestoreStore):
@@ -230,18 +231,18 @@ def test_a_run_claimed_by_another_instance_meanwhile_is_resumed_not_blocked(
     claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
     assert done
     assert (claim.status, claim.run.claimed_by) == ("resume", "other-instance"), claim
-    mine.update_run("run-1", IN_FLIGHT, state="launched", launched_at=NOW)
+    mine.update_run("run-1", IN_FLIGHT, RunUpdate(state="launched", launched_at=NOW))
     claim = mine.claim_run(run("run-1", NOW), GUARDS, NOW, False)
     assert (claim.status, claim.run.state) == ("exists", "launched")
 
 
 def test_update_run_only_from_the_given_states(store: StateStore) -> None:
     store.claim_run(run("run-1", NOW), GUARDS, NOW, False)
-    updated = store.update_run("run-1", frozenset({"launching"}), state="launched",
-                               launched_at=NOW, outcome={"a": 1})
+    updated = store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="launched",
+                               launched_at=NOW, outcome={"a": 1}))
     assert updated is not None and updated.state == "launched" and updated.outcome == {"a": 1}
-    assert store.update_run("run-1", frozenset({"launching"}), state="failed") is None
-    assert store.update_run("missing", IN_FLIGHT, state="failed") is None
+    assert store.update_run("run-1", frozenset({"launching"}), RunUpdate(state="failed")) is None
+    assert store.update_run("missing", IN_FLIGHT, RunUpdate(state="failed")) is None
     assert [r.run_id for r in store.in_flight_runs("m")] == ["run-1"]
     assert store.get_run("run-1") == updated
 

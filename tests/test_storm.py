@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import EXAMPLE_TEMPLATE, vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import FirestoreEmulator
@@ -34,9 +34,9 @@ from tests.support.storm import (
 )
 from triggers.config import load_policy_file
 from triggers.events import Delivery
-from triggers.memory_store import MemoryStore
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.memory import MemoryStore
+from triggers.state.sqlite import SQLiteStore
 
 SHORT = int(os.environ.get("RETRAIN_STORM_EVENTS", "2000"))
 
@@ -128,7 +128,7 @@ def test_storm_on_firestore_two_workers(
         finisher.finish_due(everything=True)
     for key, value in firestore_emulator.env().items():
         monkeypatch.setenv(key, value)
-    from triggers.firestore_store import FirestoreStore
+    from triggers.state.firestore import FirestoreStore
 
     store = FirestoreStore(project=firestore_emulator.env()["GOOGLE_CLOUD_PROJECT"])
     check = check_store(store, plan, [model_name(i) for i in range(models)],

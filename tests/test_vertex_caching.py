@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_client.templates import without_caching
-from pipeline_client.vertex import VertexLauncher
+from pipeline_client.launching.templates import without_caching
+from pipeline_client.launching.vertex import VertexLauncher
 from tests.conftest import Clock
 from tests.fakes.vertex_server import FakeVertexServer
 from triggers.config import ServiceConfig
-from triggers.memory_store import MemoryStore
 from triggers.service import RetrainService
+from triggers.state.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RETRAIN_TEMPLATE = ROOT / "pipelines" / "retrain.yaml"
@@ -53,13 +53,13 @@ def service(vertex: FakeVertexServer, clock: Clock, extra: str = "") -> RetrainS
 def two_runs(vertex: FakeVertexServer, retrain: RetrainService, clock: Clock) -> list[str]:
     """Two manual triggers (different reasons), the first run succeeding before the second."""
     first = retrain.request_retrain("fraud-detector", "labels drifted")
-    assert first["status"] == "fired", first
-    vertex.set_state(first["run_id"], "SUCCEEDED")
+    assert first.status == "fired", first
+    vertex.set_state(first.run_id, "SUCCEEDED")
     clock.advance(days=2)  # past the cooldown
     second = retrain.request_retrain("fraud-detector", "new fraud pattern")
-    assert second["status"] == "fired", second
-    assert second["run_id"] != first["run_id"]
-    return [first["run_id"], second["run_id"]]
+    assert second.status == "fired", second
+    assert second.run_id != first.run_id
+    return [first.run_id, second.run_id]
 
 
 def test_retraining_runs_reuse_nothing_from_earlier_runs(vertex: FakeVertexServer) -> None:

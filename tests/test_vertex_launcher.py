@@ -22,15 +22,15 @@ import requests
 import yaml
 from requests.adapters import HTTPAdapter
 
-from pipeline_client.launcher import LaunchRequest
-from pipeline_client.templates import (
+from pipeline_client.launching.protocol import LaunchRequest
+from pipeline_client.launching.templates import (
     STORAGE_EMULATOR_VARIABLE,
     TemplateError,
     fetch_template,
     load_template,
     without_caching,
 )
-from pipeline_client.vertex import VertexLauncher
+from pipeline_client.launching.vertex import VertexLauncher
 from tests.fakes.vertex_server import FakeGcsServer, FakeVertexServer, read_record
 from triggers.errors import LaunchRejectedError, TransientError
 
@@ -108,7 +108,7 @@ def test_importing_the_launcher_loads_no_google_module() -> None:
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import pipeline_client.vertex, pipeline_client.templates\n"
+        "import pipeline_client.launching.vertex, pipeline_client.launching.templates\n"
         "new = sorted(set(sys.modules) - before)\n"
         "print(any(m.startswith('google') for m in new))\n"
         "heavy = ('google', 'grpc', 'requests', 'yaml', 'kfp')\n"

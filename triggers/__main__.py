@@ -1,5 +1,5 @@
 """`python -m triggers` is the `retrain-trigger` command."""
 
-from triggers.cli import main
+from triggers.tools.cli import main
 
 raise SystemExit(main())

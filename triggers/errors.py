@@ -1,15 +1,30 @@
-"""The service's exceptions: one base class, flat subclasses, each carrying its data.
-
-Permanent errors (bad input, bad config) are distinct from transient ones (retry will help).
+"""The service's exceptions: the shared ones (`pipeline_client.errors`, at the bottom so the
+pipeline's steps need nothing of `triggers`) and the service's own, for events and requests.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline_client.errors import (
+    ConfigError,
+    LaunchRejectedError,
+    PolicyConfigError,
+    RetrainError,
+    TransientError,
+)
 
-class RetrainError(Exception):
-    """Base class of every error the service raises on purpose."""
+__all__ = [
+    "ConfigError",
+    "InvalidEventError",
+    "LaunchRejectedError",
+    "ModelNotConfiguredError",
+    "PolicyConfigError",
+    "RequestError",
+    "RetrainError",
+    "TransientError",
+    "UnknownModelError",
+]
 
 
 class InvalidEventError(RetrainError):
@@ -30,36 +45,13 @@ class UnknownModelError(InvalidEventError):
         self.model = model
 
 
-class PolicyConfigError(RetrainError):
-    """The policy file is invalid; `field` is a dotted path into it."""
+class ModelNotConfiguredError(RetrainError):
+    """A request names a model that the policy file does not configure."""
 
-    def __init__(self, field: str, value: Any, reason: str) -> None:
-        self.field = field
-        self.value = value
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" + (f" (got {value!r})" if value is not None else ""))
-
-
-class ConfigError(RetrainError):
-    """An environment variable is missing or invalid."""
-
-    def __init__(self, variable: str, reason: str) -> None:
-        self.variable = variable
-        self.reason = reason
-        super().__init__(f"{variable}: {reason}")
-
-
-class TransientError(RetrainError):
-    """A dependency (store, launcher) is unavailable right now; the caller should retry."""
-
-
-class LaunchRejectedError(RetrainError):
-    """The pipeline service refused the run for good (bad template, permission denied)."""
-
-    def __init__(self, run_id: str, reason: str) -> None:
-        self.run_id = run_id
-        self.reason = reason
-        super().__init__(f"run {run_id}: {reason}")
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.field = "model"
+        super().__init__(f"model {model!r} is not configured")
 
 
 class RequestError(RetrainError):

@@ -22,7 +22,7 @@ from triggers import ids
 from triggers.errors import InvalidEventError
 from triggers.events import Delivery
 from triggers.logs import log_event
-from triggers.store import Decision, IncidentRecord
+from triggers.state.protocol import Decision, IncidentRecord
 
 if TYPE_CHECKING:
     from triggers.service import EventResult, RetrainService

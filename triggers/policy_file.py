@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline_client.promotion import (
+from pipeline_client.promotion.rules import (
     DEFAULT_CONFIDENCE,
     DEFAULT_DECISION_THRESHOLD,
     DEFAULT_RESAMPLES,

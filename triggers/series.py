@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from thresholds.base import Point, Policy
-from triggers.store import ModelState, StateStore, StoredPoint
+from triggers.state.protocol import ModelState, StateStore, StoredPoint
 
 MAX_REEVALUATIONS = 50
 """After a late point, at most this many later points are evaluated again."""

@@ -10,11 +10,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
-from pipeline_client.launcher import TERMINAL_STATES, LaunchRequest, PipelineLauncher
+from pipeline_client.launching.protocol import TERMINAL_STATES, LaunchRequest, PipelineLauncher
 from thresholds.base import Policy, Verdict
 from thresholds.durations import format_duration
 from triggers import ids
@@ -22,21 +22,24 @@ from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import (
     InvalidEventError,
     LaunchRejectedError,
-    RequestError,
+    ModelNotConfiguredError,
     TransientError,
     UnknownModelError,
 )
 from triggers.events import Delivery, MetricEvent, parse_event, truncated
-from triggers.guards import check_guards, guard_window
 from triggers.logs import log_event
 from triggers.series import MAX_REEVALUATIONS, ChampionSeries
-from triggers.store import (
+from triggers.state.guards import check_guards, guard_window
+from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,
+    DecisionKind,
     ModelState,
     RejectedEvent,
     RunRecord,
+    RunState,
+    RunUpdate,
     StateStore,
     StoredPoint,
     iso,
@@ -82,12 +85,38 @@ HISTORY_EPSILON = 0.001
 # How many of a model's latest points are scanned for the old champion's last one.
 HISTORY_SCAN = 200
 
-_OUTCOME_DECISION = {
+_OUTCOME_DECISION: dict[str, DecisionKind] = {
     "promoted": "promoted",
     "rejected": "rejected_challenger",
     "failed": "failed",
     "completed": "completed",
 }
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """The answer of `request_retrain`: what the policies and guards say and, unless a dry
+    run, what became of the request (`status`: fired, suppressed or launch_failed)."""
+
+    model: str
+    dry_run: bool
+    force: bool
+    policies: list[dict[str, Any]]
+    policies_fired: list[str]
+    guard: str | None
+    would_launch: bool
+    status: Literal["fired", "suppressed", "launch_failed"] | None = None
+    run_id: str | None = None
+    reason: str | None = None
+    already_existed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As the manual trigger answers it (a dry run has no status, run or reason)."""
+        data = asdict(self)
+        if self.status is None:
+            for key in ("status", "run_id", "reason", "already_existed"):
+                del data[key]
+        return data
 
 
 @dataclass(frozen=True)
@@ -377,6 +406,7 @@ class RetrainService:
         """The audit entries of one degradation, once its claim (and launch) is settled."""
         claim, request = launch.claim, launch.request
         decisions = []
+        kind: DecisionKind
         for p, v in launch.fired:
             if claim.status == "blocked":
                 kind, why = "suppressed", f"{v.reason} — blocked: {claim.reason}"
@@ -483,15 +513,15 @@ class RetrainService:
         try:
             result = self.launcher.submit(request)
         except LaunchRejectedError as exc:
-            self.store.update_run(run.run_id, frozenset({"launching"}), state="failed",
-                                  ended_at=now, message=exc.reason)
+            self.store.update_run(run.run_id, frozenset({"launching"}), RunUpdate(
+                state="failed", ended_at=now, message=exc.reason))
             log_event(logger, logging.ERROR, f"launch refused: {exc.reason}", labels=labels)
             return exc.reason
         except TransientError as exc:
             log_event(logger, logging.WARNING, f"launch failed, will retry: {exc}", labels=labels)
             raise
-        self.store.update_run(run.run_id, frozenset({"launching"}), state="launched",
-                              launched_at=now, resource_name=result.resource_name)
+        self.store.update_run(run.run_id, frozenset({"launching"}), RunUpdate(
+            state="launched", launched_at=now, resource_name=result.resource_name))
         log_event(logger, logging.INFO,
                   f"launched run {run.run_id}" + (" (already existed)" if result.already_existed
                                                   else ""),
@@ -545,12 +575,12 @@ class RetrainService:
         return decisions
 
     def _end_run(
-        self, run: RunRecord, state: str, now: float, kind: str, reason: str
+        self, run: RunRecord, state: RunState, now: float, kind: DecisionKind, reason: str
     ) -> list[Decision]:
         """End an in-flight run with `state` and record why (one transaction)."""
         with self.store.atomic():
-            if not self.store.update_run(run.run_id, IN_FLIGHT, state=state, ended_at=now,
-                                         message=reason):
+            if not self.store.update_run(run.run_id, IN_FLIGHT, RunUpdate(
+                    state=state, ended_at=now, message=reason)):
                 return []
             return self._record([self._decision(
                 kind, run.model, now, None, reason, run_id=run.run_id,
@@ -564,9 +594,8 @@ class RetrainService:
         """Ask the launcher about a run; its decisions if it has ended, else None."""
         status = self.launcher.get_status(run.run_id)
         if status.state not in TERMINAL_STATES:
-            self.store.update_run(
-                run.run_id, IN_FLIGHT, checked_at=now,
-                state="running" if status.state == "running" else run.state)
+            self.store.update_run(run.run_id, IN_FLIGHT, RunUpdate(
+                checked_at=now, state="running" if status.state == "running" else run.state))
             return None
         report = {"launcher_state": status.state, "message": status.message}
         outcome: dict[str, Any] = {"model": run.model, "run_id": run.run_id,
@@ -631,8 +660,8 @@ class RetrainService:
         state = outcome.decision
         ends = IN_FLIGHT if via == "launcher status" else IN_FLIGHT | INFERRED_ENDS
         with self.store.atomic():
-            run = self.store.update_run(outcome.run_id, ends, state=state, ended_at=now,
-                                        outcome=outcome.model_dump())
+            run = self.store.update_run(outcome.run_id, ends, RunUpdate(
+                state=state, ended_at=now, outcome=outcome.model_dump()))
             if run is None:
                 return []  # unknown or already ended: a duplicate outcome changes nothing
             decisions = self._outcome_decisions(outcome, run, now, via, message_id)
@@ -673,12 +702,12 @@ class RetrainService:
     def request_retrain(
         self, model_name: str, reason: str, dry_run: bool = False, force: bool = False,
         caller: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RetrainResult:
         """The manual trigger: report what policies and guards say; launch unless dry_run.
         `caller`: who asked (the verified invoker), recorded in the decision's details."""
         model = self.config.models.get(model_name)
         if model is None:
-            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+            raise ModelNotConfiguredError(model_name)
         now = self.clock()
         decisions = [] if dry_run else self.refresh_runs(model, now)
         state = self.store.model_state(model.name)
@@ -688,15 +717,15 @@ class RetrainService:
             if r.in_flight or r.created_at > now - guard_window(model.guards)
         ]
         blocked = check_guards(recent, model.guards, now, force)
-        answer: dict[str, Any] = {
-            "model": model.name,
-            "dry_run": dry_run,
-            "force": force,
-            "policies": [_verdict_json(v) for v in verdicts],
-            "policies_fired": [v.policy for v in verdicts if v.fired],
-            "guard": blocked,
-            "would_launch": blocked is None,
-        }
+        answer = RetrainResult(
+            model=model.name,
+            dry_run=dry_run,
+            force=force,
+            policies=[_verdict_json(v) for v in verdicts],
+            policies_fired=[v.policy for v in verdicts if v.fired],
+            guard=blocked,
+            would_launch=blocked is None,
+        )
         if dry_run:
             return answer
         latest = self.store.latest_points(model.name, 1)
@@ -714,6 +743,7 @@ class RetrainService:
                           f"this request (same reason, no new points) already triggered run "
                           f"{claim.run.run_id}, which ended {claim.run.state}; give a new "
                           "reason to retrain again")
+        kind: Literal["suppressed", "launch_failed", "fired"]
         if claim.status in ("blocked", "duplicate"):
             kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
         elif error is not None:
@@ -724,17 +754,17 @@ class RetrainService:
             kind, model.name, now, None, why, policy=policy,
             run_id=None if claim.status == "blocked" else request.run_id,
             trigger_id=request.trigger_id,
-            details={"policies_fired": answer["policies_fired"], "forced": force,
+            details={"policies_fired": answer.policies_fired, "forced": force,
                      **({"caller": caller} if caller else {}),
                      **({"inhibited_by": claim.inhibited_by} if claim.inhibited_by else {})}))
         self.store.record_decisions(decisions)
-        answer.update(
+        return replace(
+            answer,
             status=kind,
             run_id=None if claim.status == "blocked" else request.run_id,
             reason=why,
             already_existed=claim.status == "exists",
         )
-        return answer
 
     def _fresh_history_start(
         self, model: str, champion: str | None, now: float
@@ -759,7 +789,7 @@ class RetrainService:
         """After the registry moved `champion` back: the restored version is the champion the
         policies watch, its history starts fresh, and the rollback is in the audit trail."""
         if model_name not in self.config.models:
-            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+            raise ModelNotConfiguredError(model_name)
         now = self.clock()
         moved = (f"champion rolled back from {demoted} to {restored}" if demoted else
                  f"champion set to {restored} (the registry already held it)")
@@ -779,7 +809,7 @@ class RetrainService:
     def model_status(self, model_name: str) -> dict[str, Any]:
         model = self.config.models.get(model_name)
         if model is None:
-            raise RequestError(404, f"model {model_name!r} is not configured", "model")
+            raise ModelNotConfiguredError(model_name)
         state = self.store.model_state(model.name)
         in_flight = self.store.in_flight_runs(model.name)
         guards = model.guards
@@ -809,7 +839,7 @@ class RetrainService:
     # ------------------------------------------------------------------ helpers
     def _decision(
         self,
-        kind: str,
+        kind: DecisionKind,
         model: str,
         now: float,
         message_id: str | None,
@@ -830,7 +860,7 @@ class RetrainService:
         model: str,
         policy: Policy,
         verdict: Verdict,
-        kind: str,
+        kind: DecisionKind,
         now: float,
         message_id: str,
         as_of: float,

@@ -46,7 +46,7 @@ fi
 RUNTIME_SA="$RUNTIME_SA_ID@$PROJECT.iam.gserviceaccount.com"
 PIPELINE_SA="$PIPELINE_SA_ID@$PROJECT.iam.gserviceaccount.com"
 TRIGGER_SA="$TRIGGER_SA_ID@$PROJECT.iam.gserviceaccount.com"
-# The function's environment (triggers/config.py Environment.from_env). RETRAIN_MANUAL_TOKEN
+# The function's environment (triggers/cloud/environment.py Environment.from_env). RETRAIN_MANUAL_TOKEN
 # stays unset (manual-trigger trusts Cloud Run IAM); RETRAIN_VERTEX_ENDPOINT is for local fakes.
 STATE_URL="firestore://$FIRESTORE_DB${STATE_RETENTION:+?retention=$STATE_RETENTION}"
 ENV_VARS="RETRAIN_POLICY_FILE=$POLICY_FILE,RETRAIN_STATE=$STATE_URL,RETRAIN_LAUNCHER=vertex,GOOGLE_CLOUD_PROJECT=$PROJECT,RETRAIN_LOCATION=$REGION,RETRAIN_VERTEX_TIMEOUT=30s"

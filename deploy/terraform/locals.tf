@@ -19,7 +19,7 @@ locals {
   pipeline_sa_email   = "${var.pipeline_service_account_id}@${var.project_id}.iam.gserviceaccount.com"
   models_off_pipeline = [for name, m in local.policy_models : name if try(m.pipeline.service_account, null) != local.pipeline_sa_email]
 
-  # The function's environment (triggers/config.py Environment.from_env). RETRAIN_MANUAL_TOKEN is
+  # The function's environment (triggers/cloud/environment.py Environment.from_env). RETRAIN_MANUAL_TOKEN is
   # deliberately unset: manual-trigger trusts Cloud Run IAM instead of a shared secret.
   # RETRAIN_VERTEX_ENDPOINT is for local fakes only.
   state_url = "firestore://${var.firestore_database}${var.state_retention == null ? "" : "?retention=${var.state_retention}"}"

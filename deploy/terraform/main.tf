@@ -62,8 +62,8 @@ resource "google_service_account" "trigger" {
 # Every role below is the narrowest predefined one covering what the code calls; each says why.
 # Runtime: launch Vertex pipelines, act as the pipeline account (on that account only), read and
 # write its own Firestore database (IAM condition), read the templates bucket, log.
-# aiplatform.user: pipelineJobs.create/get/cancel (pipeline_client/vertex.py) and the Model
-# Registry's alias moves on promotion (pipeline_client/registry.py); Vertex has no narrower
+# aiplatform.user: pipelineJobs.create/get/cancel (pipeline_client/launching/vertex.py) and the Model
+# Registry's alias moves on promotion (pipeline_client/promotion/registries.py); Vertex has no narrower
 # predefined role that creates pipeline jobs, nor per-resource grants on them.
 resource "google_project_iam_member" "runtime_aiplatform" {
   project = var.project_id
@@ -71,14 +71,14 @@ resource "google_project_iam_member" "runtime_aiplatform" {
   member  = google_service_account.runtime.member
 }
 
-# logWriter: the functions' structured logs (triggers/logs.py).
+# logWriter: the functions' structured logs (triggers/cloud/logs.py).
 resource "google_project_iam_member" "runtime_logging" {
   project = var.project_id
   role    = "roles/logging.logWriter"
   member  = google_service_account.runtime.member
 }
 
-# datastore.user: read and write documents (triggers/firestore_store.py), conditioned on the one
+# datastore.user: read and write documents (triggers/state/firestore.py), conditioned on the one
 # database; no admin rights (indexes and TTL are managed here, not by the function).
 resource "google_project_iam_member" "runtime_datastore" {
   project = var.project_id
@@ -102,7 +102,7 @@ resource "google_service_account_iam_member" "runtime_acts_as_pipeline" {
 # nothing; only the pipeline's last step publishes outcomes (pipelines/components.py).
 
 # Pipeline templates given as gs:// URLs are read by the function itself (objects.get:
-# pipeline_client/templates.py) from the templates bucket, which the pipeline account cannot write.
+# pipeline_client/launching/templates.py) from the templates bucket, which the pipeline account cannot write.
 resource "google_storage_bucket_iam_member" "runtime_reads_templates" {
   for_each = toset(concat([google_storage_bucket.templates.name], var.template_buckets))
   bucket   = each.value

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from pipeline_client.launcher import FakeLauncher
+from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import EXAMPLE_TEMPLATE, POLICY_YAML
-from triggers import wiring
+from triggers.cloud import wiring
+from triggers.cloud.serve import create_combined_app
 from triggers.config import load_policy_file
-from triggers.server import create_combined_app
 from triggers.service import RetrainService
-from triggers.sqlite_store import SQLiteStore
+from triggers.state.sqlite import SQLiteStore
 
 TOKEN = "t0ken-4f9c2d7e8a1b6c3d5e0f"
 """The manual trigger's bearer token in these apps (unique enough to search logs for)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.emulators import free_port
-from triggers.quickstart import wait_healthy
+from triggers.tools.quickstart import wait_healthy
 
 
 class ServeProcess:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from triggers.store import StateStore, iso
+from triggers.state.protocol import StateStore, iso
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 THRESHOLD = 0.9
