@@ -103,7 +103,7 @@ def test_an_open_inhibiting_incident_holds_every_retraining_back_and_says_which(
             if d.kind == "suppressed"]
     assert held and held[0].details["inhibited_by"] == "0.nfr3shn3ss01"
     assert "Feature store freshness" in held[0].reason
-    assert h.service.request_retrain("fraud-detector", "by hand")["status"] == "suppressed"
+    assert h.service.request_retrain("fraud-detector", "by hand").status == "suppressed"
     assert h.send(fixture("incident_open.json"), "d-1").launched == []
     assert not any(r.model == "fraud-detector" for r in h.launcher.submitted)
 
