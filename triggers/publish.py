@@ -119,7 +119,7 @@ def read_events(
     name = str(path)
     if name == "-":
         text = sys.stdin.read()
-        yield from _read_text(text, "<stdin>", fmt, skip)
+        yield from read_events_text(text, "<stdin>", fmt, skip)
         return
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -131,9 +131,11 @@ def read_events(
         raise ValueError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _read_text(
+def read_events_text(
     text: str, name: str, fmt: str | None, skip: SkipRow | None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`read_events` on text already in memory (`name` is used in error messages); `fmt`
+    None sniffs: a first non-blank `{` is JSONL, anything else CSV."""
     handle = io.StringIO(text.removeprefix("\ufeff"), newline="")
     fmt = fmt or ("jsonl" if text.lstrip("\ufeff \t\r\n").startswith("{") else "csv")
     yield from (_read_csv(handle, name, skip) if fmt == "csv"
