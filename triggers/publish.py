@@ -543,3 +543,60 @@ def _collect(
                 _tick(progress)
     report.errors.sort(key=lambda error: error.line)
     report.message_ids = dict(sorted(report.message_ids.items()))
+
+
+# -- Cloud Storage ----------------------------------------------------------------------------
+
+
+@dataclass
+class Upload:
+    """One evaluation file written to Cloud Storage: `url` is gs://BUCKET/OBJECT."""
+
+    url: str
+    generation: int
+    size: int
+    events: int
+
+
+def upload_to_bucket(path: str | Path, bucket_url: str, *, client: Any = None) -> Upload:
+    """Validate the JSONL or CSV file `path` as `read_events` does, then write it unchanged
+    to `bucket_url` (gs://BUCKET or gs://BUCKET/PREFIX/) as PREFIX/<file name>, for
+    on_evaluation_file. Refuses a file over the size on_evaluation_file reads, and an object
+    that already exists (a new generation would be read again). Honours STORAGE_EMULATOR_HOST.
+    Raises ValueError naming what is wrong."""
+    from triggers.evaluation_files import MAX_OBJECT_BYTES
+
+    file = Path(path)
+    if str(path) == "-":
+        raise ValueError("--bucket uploads a file: name one (its extension picks the format)")
+    if not bucket_url.startswith("gs://") or not bucket_url[5:].split("/", 1)[0]:
+        raise ValueError(f"--bucket must be gs://BUCKET or gs://BUCKET/PREFIX, got {bucket_url!r}")
+    size = file.stat().st_size
+    if size > MAX_OBJECT_BYTES:
+        raise ValueError(f"{file} is {size} bytes, over the {MAX_OBJECT_BYTES} bytes (10 MiB) "
+                         "on_evaluation_file reads: split it into several files")
+    events = len(list(read_events(file)))  # the first malformed line raises, naming it
+    bucket, _, prefix = bucket_url[5:].partition("/")
+    name = f"{prefix.strip('/')}/{file.name}" if prefix.strip("/") else file.name
+    content_type = "text/csv" if _detect_format_of(file) == "csv" else "application/x-ndjson"
+    if client is None:
+        from google.cloud import storage  # type: ignore[attr-defined]
+
+        client = storage.Client()
+    blob = client.bucket(bucket).blob(name)
+    from google.api_core import exceptions
+
+    exists = ValueError(f"gs://{bucket}/{name} already exists: on_evaluation_file read it "
+                        "already; upload under another name")
+    if blob.exists():  # ifGenerationMatch=0 below is the atomic check; emulators may ignore it
+        raise exists
+    try:
+        blob.upload_from_filename(str(file), content_type=content_type, if_generation_match=0)
+    except exceptions.PreconditionFailed:
+        raise exists from None
+    return Upload(f"gs://{bucket}/{name}", int(blob.generation), size, events)
+
+
+def _detect_format_of(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return _detect_format(path, handle)
