@@ -276,7 +276,9 @@ def test_runtime_roles_are_the_least_needed() -> None:
     assert "databases/${var.firestore_database}" in attrs(condition.body)["expression"]
     topic_grants = [attrs(b.body) for b in resources("google_pubsub_topic_iam_member").values()
                     if attrs(b.body)["member"] == runtime]
-    assert topic_grants == []  # the functions publish nothing (only the pipeline's last step)
+    # the functions publish decisions, to the decisions topic only (outcomes: the pipeline)
+    assert [(g["topic"], g["role"]) for g in topic_grants] == [
+        ("google_pubsub_topic.decisions.name", '"roles/pubsub.publisher"')]
     # Nothing else names the runtime account except the function's identity and bucket reads.
     others = {b.labels[0] for b in all_resources() if runtime in b.body} - {
         "google_project_iam_member", "google_pubsub_topic_iam_member",
@@ -305,6 +307,8 @@ def test_functions_entry_points_triggers_and_environment() -> None:
                                  "google_pubsub_topic.metrics.id", "local.function_env"),
                 "run_outcome": ("on-run-outcome", "on_run_outcome",
                                 "google_pubsub_topic.outcomes.id", "local.function_env"),
+                "evaluation_file": ("on-evaluation-file", "on_evaluation_file", "null",
+                                    "local.function_env"),
                 "manual": ("manual-trigger", "manual_trigger", "null",
                            "local.manual_function_env")}
     assert set(functions) == set(expected)
@@ -314,8 +318,10 @@ def test_functions_entry_points_triggers_and_environment() -> None:
         assert re.search(rf"^def {entry_point}\(", main_py, re.M), entry_point
         assert functions[key]["topic"] == topic
         assert functions[key]["env"] == env
-        assert functions[key]["ingress"] == ('"ALLOW_ALL"' if topic == "null"
+        assert functions[key]["ingress"] == ('"ALLOW_ALL"' if key == "manual"
                                              else '"ALLOW_INTERNAL_ONLY"')
+        assert functions[key]["bucket"] == ("google_storage_bucket.evaluations.name"
+                                            if key == "evaluation_file" else "null")
 
     (function,) = resources("google_cloudfunctions2_function").values()
     assert attrs(function.body)["for_each"] == "local.functions"
@@ -330,12 +336,15 @@ def test_functions_entry_points_triggers_and_environment() -> None:
     assert service_attrs["ingress_settings"] == "each.value.ingress"
     (trigger,) = blocks(function.body, "dynamic")
     assert trigger.labels == ["event_trigger"]
-    assert attrs(trigger.body)["for_each"] == "each.value.topic == null ? [] : [each.value.topic]"
+    assert attrs(trigger.body)["for_each"] == (
+        "each.value.topic == null && each.value.bucket == null ? [] : [each.value]")
     (content,) = blocks(trigger.body, "content")
     trigger_attrs = attrs(content.body)
-    assert trigger_attrs["pubsub_topic"] == "event_trigger.value"
+    assert trigger_attrs["pubsub_topic"] == "event_trigger.value.topic"
     assert trigger_attrs["retry_policy"] == '"RETRY_POLICY_RETRY"'
-    assert trigger_attrs["event_type"] == '"google.cloud.pubsub.topic.v1.messagePublished"'
+    assert trigger_attrs["event_type"] == (
+        'event_trigger.value.topic != null ? "google.cloud.pubsub.topic.v1.messagePublished" '
+        ': "google.cloud.storage.object.v1.finalized"')
     assert trigger_attrs["service_account_email"] == "google_service_account.trigger.email"
 
     invokers = resources("google_cloud_run_v2_service_iam_member")
@@ -346,7 +355,7 @@ def test_functions_entry_points_triggers_and_environment() -> None:
     assert manual["name"] == 'google_cloudfunctions2_function.fn["manual"].name'
     events = attrs(invokers["events_invoke"].body)
     assert events["member"] == "google_service_account.trigger.member"
-    assert events["for_each"] == 'toset(["metric_event", "run_outcome"])'
+    assert events["for_each"] == 'toset(["metric_event", "run_outcome", "evaluation_file"])'
 
 
 def test_terraform_sets_every_variable_the_function_reads() -> None:
@@ -600,6 +609,8 @@ for i, (prefix, times, stderr) in enumerate(faults):
         sys.exit(1)
 if args[:2] == ["projects", "describe"]:
     print("123456789")
+elif args[:2] == ["storage", "service-agent"]:
+    print("service-123456789@gs-project-accounts.iam.gserviceaccount.com")
 elif args[:2] == ["functions", "describe"]:
     fmt = next(a for a in args if a.startswith("--format="))
     print(f"projects/test-proj/locations/us-central1/triggers/{args[2]}-1"
@@ -702,7 +713,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     assert _flag(act_as[0], "member") == f"serviceAccount:{RUNTIME_SA}"
     runtime_topics = {a[3] for a in named("pubsub", "topics", "add-iam-policy-binding")
                       if _flag(a, "member") == f"serviceAccount:{RUNTIME_SA}"}
-    assert runtime_topics == set()  # it publishes nothing; the pipeline publishes outcomes
+    assert runtime_topics == {"retrain-decisions"}  # decisions only; outcomes: the pipeline
     agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert ["pubsub", "topics", "add-iam-policy-binding", "model-metrics-dead-letter"] in [
         a[:4] for a in named("pubsub", "topics", "add-iam-policy-binding")
@@ -734,7 +745,8 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
 
     # Functions.
     deploys = {a[2]: a for a in named("functions", "deploy")}
-    assert set(deploys) == {"on-metric-event", "on-run-outcome", "manual-trigger"}
+    assert set(deploys) == {"on-metric-event", "on-run-outcome", "on-evaluation-file",
+                            "manual-trigger"}
     needed = config_env_vars() - DELIBERATELY_UNSET - MANUAL_ONLY
     for name, args in deploys.items():
         assert "--gen2" in args and _flag(args, "runtime") == "python311"
@@ -748,11 +760,12 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
         assert env["RETRAIN_LAUNCHER"] == "vertex"
         assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
         assert env["RETRAIN_POLICY_FILE"] == "policies.yaml"
+        assert env["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/retrain-decisions"
     assert _flag(deploys["on-metric-event"], "entry-point") == "on_metric_event"
     assert _flag(deploys["on-metric-event"], "trigger-topic") == "model-metrics"
     assert _flag(deploys["on-run-outcome"], "entry-point") == "on_run_outcome"
     assert _flag(deploys["on-run-outcome"], "trigger-topic") == "retrain-outcomes"
-    for name in ("on-metric-event", "on-run-outcome"):
+    for name in ("on-metric-event", "on-run-outcome", "on-evaluation-file"):
         assert "--retry" in deploys[name]
         assert _flag(deploys[name], "trigger-service-account") == TRIGGER_SA
         assert _env(deploys[name]).get("RETRAIN_TRUST_IAM") != "true"
@@ -776,6 +789,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
                 for a in named("functions", "add-invoker-policy-binding")}
     assert invokers == {("on-metric-event", f"serviceAccount:{TRIGGER_SA}"),
                         ("on-run-outcome", f"serviceAccount:{TRIGGER_SA}"),
+                        ("on-evaluation-file", f"serviceAccount:{TRIGGER_SA}"),
                         ("manual-trigger", "user:ops@example.com"),
                         ("manual-trigger", "serviceAccount:ci@x.iam.gserviceaccount.com")}
 
@@ -837,7 +851,7 @@ def test_deploy_script_again_creates_nothing(tmp_path: Path, deploy_source: Path
     # Composite indexes have no describe-by-definition: creating answers ALREADY_EXISTS, which
     # the script accepts.
     assert creates and all(a[:3] == ["firestore", "indexes", "composite"] for a in creates)
-    assert len([c for c in calls if c["args"][:2] == ["functions", "deploy"]]) == 3
+    assert len([c for c in calls if c["args"][:2] == ["functions", "deploy"]]) == 4
 
 
 def test_deploy_script_refuses_a_pipeline_run_as_another_account(tmp_path: Path) -> None:
@@ -962,6 +976,8 @@ def test_deploy_script_pipeline_account_cannot_write_templates(
     grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
               if a[:3] == ["storage", "buckets", "add-iam-policy-binding"]}
     assert grants == {(templates, f"serviceAccount:{RUNTIME_SA}", "roles/storage.objectViewer"),
+                      (f"gs://{PROJECT}-retrain-evaluations", f"serviceAccount:{RUNTIME_SA}",
+                       "roles/storage.objectViewer"),
                       (pipelines, f"serviceAccount:{PIPELINE_SA}", "roles/storage.objectUser")}
     project_roles = {_flag(a, "role") for a in commands
                      if a[:2] == ["projects", "add-iam-policy-binding"]
@@ -1057,7 +1073,7 @@ def test_terraform_pipeline_account_cannot_write_templates() -> None:
     grants = [attrs(b.body) for b in resources("google_storage_bucket_iam_member").values()]
     assert [(g["bucket"], g["role"]) for g in grants if g["member"] == pipeline] == [
         ("google_storage_bucket.pipelines.name", '"roles/storage.objectUser"')]
-    (reads,) = [g for g in grants if g["member"] == runtime]
+    (reads,) = [g for g in grants if g["member"] == runtime and "for_each" in g]
     assert reads["role"] == '"roles/storage.objectViewer"'
     assert "google_storage_bucket.templates.name" in reads["for_each"]
     assert "pipelines" not in reads["for_each"]
