@@ -1107,3 +1107,138 @@ def test_both_paths_enable_every_api_doctor_requires() -> None:
     sh = set(re.findall(r"([a-z]+\.googleapis\.com)", enable))
     assert required - tf == set(), "terraform does not enable these"
     assert required - sh == set(), "deploy.sh does not enable these"
+
+
+# ------------------------------------- issue 15: evaluation files in a bucket, decisions topic
+STORAGE_AGENT = "serviceAccount:service-123456789@gs-project-accounts.iam.gserviceaccount.com"
+
+
+def test_terraform_evaluation_bucket_triggers_on_evaluation_file() -> None:
+    variables = {b.labels[0]: attrs(b.body)
+                 for b in blocks((TF_DIR / "variables.tf").read_text(), "variable")}
+    assert variables["evaluation_bucket"]["default"].startswith("null")
+    assert '"${var.project_id}-retrain-evaluations"' in locals_map()["evaluation_bucket"]
+    bucket = attrs(resources("google_storage_bucket")["evaluations"].body)
+    assert bucket["name"] == "local.evaluation_bucket"
+    assert bucket["location"] == "var.region"  # an Eventarc storage trigger's region
+    assert bucket["public_access_prevention"] == '"enforced"'
+    (function,) = resources("google_cloudfunctions2_function").values()
+    (trigger,) = blocks(function.body, "dynamic")
+    (content,) = blocks(trigger.body, "content")
+    (filters,) = blocks(content.body, "dynamic")
+    assert filters.labels == ["event_filters"]
+    assert attrs(filters.body)["for_each"] == (
+        "event_trigger.value.bucket == null ? [] : [event_trigger.value.bucket]")
+    (filter_,) = blocks(filters.body, "content")
+    assert attrs(filter_.body) == {"attribute": '"bucket"', "value": "event_filters.value"}
+    # The runtime reads objects of that bucket only; Storage's agent publishes notifications;
+    # the trigger's identity receives Eventarc events.
+    reads = attrs(resources("google_storage_bucket_iam_member")["runtime_reads_evaluations"].body)
+    assert (reads["bucket"], reads["role"], reads["member"]) == (
+        "google_storage_bucket.evaluations.name", '"roles/storage.objectViewer"',
+        "google_service_account.runtime.member")
+    project = {attrs(b.body)["member"]: attrs(b.body)["role"]
+               for b in resources("google_project_iam_member").values()}
+    assert project['"serviceAccount:${data.google_storage_project_service_account.'
+                   'storage_agent.email_address}"'] == '"roles/pubsub.publisher"'
+    assert project["google_service_account.trigger.member"] == '"roles/eventarc.eventReceiver"'
+    wait = attrs(resources("time_sleep")["service_agents"].body)["depends_on"]
+    assert "google_project_iam_member.storage_agent_publishes_events" in wait
+    # Its subscription dead-letters like the other two.
+    step = resources("terraform_data")["evaluation_dead_letter"].body
+    (exec_,) = blocks(step, "provisioner")
+    env = _object(attrs(exec_.body)["environment"])
+    assert env["TRIGGER"] == (
+        'google_cloudfunctions2_function.fn["evaluation_file"].event_trigger[0].trigger')
+    assert env["DEAD_LETTER_TOPIC"] == "google_pubsub_topic.evaluation_dead_letter.id"
+    hold = attrs(resources("google_pubsub_subscription")["evaluation_dead_letter"].body)
+    assert hold["topic"] == "google_pubsub_topic.evaluation_dead_letter.id"
+    publisher = attrs(resources("google_pubsub_topic_iam_member")[
+        "pubsub_agent_evaluation_dead_letter_publisher"].body)
+    assert publisher["member"] == '"serviceAccount:${local.pubsub_agent}"'
+
+
+def test_terraform_decisions_topic_and_its_only_publisher() -> None:
+    variables = {b.labels[0]: attrs(b.body)
+                 for b in blocks((TF_DIR / "variables.tf").read_text(), "variable")}
+    assert variables["decisions_topic"]["default"] == '"retrain-decisions"'
+    topic = attrs(resources("google_pubsub_topic")["decisions"].body)
+    assert topic["name"] == "var.decisions_topic"
+    publishers = [attrs(b.body) for b in resources("google_pubsub_topic_iam_member").values()
+                  if attrs(b.body)["topic"] == "google_pubsub_topic.decisions.name"]
+    assert [(p["member"], p["role"]) for p in publishers] == [
+        ("google_service_account.runtime.member", '"roles/pubsub.publisher"')]
+    env = _object(locals_map()["function_env"])
+    assert env["RETRAIN_DECISIONS_TOPIC"] == (
+        '"projects/${var.project_id}/topics/${var.decisions_topic}"')
+    outputs = {b.labels[0]: attrs(b.body)
+               for b in blocks((TF_DIR / "outputs.tf").read_text(), "output")}
+    assert outputs["decisions_topic"]["value"] == "google_pubsub_topic.decisions.id"
+    assert "google_storage_bucket.evaluations.name" in outputs["evaluation_prefix"]["value"]
+
+
+@needs_terraform
+def test_terraform_locals_name_the_evaluation_bucket_and_decisions_topic(
+        locals_probe) -> None:  # type: ignore[no-untyped-def]
+    _, values = locals_probe
+    got = values()
+    assert got["evaluation_bucket"] == f"{PROJECT}-retrain-evaluations"
+    assert got["function_env"]["RETRAIN_DECISIONS_TOPIC"] == (
+        f"projects/{PROJECT}/topics/retrain-decisions")
+    assert got["manual_env"]["RETRAIN_DECISIONS_TOPIC"] == (
+        f"projects/{PROJECT}/topics/retrain-decisions")
+    named = values("evaluation_bucket=evals-x", "decisions_topic=told")
+    assert named["evaluation_bucket"] == "evals-x"
+    assert named["function_env"]["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/told"
+
+
+def test_deploy_script_evaluation_bucket_trigger_and_decisions_topic(
+        tmp_path: Path, deploy_source: Path) -> None:
+    result, calls = _run_script(tmp_path, deploy_source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [c["args"] for c in calls]
+    evaluations = f"gs://{PROJECT}-retrain-evaluations"
+    created = {tuple(a[:4]) for a in commands if "create" in a[:4]}
+    assert {("storage", "buckets", "create", evaluations),
+            ("pubsub", "topics", "create", "retrain-decisions"),
+            ("pubsub", "topics", "create", "retrain-evaluations-dead-letter"),
+            ("pubsub", "subscriptions", "create",
+             "retrain-evaluations-dead-letter-hold")} <= created
+    (deploy,) = [a for a in commands if a[:3] == ["functions", "deploy", "on-evaluation-file"]]
+    assert _flag(deploy, "entry-point") == "on_evaluation_file"
+    filters = [a.split("=", 1)[1] for a in deploy if a.startswith("--trigger-event-filters=")]
+    assert sorted(filters) == [f"bucket={PROJECT}-retrain-evaluations",
+                               "type=google.cloud.storage.object.v1.finalized"]
+    assert _flag(deploy, "trigger-location") == "us-central1"
+    assert "--retry" in deploy and _flag(deploy, "trigger-topic") is None
+    assert _flag(deploy, "trigger-service-account") == TRIGGER_SA
+    assert _flag(deploy, "ingress-settings") == "internal-only"
+    # IAM: the runtime reads that bucket and publishes to that topic, nothing wider.
+    bucket_grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+                     if a[:3] == ["storage", "buckets", "add-iam-policy-binding"]}
+    assert (evaluations, f"serviceAccount:{RUNTIME_SA}",
+            "roles/storage.objectViewer") in bucket_grants
+    topic_grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+                    if a[:3] == ["pubsub", "topics", "add-iam-policy-binding"]}
+    assert [t for t in topic_grants if t[1] == f"serviceAccount:{RUNTIME_SA}"] == [
+        ("retrain-decisions", f"serviceAccount:{RUNTIME_SA}", "roles/pubsub.publisher")]
+    project_grants = {(_flag(a, "member"), _flag(a, "role")) for a in commands
+                      if a[:2] == ["projects", "add-iam-policy-binding"]}
+    assert (STORAGE_AGENT, "roles/pubsub.publisher") in project_grants
+    assert (f"serviceAccount:{TRIGGER_SA}", "roles/eventarc.eventReceiver") in project_grants
+    # The storage agent's grant comes before the trigger that needs it.
+    order = [tuple(a[:3]) for a in commands]
+    grant_at = next(i for i, a in enumerate(commands) if _flag(a, "member") == STORAGE_AGENT)
+    assert grant_at < order.index(("functions", "deploy", "on-evaluation-file"))
+    # Its Eventarc subscription dead-letters to its own topic.
+    subscription = ("projects/test-proj/subscriptions/"
+                    "eventarc-us-central1-on-evaluation-file-1-sub-1")
+    updates = {a[3]: a for a in commands if a[:3] == ["pubsub", "subscriptions", "update"]}
+    assert _flag(updates[subscription], "dead-letter-topic") == (
+        f"projects/{PROJECT}/topics/retrain-evaluations-dead-letter")
+    named = _run_script(tmp_path, deploy_source, EVALUATION_BUCKET="evals-x",
+                        DECISIONS_TOPIC="told")[1]
+    (renamed,) = [c["args"] for c in named
+                  if c["args"][:3] == ["functions", "deploy", "on-evaluation-file"]]
+    assert "--trigger-event-filters=bucket=evals-x" in renamed
+    assert _env(renamed)["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/told"
