@@ -277,7 +277,9 @@ def test_runtime_roles_are_the_least_needed() -> None:
     assert "databases/${var.firestore_database}" in attrs(condition.body)["expression"]
     topic_grants = [attrs(b.body) for b in resources("google_pubsub_topic_iam_member").values()
                     if attrs(b.body)["member"] == runtime]
-    assert topic_grants == []  # the functions publish nothing (only the pipeline's last step)
+    # the functions publish decisions, to the decisions topic only (outcomes: the pipeline)
+    assert [(g["topic"], g["role"]) for g in topic_grants] == [
+        ("google_pubsub_topic.decisions.name", '"roles/pubsub.publisher"')]
     # Nothing else names the runtime account except the function's identity and bucket reads.
     others = {b.labels[0] for b in all_resources() if runtime in b.body} - {
         "google_project_iam_member", "google_pubsub_topic_iam_member",
@@ -306,6 +308,8 @@ def test_functions_entry_points_triggers_and_environment() -> None:
                                  "google_pubsub_topic.metrics.id", "local.function_env"),
                 "run_outcome": ("on-run-outcome", "on_run_outcome",
                                 "google_pubsub_topic.outcomes.id", "local.function_env"),
+                "evaluation_file": ("on-evaluation-file", "on_evaluation_file", "null",
+                                    "local.function_env"),
                 "manual": ("manual-trigger", "manual_trigger", "null",
                            "local.manual_function_env")}
     assert set(functions) == set(expected)
@@ -315,8 +319,10 @@ def test_functions_entry_points_triggers_and_environment() -> None:
         assert re.search(rf"^def {entry_point}\(", main_py, re.M), entry_point
         assert functions[key]["topic"] == topic
         assert functions[key]["env"] == env
-        assert functions[key]["ingress"] == ('"ALLOW_ALL"' if topic == "null"
+        assert functions[key]["ingress"] == ('"ALLOW_ALL"' if key == "manual"
                                              else '"ALLOW_INTERNAL_ONLY"')
+        assert functions[key]["bucket"] == ("google_storage_bucket.evaluations.name"
+                                            if key == "evaluation_file" else "null")
 
     (function,) = resources("google_cloudfunctions2_function").values()
     assert attrs(function.body)["for_each"] == "local.functions"
@@ -331,12 +337,15 @@ def test_functions_entry_points_triggers_and_environment() -> None:
     assert service_attrs["ingress_settings"] == "each.value.ingress"
     (trigger,) = blocks(function.body, "dynamic")
     assert trigger.labels == ["event_trigger"]
-    assert attrs(trigger.body)["for_each"] == "each.value.topic == null ? [] : [each.value.topic]"
+    assert attrs(trigger.body)["for_each"] == (
+        "each.value.topic == null && each.value.bucket == null ? [] : [each.value]")
     (content,) = blocks(trigger.body, "content")
     trigger_attrs = attrs(content.body)
-    assert trigger_attrs["pubsub_topic"] == "event_trigger.value"
+    assert trigger_attrs["pubsub_topic"] == "event_trigger.value.topic"
     assert trigger_attrs["retry_policy"] == '"RETRY_POLICY_RETRY"'
-    assert trigger_attrs["event_type"] == '"google.cloud.pubsub.topic.v1.messagePublished"'
+    assert trigger_attrs["event_type"] == (
+        'event_trigger.value.topic != null ? "google.cloud.pubsub.topic.v1.messagePublished" '
+        ': "google.cloud.storage.object.v1.finalized"')
     assert trigger_attrs["service_account_email"] == "google_service_account.trigger.email"
 
     invokers = resources("google_cloud_run_v2_service_iam_member")
@@ -347,7 +356,7 @@ def test_functions_entry_points_triggers_and_environment() -> None:
     assert manual["name"] == 'google_cloudfunctions2_function.fn["manual"].name'
     events = attrs(invokers["events_invoke"].body)
     assert events["member"] == "google_service_account.trigger.member"
-    assert events["for_each"] == 'toset(["metric_event", "run_outcome"])'
+    assert events["for_each"] == 'toset(["metric_event", "run_outcome", "evaluation_file"])'
 
 
 def test_terraform_sets_every_variable_the_function_reads() -> None:
@@ -601,6 +610,8 @@ for i, (prefix, times, stderr) in enumerate(faults):
         sys.exit(1)
 if args[:2] == ["projects", "describe"]:
     print("123456789")
+elif args[:2] == ["storage", "service-agent"]:
+    print("service-123456789@gs-project-accounts.iam.gserviceaccount.com")
 elif args[:2] == ["functions", "describe"]:
     fmt = next(a for a in args if a.startswith("--format="))
     print(f"projects/test-proj/locations/us-central1/triggers/{args[2]}-1"
@@ -703,7 +714,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
     assert _flag(act_as[0], "member") == f"serviceAccount:{RUNTIME_SA}"
     runtime_topics = {a[3] for a in named("pubsub", "topics", "add-iam-policy-binding")
                       if _flag(a, "member") == f"serviceAccount:{RUNTIME_SA}"}
-    assert runtime_topics == set()  # it publishes nothing; the pipeline publishes outcomes
+    assert runtime_topics == {"retrain-decisions"}  # decisions only; outcomes: the pipeline
     agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
     assert ["pubsub", "topics", "add-iam-policy-binding", "model-metrics-dead-letter"] in [
         a[:4] for a in named("pubsub", "topics", "add-iam-policy-binding")
@@ -735,7 +746,8 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
 
     # Functions.
     deploys = {a[2]: a for a in named("functions", "deploy")}
-    assert set(deploys) == {"on-metric-event", "on-run-outcome", "manual-trigger"}
+    assert set(deploys) == {"on-metric-event", "on-run-outcome", "on-evaluation-file",
+                            "manual-trigger"}
     needed = config_env_vars() - DELIBERATELY_UNSET - MANUAL_ONLY
     for name, args in deploys.items():
         assert "--gen2" in args and _flag(args, "runtime") == "python311"
@@ -749,11 +761,12 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
         assert env["RETRAIN_LAUNCHER"] == "vertex"
         assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT
         assert env["RETRAIN_POLICY_FILE"] == "policies.yaml"
+        assert env["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/retrain-decisions"
     assert _flag(deploys["on-metric-event"], "entry-point") == "on_metric_event"
     assert _flag(deploys["on-metric-event"], "trigger-topic") == "model-metrics"
     assert _flag(deploys["on-run-outcome"], "entry-point") == "on_run_outcome"
     assert _flag(deploys["on-run-outcome"], "trigger-topic") == "retrain-outcomes"
-    for name in ("on-metric-event", "on-run-outcome"):
+    for name in ("on-metric-event", "on-run-outcome", "on-evaluation-file"):
         assert "--retry" in deploys[name]
         assert _flag(deploys[name], "trigger-service-account") == TRIGGER_SA
         assert _env(deploys[name]).get("RETRAIN_TRUST_IAM") != "true"
@@ -777,6 +790,7 @@ def test_deploy_script_on_a_fresh_project(tmp_path: Path, deploy_source: Path) -
                 for a in named("functions", "add-invoker-policy-binding")}
     assert invokers == {("on-metric-event", f"serviceAccount:{TRIGGER_SA}"),
                         ("on-run-outcome", f"serviceAccount:{TRIGGER_SA}"),
+                        ("on-evaluation-file", f"serviceAccount:{TRIGGER_SA}"),
                         ("manual-trigger", "user:ops@example.com"),
                         ("manual-trigger", "serviceAccount:ci@x.iam.gserviceaccount.com")}
 
@@ -838,7 +852,7 @@ def test_deploy_script_again_creates_nothing(tmp_path: Path, deploy_source: Path
     # Composite indexes have no describe-by-definition: creating answers ALREADY_EXISTS, which
     # the script accepts.
     assert creates and all(a[:3] == ["firestore", "indexes", "composite"] for a in creates)
-    assert len([c for c in calls if c["args"][:2] == ["functions", "deploy"]]) == 3
+    assert len([c for c in calls if c["args"][:2] == ["functions", "deploy"]]) == 4
 
 
 def test_deploy_script_refuses_a_pipeline_run_as_another_account(tmp_path: Path) -> None:
@@ -963,6 +977,8 @@ def test_deploy_script_pipeline_account_cannot_write_templates(
     grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
               if a[:3] == ["storage", "buckets", "add-iam-policy-binding"]}
     assert grants == {(templates, f"serviceAccount:{RUNTIME_SA}", "roles/storage.objectViewer"),
+                      (f"gs://{PROJECT}-retrain-evaluations", f"serviceAccount:{RUNTIME_SA}",
+                       "roles/storage.objectViewer"),
                       (pipelines, f"serviceAccount:{PIPELINE_SA}", "roles/storage.objectUser")}
     project_roles = {_flag(a, "role") for a in commands
                      if a[:2] == ["projects", "add-iam-policy-binding"]
@@ -1058,7 +1074,7 @@ def test_terraform_pipeline_account_cannot_write_templates() -> None:
     grants = [attrs(b.body) for b in resources("google_storage_bucket_iam_member").values()]
     assert [(g["bucket"], g["role"]) for g in grants if g["member"] == pipeline] == [
         ("google_storage_bucket.pipelines.name", '"roles/storage.objectUser"')]
-    (reads,) = [g for g in grants if g["member"] == runtime]
+    (reads,) = [g for g in grants if g["member"] == runtime and "for_each" in g]
     assert reads["role"] == '"roles/storage.objectViewer"'
     assert "google_storage_bucket.templates.name" in reads["for_each"]
     assert "pipelines" not in reads["for_each"]
@@ -1092,3 +1108,138 @@ def test_both_paths_enable_every_api_doctor_requires() -> None:
     sh = set(re.findall(r"([a-z]+\.googleapis\.com)", enable))
     assert required - tf == set(), "terraform does not enable these"
     assert required - sh == set(), "deploy.sh does not enable these"
+
+
+# ------------------------------------- issue 15: evaluation files in a bucket, decisions topic
+STORAGE_AGENT = "serviceAccount:service-123456789@gs-project-accounts.iam.gserviceaccount.com"
+
+
+def test_terraform_evaluation_bucket_triggers_on_evaluation_file() -> None:
+    variables = {b.labels[0]: attrs(b.body)
+                 for b in blocks((TF_DIR / "variables.tf").read_text(), "variable")}
+    assert variables["evaluation_bucket"]["default"].startswith("null")
+    assert '"${var.project_id}-retrain-evaluations"' in locals_map()["evaluation_bucket"]
+    bucket = attrs(resources("google_storage_bucket")["evaluations"].body)
+    assert bucket["name"] == "local.evaluation_bucket"
+    assert bucket["location"] == "var.region"  # an Eventarc storage trigger's region
+    assert bucket["public_access_prevention"] == '"enforced"'
+    (function,) = resources("google_cloudfunctions2_function").values()
+    (trigger,) = blocks(function.body, "dynamic")
+    (content,) = blocks(trigger.body, "content")
+    (filters,) = blocks(content.body, "dynamic")
+    assert filters.labels == ["event_filters"]
+    assert attrs(filters.body)["for_each"] == (
+        "event_trigger.value.bucket == null ? [] : [event_trigger.value.bucket]")
+    (filter_,) = blocks(filters.body, "content")
+    assert attrs(filter_.body) == {"attribute": '"bucket"', "value": "event_filters.value"}
+    # The runtime reads objects of that bucket only; Storage's agent publishes notifications;
+    # the trigger's identity receives Eventarc events.
+    reads = attrs(resources("google_storage_bucket_iam_member")["runtime_reads_evaluations"].body)
+    assert (reads["bucket"], reads["role"], reads["member"]) == (
+        "google_storage_bucket.evaluations.name", '"roles/storage.objectViewer"',
+        "google_service_account.runtime.member")
+    project = {attrs(b.body)["member"]: attrs(b.body)["role"]
+               for b in resources("google_project_iam_member").values()}
+    assert project['"serviceAccount:${data.google_storage_project_service_account.'
+                   'storage_agent.email_address}"'] == '"roles/pubsub.publisher"'
+    assert project["google_service_account.trigger.member"] == '"roles/eventarc.eventReceiver"'
+    wait = attrs(resources("time_sleep")["service_agents"].body)["depends_on"]
+    assert "google_project_iam_member.storage_agent_publishes_events" in wait
+    # Its subscription dead-letters like the other two.
+    step = resources("terraform_data")["evaluation_dead_letter"].body
+    (exec_,) = blocks(step, "provisioner")
+    env = _object(attrs(exec_.body)["environment"])
+    assert env["TRIGGER"] == (
+        'google_cloudfunctions2_function.fn["evaluation_file"].event_trigger[0].trigger')
+    assert env["DEAD_LETTER_TOPIC"] == "google_pubsub_topic.evaluation_dead_letter.id"
+    hold = attrs(resources("google_pubsub_subscription")["evaluation_dead_letter"].body)
+    assert hold["topic"] == "google_pubsub_topic.evaluation_dead_letter.id"
+    publisher = attrs(resources("google_pubsub_topic_iam_member")[
+        "pubsub_agent_evaluation_dead_letter_publisher"].body)
+    assert publisher["member"] == '"serviceAccount:${local.pubsub_agent}"'
+
+
+def test_terraform_decisions_topic_and_its_only_publisher() -> None:
+    variables = {b.labels[0]: attrs(b.body)
+                 for b in blocks((TF_DIR / "variables.tf").read_text(), "variable")}
+    assert variables["decisions_topic"]["default"] == '"retrain-decisions"'
+    topic = attrs(resources("google_pubsub_topic")["decisions"].body)
+    assert topic["name"] == "var.decisions_topic"
+    publishers = [attrs(b.body) for b in resources("google_pubsub_topic_iam_member").values()
+                  if attrs(b.body)["topic"] == "google_pubsub_topic.decisions.name"]
+    assert [(p["member"], p["role"]) for p in publishers] == [
+        ("google_service_account.runtime.member", '"roles/pubsub.publisher"')]
+    env = _object(locals_map()["function_env"])
+    assert env["RETRAIN_DECISIONS_TOPIC"] == (
+        '"projects/${var.project_id}/topics/${var.decisions_topic}"')
+    outputs = {b.labels[0]: attrs(b.body)
+               for b in blocks((TF_DIR / "outputs.tf").read_text(), "output")}
+    assert outputs["decisions_topic"]["value"] == "google_pubsub_topic.decisions.id"
+    assert "google_storage_bucket.evaluations.name" in outputs["evaluation_prefix"]["value"]
+
+
+@needs_terraform
+def test_terraform_locals_name_the_evaluation_bucket_and_decisions_topic(
+        locals_probe) -> None:  # type: ignore[no-untyped-def]
+    _, values = locals_probe
+    got = values()
+    assert got["evaluation_bucket"] == f"{PROJECT}-retrain-evaluations"
+    assert got["function_env"]["RETRAIN_DECISIONS_TOPIC"] == (
+        f"projects/{PROJECT}/topics/retrain-decisions")
+    assert got["manual_env"]["RETRAIN_DECISIONS_TOPIC"] == (
+        f"projects/{PROJECT}/topics/retrain-decisions")
+    named = values("evaluation_bucket=evals-x", "decisions_topic=told")
+    assert named["evaluation_bucket"] == "evals-x"
+    assert named["function_env"]["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/told"
+
+
+def test_deploy_script_evaluation_bucket_trigger_and_decisions_topic(
+        tmp_path: Path, deploy_source: Path) -> None:
+    result, calls = _run_script(tmp_path, deploy_source)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [c["args"] for c in calls]
+    evaluations = f"gs://{PROJECT}-retrain-evaluations"
+    created = {tuple(a[:4]) for a in commands if "create" in a[:4]}
+    assert {("storage", "buckets", "create", evaluations),
+            ("pubsub", "topics", "create", "retrain-decisions"),
+            ("pubsub", "topics", "create", "retrain-evaluations-dead-letter"),
+            ("pubsub", "subscriptions", "create",
+             "retrain-evaluations-dead-letter-hold")} <= created
+    (deploy,) = [a for a in commands if a[:3] == ["functions", "deploy", "on-evaluation-file"]]
+    assert _flag(deploy, "entry-point") == "on_evaluation_file"
+    filters = [a.split("=", 1)[1] for a in deploy if a.startswith("--trigger-event-filters=")]
+    assert sorted(filters) == [f"bucket={PROJECT}-retrain-evaluations",
+                               "type=google.cloud.storage.object.v1.finalized"]
+    assert _flag(deploy, "trigger-location") == "us-central1"
+    assert "--retry" in deploy and _flag(deploy, "trigger-topic") is None
+    assert _flag(deploy, "trigger-service-account") == TRIGGER_SA
+    assert _flag(deploy, "ingress-settings") == "internal-only"
+    # IAM: the runtime reads that bucket and publishes to that topic, nothing wider.
+    bucket_grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+                     if a[:3] == ["storage", "buckets", "add-iam-policy-binding"]}
+    assert (evaluations, f"serviceAccount:{RUNTIME_SA}",
+            "roles/storage.objectViewer") in bucket_grants
+    topic_grants = {(a[3], _flag(a, "member"), _flag(a, "role")) for a in commands
+                    if a[:3] == ["pubsub", "topics", "add-iam-policy-binding"]}
+    assert [t for t in topic_grants if t[1] == f"serviceAccount:{RUNTIME_SA}"] == [
+        ("retrain-decisions", f"serviceAccount:{RUNTIME_SA}", "roles/pubsub.publisher")]
+    project_grants = {(_flag(a, "member"), _flag(a, "role")) for a in commands
+                      if a[:2] == ["projects", "add-iam-policy-binding"]}
+    assert (STORAGE_AGENT, "roles/pubsub.publisher") in project_grants
+    assert (f"serviceAccount:{TRIGGER_SA}", "roles/eventarc.eventReceiver") in project_grants
+    # The storage agent's grant comes before the trigger that needs it.
+    order = [tuple(a[:3]) for a in commands]
+    grant_at = next(i for i, a in enumerate(commands) if _flag(a, "member") == STORAGE_AGENT)
+    assert grant_at < order.index(("functions", "deploy", "on-evaluation-file"))
+    # Its Eventarc subscription dead-letters to its own topic.
+    subscription = ("projects/test-proj/subscriptions/"
+                    "eventarc-us-central1-on-evaluation-file-1-sub-1")
+    updates = {a[3]: a for a in commands if a[:3] == ["pubsub", "subscriptions", "update"]}
+    assert _flag(updates[subscription], "dead-letter-topic") == (
+        f"projects/{PROJECT}/topics/retrain-evaluations-dead-letter")
+    named = _run_script(tmp_path, deploy_source, EVALUATION_BUCKET="evals-x",
+                        DECISIONS_TOPIC="told")[1]
+    (renamed,) = [c["args"] for c in named
+                  if c["args"][:3] == ["functions", "deploy", "on-evaluation-file"]]
+    assert "--trigger-event-filters=bucket=evals-x" in renamed
+    assert _env(renamed)["RETRAIN_DECISIONS_TOPIC"] == f"projects/{PROJECT}/topics/told"

@@ -137,7 +137,7 @@ def cloud(tmp_path: Path, pubsub_emulator: PubSubEmulator,
     pipeline = f"retrain-pipeline@{project}.iam.gserviceaccount.com"
     state.service_accounts = {runtime, pipeline}
     state.token_creator_on = {runtime, pipeline}
-    state.buckets = {f"{project}-retrain-pipelines"}
+    state.buckets = {f"{project}-retrain-pipelines", f"{project}-retrain-evaluations"}
     state.databases = {DATABASE}
     indexes = json.loads((ROOT / "deploy" / "firestore.indexes.json").read_text())
     db = f"projects/{project}/databases/{DATABASE}"
@@ -171,6 +171,7 @@ def cloud(tmp_path: Path, pubsub_emulator: PubSubEmulator,
         c.bind(pipeline, c.topic("retrain-outcomes"), "roles/pubsub.publisher")
         c.bind(runtime, f"b/{c.bucket}", "roles/storage.objectViewer")
         c.bind(pipeline, f"b/{c.bucket}", "roles/storage.objectAdmin")
+        c.bind(runtime, f"b/{project}-retrain-evaluations", "roles/storage.objectViewer")
         for topic in ("model-metrics", "model-metrics-dead-letter", "retrain-outcomes",
                       "retrain-outcomes-dead-letter"):
             requests.put(f"http://{pubsub_emulator.host}/v1/{c.topic(topic)}",
@@ -207,7 +208,8 @@ def test_a_healthy_project_passes_every_check(cloud: Cloud) -> None:
     project_tests = [c for c in cloud.fakes["RETRAIN_RESOURCEMANAGER_ENDPOINT"].calls]
     assert {c.caller for c in project_tests} == {cloud.runtime, cloud.pipeline}
     bucket_tests = cloud.fakes["RETRAIN_STORAGE_ENDPOINT"].calls
-    assert [c.caller for c in bucket_tests] == [cloud.pipeline]  # templates are local here
+    # templates are local here; the runtime reads the evaluations bucket
+    assert sorted(c.caller for c in bucket_tests) == sorted([cloud.pipeline, cloud.runtime])
     # the probe document was deleted again
     listed = requests.get(f"http://{cloud.firestore.host}/v1/projects/{cloud.project}/databases/"
                           f"{DATABASE}/documents/retrain_doctor", timeout=10).json()
@@ -274,6 +276,16 @@ def test_pipeline_root_not_writable_by_the_pipeline_account(cloud: Cloud) -> Non
     assert finding.fix == (f"gcloud storage buckets add-iam-policy-binding gs://{cloud.bucket} "
                            f"--member=serviceAccount:{cloud.pipeline} "
                            "--role=roles/storage.objectAdmin")
+
+
+def test_runtime_cannot_read_the_evaluations_bucket(cloud: Cloud) -> None:
+    bucket = f"{cloud.project}-retrain-evaluations"
+    cloud.state.grants.pop((cloud.runtime, f"b/{bucket}"), None)
+    finding = failed(cloud.run(), f"on evaluation files gs://{bucket}")
+    assert "storage.objects.get" in finding.message and "on_evaluation_file" in finding.message
+    assert finding.fix == (f"gcloud storage buckets add-iam-policy-binding gs://{bucket} "
+                           f"--member=serviceAccount:{cloud.runtime} "
+                           "--role=roles/storage.objectViewer")
 
 
 def test_missing_pipeline_root_bucket(cloud: Cloud) -> None:

@@ -144,3 +144,93 @@ def test_an_object_over_the_limit_is_refused_whole(app: Any, tmp_path: Path) -> 
     (refused,) = store.rejected_events()
     assert refused.field == "size" and "10 MiB" in refused.reason and "huge.jsonl" in refused.reason
     store.close()
+
+
+def test_a_rewritten_object_is_read_again_the_same_generation_is_not(
+    app: Any, tmp_path: Path,
+) -> None:
+    first = upload("evals", "daily/rewritten.jsonl", (line(7, 0.8) + "\n").encode())
+    assert post(app, event(first)).status_code == 200
+    assert post(app, event(first)).status_code == 200  # redelivered: same generation
+    store = SQLiteStore(tmp_path / "state.db")
+    assert [p.value for p in store.points("fraud-detector", "overall", "accuracy")] == [0.8]
+    # The same name written again: a new generation, whose lines are new messages.
+    # Line 1 again, now another event: read, since its message id names the new generation.
+    second = upload("evals", "daily/rewritten.jsonl", (line(8, 0.85) + "\n").encode())
+    assert second["generation"] != first["generation"]
+    assert post(app, event(second)).status_code == 200
+    assert post(app, event(second)).status_code == 200
+    points = store.points("fraud-detector", "overall", "accuracy")
+    assert [p.value for p in points] == [0.8, 0.85]
+    assert len({p.message_id for p in points}) == 2
+    store.close()
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "triggers", *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def test_publish_uploads_a_file_that_on_evaluation_file_then_records(
+    app: Any, tmp_path: Path, storage_emulator: str,
+) -> None:
+    """`publish FILE --bucket`: the file lands in the bucket; the notification the real
+    Eventarc sends for that object (its metadata, as the emulator stores it) records each line."""
+    from google.cloud import storage
+
+    env = {"STORAGE_EMULATOR_HOST": storage_emulator, "GOOGLE_CLOUD_PROJECT": "test-project"}
+    client = storage.Client(project="test-project")
+    try:
+        client.create_bucket("uploads")
+    except Exception:  # noqa: BLE001 - created by an earlier test
+        pass
+    evaluations = tmp_path / "2026-11-12.csv"
+    evaluations.write_text("model,metric,value,window_end\n"
+                           "fraud-detector,accuracy,0.96,2026-11-12T00:00:00Z\n"
+                           "fraud-detector,accuracy,0.97,2026-11-13T00:00:00Z\n")
+    done = _cli("publish", str(evaluations), "--bucket", "gs://uploads/evals/", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "gs://uploads/evals/2026-11-12.csv" in done.stdout and "2 events" in done.stdout
+    blob = client.bucket("uploads").get_blob("evals/2026-11-12.csv")
+    assert blob is not None and blob.content_type == "text/csv"
+    obj = {"bucket": "uploads", "name": blob.name, "generation": str(blob.generation),
+           "size": str(blob.size)}
+    assert blob.download_as_bytes() == evaluations.read_bytes()
+    assert post(app, event(obj)).status_code == 200
+    store = SQLiteStore(tmp_path / "state.db")
+    assert [p.value for p in store.points("fraud-detector", "overall", "accuracy")] == [0.96, 0.97]
+    assert store.rejected_events() == []
+    store.close()
+
+    # Uploading it again would be a new generation, read again: refused, nothing written.
+    again = _cli("publish", str(evaluations), "--bucket", "gs://uploads/evals", env=env)
+    assert again.returncode == 1 and "already exists" in again.stderr, again.stderr
+    after = client.bucket("uploads").get_blob("evals/2026-11-12.csv")
+    assert after is not None and str(after.generation) == obj["generation"]
+
+
+def test_publish_refuses_a_bad_or_oversized_file_before_uploading(
+    tmp_path: Path, storage_emulator: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", storage_emulator)
+    env = {"STORAGE_EMULATOR_HOST": storage_emulator, "GOOGLE_CLOUD_PROJECT": "test-project"}
+    client = storage.Client(project="test-project")
+    try:
+        client.create_bucket("uploads")
+    except Exception:  # noqa: BLE001 - created by an earlier test
+        pass
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line(1, 0.9) + "\n{not json\n")
+    refused = _cli("publish", str(bad), "--bucket", "gs://uploads/refused/", env=env)
+    assert refused.returncode == 1 and "bad.jsonl:2" in refused.stderr, refused.stderr
+    big = tmp_path / "big.jsonl"
+    big.write_bytes((line(1, 0.9) + "\n").encode() * (MAX_OBJECT_BYTES // 80 + 1))
+    assert big.stat().st_size > MAX_OBJECT_BYTES
+    too_big = _cli("publish", str(big), "--bucket", "gs://uploads/refused/", env=env)
+    assert too_big.returncode == 1 and "10 MiB" in too_big.stderr, too_big.stderr
+    assert list(client.list_blobs("uploads", prefix="refused/")) == []

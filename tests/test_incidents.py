@@ -119,3 +119,26 @@ def test_an_open_inhibiting_incident_holds_every_retraining_back_and_says_which(
     assert ("suppressed", "0.nfr3shn3ss01") in told and ("fired", None) in told
     assert report.published == len(publisher.messages) and report.left == 0
     assert drain(h.store, publisher).published == 0  # cleared: told once
+
+
+def test_a_reopened_incident_launches_nothing_more(h: Harness) -> None:
+    """Cloud Monitoring may close an incident and open it again under the same id (the
+    condition flaps): the run it launched is that incident's, whatever the cooldown says."""
+    h.send(fixture("incident_open.json"), "r-1")
+    assert len(h.launcher.submitted) == 1
+    run = h.launcher.submitted[0]
+    # The run is over (nothing in flight holds the next launch back), the incident closes.
+    h.service.apply_outcome({"model": "fraud-detector", "run_id": run.run_id,
+                             "decision": "rejected"}, h.clock(), via="test")
+    assert h.store.in_flight_runs("fraud-detector") == []
+    h.send(fixture("incident_closed.json"), "r-2")
+    h.clock.advance(days=3)  # long past the 1h cooldown: only the incident id holds it
+    reopened = h.send(fixture("incident_open.json"), "r-3")
+    assert reopened.status == "recorded" and reopened.launched == []
+    assert len(h.launcher.submitted) == 1
+    assert [d.kind for d in reopened.decisions] == ["suppressed"]
+    # Another incident of the same alerting policy is a new reason: it launches.
+    other = json.loads(fixture("incident_open.json"))
+    other["incident"]["incident_id"] = "0.another0000"
+    fresh = h.send(json.dumps(other).encode(), "r-4")
+    assert len(fresh.launched) == 1, [d.reason for d in fresh.decisions]

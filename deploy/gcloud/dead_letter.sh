@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Attach a dead-letter topic to the Pub/Sub subscription that Eventarc created for a function's
-# trigger (on-metric-event's and on-run-outcome's). Used by deploy.sh and by Terraform
-# (terraform_data.metrics_dead_letter and .outcome_dead_letter), because no Terraform resource
+# trigger (on-metric-event's, on-run-outcome's and on-evaluation-file's). Used by deploy.sh and by Terraform
+# (terraform_data.metrics_dead_letter, .outcome_dead_letter, .evaluation_dead_letter), because no Terraform resource
 # can manage a subscription that Eventarc owns. Idempotent.
 #
 # Environment: PROJECT, REGION, TRIGGER (the Eventarc trigger: projects/P/locations/L/triggers/T

@@ -22,6 +22,8 @@ METRICS_TOPIC="${METRICS_TOPIC:-model-metrics}"
 DEAD_LETTER_TOPIC="${DEAD_LETTER_TOPIC:-model-metrics-dead-letter}"
 OUTCOME_TOPIC="${OUTCOME_TOPIC:-retrain-outcomes}"
 OUTCOME_DEAD_LETTER_TOPIC="${OUTCOME_DEAD_LETTER_TOPIC:-retrain-outcomes-dead-letter}"
+DECISIONS_TOPIC="${DECISIONS_TOPIC:-retrain-decisions}"        # every told decision (RETRAIN_DECISIONS_TOPIC)
+EVALUATION_DEAD_LETTER_TOPIC="${EVALUATION_DEAD_LETTER_TOPIC:-retrain-evaluations-dead-letter}"
 MAX_DELIVERY_ATTEMPTS="${MAX_DELIVERY_ATTEMPTS:-10}"
 RUNTIME_SA_ID="${RUNTIME_SA_ID:-retrain-trigger}"
 PIPELINE_SA_ID="${PIPELINE_SA_ID:-retrain-pipeline}"
@@ -30,6 +32,7 @@ BUILD_SA="${BUILD_SA:-}"                               # empty: the project's de
 SOURCE_BUCKET="${SOURCE_BUCKET:-$PROJECT-retrain-trigger-source}"
 PIPELINE_BUCKET="${PIPELINE_BUCKET:-$PROJECT-retrain-pipelines}"  # pipeline_root: the pipeline SA writes
 TEMPLATE_BUCKET="${TEMPLATE_BUCKET:-$PROJECT-retrain-templates}"  # templates: runtime reads, pipeline SA can't write
+EVALUATION_BUCKET="${EVALUATION_BUCKET:-$PROJECT-retrain-evaluations}"  # evaluation files: on-evaluation-file reads
 MANUAL_INVOKERS="${MANUAL_INVOKERS:-}"                 # e.g. "user:a@x.com serviceAccount:ci@p.iam.gserviceaccount.com"
 MANUAL_AUDIENCES="${MANUAL_AUDIENCES:-}"               # more ID-token audiences, space-separated
 MEMORY="${MEMORY:-512Mi}"                              # at least 256Mi
@@ -49,7 +52,7 @@ TRIGGER_SA="$TRIGGER_SA_ID@$PROJECT.iam.gserviceaccount.com"
 # The function's environment (triggers/cloud/environment.py Environment.from_env). RETRAIN_MANUAL_TOKEN
 # stays unset (manual-trigger trusts Cloud Run IAM); RETRAIN_VERTEX_ENDPOINT is for local fakes.
 STATE_URL="firestore://$FIRESTORE_DB${STATE_RETENTION:+?retention=$STATE_RETENTION}"
-ENV_VARS="RETRAIN_POLICY_FILE=$POLICY_FILE,RETRAIN_STATE=$STATE_URL,RETRAIN_LAUNCHER=vertex,GOOGLE_CLOUD_PROJECT=$PROJECT,RETRAIN_LOCATION=$REGION,RETRAIN_VERTEX_TIMEOUT=30s"
+ENV_VARS="RETRAIN_POLICY_FILE=$POLICY_FILE,RETRAIN_STATE=$STATE_URL,RETRAIN_LAUNCHER=vertex,GOOGLE_CLOUD_PROJECT=$PROJECT,RETRAIN_LOCATION=$REGION,RETRAIN_VERTEX_TIMEOUT=30s,RETRAIN_DECISIONS_TOPIC=projects/$PROJECT/topics/$DECISIONS_TOPIC"
 
 G=(--project="$PROJECT" --quiet)
 log() { printf '\n== %s\n' "$*"; }
@@ -146,6 +149,8 @@ gcloud services enable aiplatform.googleapis.com artifactregistry.googleapis.com
   storage.googleapis.com "${G[@]}"
 PROJECT_NUMBER=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
 PUBSUB_AGENT="service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+# Cloud Storage's service agent (created on first ask) publishes the bucket's notifications.
+STORAGE_AGENT=$(gcloud storage service-agent --project="$PROJECT")
 # The manual trigger's own URLs (a gen2 function answers on both), then any extra audiences.
 MANUAL_AUDIENCE="https://$REGION-$PROJECT.cloudfunctions.net/manual-trigger,https://manual-trigger-$PROJECT_NUMBER.$REGION.run.app"
 for audience in $MANUAL_AUDIENCES; do MANUAL_AUDIENCE="$MANUAL_AUDIENCE,$audience"; done
@@ -163,12 +168,13 @@ done
 
 # ---------------------------------------------------------------------------- Pub/Sub topics
 log "topics"
-for topic in "$METRICS_TOPIC" "$DEAD_LETTER_TOPIC" "$OUTCOME_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
+for topic in "$METRICS_TOPIC" "$DEAD_LETTER_TOPIC" "$OUTCOME_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC" \
+             "$DECISIONS_TOPIC" "$EVALUATION_DEAD_LETTER_TOPIC"; do
   gcloud pubsub topics describe "$topic" "${G[@]}" >/dev/null 2>&1 ||
     gcloud pubsub topics create "$topic" --labels=app=retrain-trigger "${G[@]}"
 done
 # Messages published to a topic without subscriptions are lost: hold dead letters for a week.
-for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
+for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC" "$EVALUATION_DEAD_LETTER_TOPIC"; do
   gcloud pubsub subscriptions describe "$topic-hold" "${G[@]}" >/dev/null 2>&1 ||
     gcloud pubsub subscriptions create "$topic-hold" --topic="$topic" \
       --message-retention-duration=7d --ack-deadline=60 --expiration-period=never "${G[@]}"
@@ -176,7 +182,7 @@ done
 
 # ----------------------------------------------------------------------------------- Buckets
 log "buckets"
-for bucket in "$SOURCE_BUCKET" "$PIPELINE_BUCKET" "$TEMPLATE_BUCKET"; do
+for bucket in "$SOURCE_BUCKET" "$PIPELINE_BUCKET" "$TEMPLATE_BUCKET" "$EVALUATION_BUCKET"; do
   gcloud storage buckets describe "gs://$bucket" "${G[@]}" >/dev/null 2>&1 ||
     gcloud storage buckets create "gs://$bucket" --location="$REGION" \
       --uniform-bucket-level-access --public-access-prevention "${G[@]}"
@@ -187,7 +193,8 @@ log "IAM"
 # Each role is the narrowest predefined one covering what the code calls (as in Terraform's
 # main.tf, which says why for each). Runtime: launch pipelines and move Model Registry aliases
 # (aiplatform.user), act as the pipeline account (on that account only), its own Firestore
-# database only, logs, read templates (from the templates bucket only). It publishes nothing.
+# database only, logs, read templates (from the templates bucket only) and evaluation files
+# (from the evaluations bucket only), publish decisions (to the decisions topic only).
 bind_project "serviceAccount:$RUNTIME_SA" roles/aiplatform.user
 bind_project "serviceAccount:$RUNTIME_SA" roles/logging.logWriter
 bind_project "serviceAccount:$RUNTIME_SA" roles/datastore.user \
@@ -196,6 +203,10 @@ retry gcloud iam service-accounts add-iam-policy-binding "$PIPELINE_SA" \
   --member="serviceAccount:$RUNTIME_SA" --role=roles/iam.serviceAccountUser "${G[@]}" >/dev/null
 retry gcloud storage buckets add-iam-policy-binding "gs://$TEMPLATE_BUCKET" \
   --member="serviceAccount:$RUNTIME_SA" --role=roles/storage.objectViewer "${G[@]}" >/dev/null
+retry gcloud storage buckets add-iam-policy-binding "gs://$EVALUATION_BUCKET" \
+  --member="serviceAccount:$RUNTIME_SA" --role=roles/storage.objectViewer "${G[@]}" >/dev/null
+retry gcloud pubsub topics add-iam-policy-binding "$DECISIONS_TOPIC" \
+  --member="serviceAccount:$RUNTIME_SA" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
 # Pipeline runs: Vertex jobs and model uploads, their pipeline_root (objectUser: objects only, no
 # IAM; the only bucket it writes — never the templates bucket), the run's outcome, logs.
 bind_project "serviceAccount:$PIPELINE_SA" roles/aiplatform.user
@@ -208,8 +219,12 @@ retry gcloud pubsub topics add-iam-policy-binding "$OUTCOME_TOPIC" \
 retry gcloud iam service-accounts add-iam-policy-binding "$TRIGGER_SA" \
   --member="serviceAccount:$PUBSUB_AGENT" --role=roles/iam.serviceAccountTokenCreator \
   "${G[@]}" >/dev/null
+# Eventarc storage triggers: the Storage agent publishes object notifications (Google documents
+# the project-level grant); the trigger's identity may receive Eventarc events.
+bind_project "serviceAccount:$STORAGE_AGENT" roles/pubsub.publisher
+bind_project "serviceAccount:$TRIGGER_SA" roles/eventarc.eventReceiver
 # Dead-lettering: the Pub/Sub service agent publishes to the dead-letter topics.
-for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC"; do
+for topic in "$DEAD_LETTER_TOPIC" "$OUTCOME_DEAD_LETTER_TOPIC" "$EVALUATION_DEAD_LETTER_TOPIC"; do
   retry gcloud pubsub topics add-iam-policy-binding "$topic" \
     --member="serviceAccount:$PUBSUB_AGENT" --role=roles/pubsub.publisher "${G[@]}" >/dev/null
 done
@@ -303,13 +318,20 @@ retry_while "$PROPAGATION_ERROR" "$PROPAGATION_ATTEMPTS" "on-run-outcome's trigg
   gcloud functions deploy on-run-outcome "${COMMON[@]}" --entry-point=on_run_outcome \
   --trigger-topic="$OUTCOME_TOPIC" --retry --trigger-service-account="$TRIGGER_SA" \
   --ingress-settings=internal-only --set-env-vars="$ENV_VARS"
+log "function on-evaluation-file (Eventarc storage trigger on gs://$EVALUATION_BUCKET, retried on failure)"
+retry_while "$PROPAGATION_ERROR" "$PROPAGATION_ATTEMPTS" "on-evaluation-file's trigger" \
+  gcloud functions deploy on-evaluation-file "${COMMON[@]}" --entry-point=on_evaluation_file \
+  --trigger-event-filters=type=google.cloud.storage.object.v1.finalized \
+  --trigger-event-filters="bucket=$EVALUATION_BUCKET" --trigger-location="$REGION" \
+  --retry --trigger-service-account="$TRIGGER_SA" \
+  --ingress-settings=internal-only --set-env-vars="$ENV_VARS"
 log "function manual-trigger (HTTPS, IAM-authenticated callers only)"
 gcloud functions deploy manual-trigger "${COMMON[@]}" --entry-point=manual_trigger \
   --trigger-http --no-allow-unauthenticated --ingress-settings=all \
   --set-env-vars="^;^${ENV_VARS//,/;};RETRAIN_TRUST_IAM=true;RETRAIN_INVOKERS=$MANUAL_INVOKERS_CSV;RETRAIN_AUDIENCE=$MANUAL_AUDIENCE"
 
 log "invokers"
-for fn in on-metric-event on-run-outcome; do
+for fn in on-metric-event on-run-outcome on-evaluation-file; do
   retry gcloud functions add-invoker-policy-binding "$fn" --region="$REGION" \
     --member="serviceAccount:$TRIGGER_SA" "${G[@]}" >/dev/null
 done
@@ -318,7 +340,8 @@ for member in $MANUAL_INVOKERS; do
     --member="$member" "${G[@]}" >/dev/null
 done
 
-for pair in "on-metric-event:$DEAD_LETTER_TOPIC" "on-run-outcome:$OUTCOME_DEAD_LETTER_TOPIC"; do
+for pair in "on-metric-event:$DEAD_LETTER_TOPIC" "on-run-outcome:$OUTCOME_DEAD_LETTER_TOPIC" \
+            "on-evaluation-file:$EVALUATION_DEAD_LETTER_TOPIC"; do
   fn="${pair%%:*}"
   log "dead letter on $fn's subscription -> ${pair#*:}"
   TRIGGER=$(gcloud functions describe "$fn" --gen2 --region="$REGION" \
@@ -339,4 +362,6 @@ Ask the manual trigger (as one of MANUAL_INVOKERS):
   curl -H "Authorization: Bearer \$(gcloud auth print-identity-token)" "$URL/decisions?limit=20"
 Pipeline runs: service account $PIPELINE_SA, pipeline_root gs://$PIPELINE_BUCKET/root
 Pipeline templates: upload to gs://$TEMPLATE_BUCKET/templates/
+Evaluation files (each line a metric event): python -m triggers publish FILE --bucket gs://$EVALUATION_BUCKET/
+Decisions are published to projects/$PROJECT/topics/$DECISIONS_TOPIC (attributes model, kind)
 EOF

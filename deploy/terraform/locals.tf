@@ -16,6 +16,7 @@ locals {
 
   pipeline_bucket     = coalesce(var.pipeline_bucket, "${var.project_id}-retrain-pipelines")
   template_bucket     = coalesce(var.template_bucket, "${var.project_id}-retrain-templates")
+  evaluation_bucket   = coalesce(var.evaluation_bucket, "${var.project_id}-retrain-evaluations")
   pipeline_sa_email   = "${var.pipeline_service_account_id}@${var.project_id}.iam.gserviceaccount.com"
   models_off_pipeline = [for name, m in local.policy_models : name if try(m.pipeline.service_account, null) != local.pipeline_sa_email]
 
@@ -32,6 +33,8 @@ locals {
     RETRAIN_TRUST_IAM    = "false"
     # each Vertex call is bounded well inside the function's timeout; a redelivery retries
     RETRAIN_VERTEX_TIMEOUT = "30s"
+    # every told decision is published here (triggers/outbox.py), from whichever function
+    RETRAIN_DECISIONS_TOPIC = "projects/${var.project_id}/topics/${var.decisions_topic}"
   }
   # manual-trigger: Cloud Run IAM authenticates every caller (no allUsers binding), so trust it.
   # The function verifies the caller's Google ID token again (audience: its own URLs; main.tf

@@ -1,4 +1,4 @@
-# retrain-trigger on Google Cloud: Pub/Sub topics, three gen2 Cloud Functions, Firestore state,
+# retrain-trigger on Google Cloud: Pub/Sub topics, four gen2 Cloud Functions, Firestore state,
 # least-privilege service accounts. deploy/gcloud/deploy.sh does the same with plain gcloud.
 
 locals {
@@ -10,6 +10,12 @@ locals {
 
 data "google_project" "this" {
   project_id = var.project_id
+}
+
+# Cloud Storage's service agent publishes the bucket's notifications for Eventarc.
+data "google_storage_project_service_account" "storage_agent" {
+  project    = var.project_id
+  depends_on = [google_project_service.apis]
 }
 
 # ---------------------------------------------------------------------------------------- APIs
@@ -98,8 +104,22 @@ resource "google_service_account_iam_member" "runtime_acts_as_pipeline" {
   member             = google_service_account.runtime.member
 }
 
-# No Pub/Sub role: the functions receive pushes (Eventarc's identity invokes them) and publish
-# nothing; only the pipeline's last step publishes outcomes (pipelines/components.py).
+# publisher on the decisions topic only: the outbox drains told decisions there
+# (triggers/outbox.py). The functions receive their events as pushes and publish nothing else.
+resource "google_pubsub_topic_iam_member" "runtime_publishes_decisions" {
+  project = var.project_id
+  topic   = google_pubsub_topic.decisions.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.runtime.member
+}
+
+# objectViewer on the evaluations bucket only: on_evaluation_file reads each finalized object
+# (objects.get: triggers/evaluation_files.py); it writes nothing there.
+resource "google_storage_bucket_iam_member" "runtime_reads_evaluations" {
+  bucket = google_storage_bucket.evaluations.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.runtime.member
+}
 
 # Pipeline templates given as gs:// URLs are read by the function itself (objects.get:
 # pipeline_client/launching/templates.py) from the templates bucket, which the pipeline account cannot write.
@@ -150,6 +170,22 @@ resource "google_service_account_iam_member" "pubsub_mints_trigger_tokens" {
   depends_on         = [google_project_service.apis] # the agent exists once Pub/Sub is enabled
 }
 
+# Eventarc delivers Cloud Storage events to a trigger whose identity may receive them
+# (eventReceiver: eventarc.events.receiveEvent; Google grants it no narrower than the project).
+resource "google_project_iam_member" "trigger_receives_events" {
+  project = var.project_id
+  role    = "roles/eventarc.eventReceiver"
+  member  = google_service_account.trigger.member
+}
+
+# Eventarc storage triggers: the Cloud Storage service agent publishes the bucket's object
+# notifications to Eventarc's Pub/Sub transport (Google documents the project-level grant).
+resource "google_project_iam_member" "storage_agent_publishes_events" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:${data.google_storage_project_service_account.storage_agent.email_address}"
+}
+
 # ---------------------------------------------------------------------------- Pub/Sub topics
 
 resource "google_pubsub_topic" "metrics" {
@@ -179,6 +215,14 @@ resource "google_pubsub_subscription" "dead_letter" {
   }
 }
 
+# Every told decision (fired, suppressed, launched, promoted, ...), attributes model and kind.
+resource "google_pubsub_topic" "decisions" {
+  project    = var.project_id
+  name       = var.decisions_topic
+  labels     = var.labels
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_pubsub_topic" "outcomes" {
   project    = var.project_id
   name       = var.outcome_topic
@@ -206,6 +250,26 @@ resource "google_pubsub_subscription" "outcome_dead_letter" {
   }
 }
 
+# Storage notifications that on-evaluation-file failed max_delivery_attempts times: held a week.
+resource "google_pubsub_topic" "evaluation_dead_letter" {
+  project    = var.project_id
+  name       = var.evaluation_dead_letter_topic
+  labels     = var.labels
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_subscription" "evaluation_dead_letter" {
+  project                    = var.project_id
+  name                       = "${var.evaluation_dead_letter_topic}-hold"
+  topic                      = google_pubsub_topic.evaluation_dead_letter.id
+  message_retention_duration = "604800s"
+  ack_deadline_seconds       = 60
+  labels                     = var.labels
+  expiration_policy {
+    ttl = ""
+  }
+}
+
 # The Pub/Sub service agent forwards undeliverable messages to the dead-letter topic. It also
 # needs pubsub.subscriber on the source subscription: granted by dead_letter.sh, since that
 # subscription belongs to Eventarc.
@@ -225,6 +289,14 @@ resource "google_pubsub_topic_iam_member" "pubsub_agent_outcome_dead_letter_publ
   depends_on = [google_project_service.apis]
 }
 
+resource "google_pubsub_topic_iam_member" "pubsub_agent_evaluation_dead_letter_publisher" {
+  project    = var.project_id
+  topic      = google_pubsub_topic.evaluation_dead_letter.name
+  role       = "roles/pubsub.publisher"
+  member     = "serviceAccount:${local.pubsub_agent}"
+  depends_on = [google_project_service.apis]
+}
+
 # On a fresh project the service agents' roles (granted by Google when an API is enabled, and the
 # bindings above) take a while to propagate; an Eventarc trigger created before that fails with
 # "Permission denied while using the Eventarc Service Agent". Wait once, before the functions.
@@ -235,6 +307,9 @@ resource "time_sleep" "service_agents" {
     google_service_account_iam_member.pubsub_mints_trigger_tokens,
     google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher,
     google_pubsub_topic_iam_member.pubsub_agent_outcome_dead_letter_publisher,
+    google_pubsub_topic_iam_member.pubsub_agent_evaluation_dead_letter_publisher,
+    google_project_iam_member.storage_agent_publishes_events,
+    google_project_iam_member.trigger_receives_events,
   ]
 }
 
@@ -350,6 +425,18 @@ resource "google_storage_bucket" "templates" {
   depends_on                  = [google_project_service.apis]
 }
 
+# Evaluation files (JSON Lines or CSV of metric events): each finalized object triggers
+# on-evaluation-file, which the runtime account reads; in the region, as the trigger must be.
+resource "google_storage_bucket" "evaluations" {
+  project                     = var.project_id
+  name                        = local.evaluation_bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  labels                      = var.labels
+  depends_on                  = [google_project_service.apis]
+}
+
 # ------------------------------------------------------------------------------- Source zip
 
 data "archive_file" "source" {
@@ -384,8 +471,9 @@ resource "google_storage_bucket_object" "source" {
 
 # ---------------------------------------------------------------------------------- Functions
 
-# The three entry points of main.py: one source, one runtime identity, one environment
-# (manual-trigger adds RETRAIN_TRUST_IAM=true); the two event-driven ones behind Eventarc.
+# The four entry points of main.py: one source, one runtime identity, one environment
+# (manual-trigger adds RETRAIN_TRUST_IAM=true); the three event-driven ones behind Eventarc:
+# a topic's messages, or (bucket) the evaluations bucket's finalized objects.
 locals {
   functions = {
     metric_event = {
@@ -393,6 +481,7 @@ locals {
       entry_point = "on_metric_event"
       description = "retrain-trigger: metric events from Pub/Sub -> policies -> guarded Vertex launch"
       topic       = google_pubsub_topic.metrics.id
+      bucket      = null
       ingress     = "ALLOW_INTERNAL_ONLY"
       env         = local.function_env
     }
@@ -401,6 +490,16 @@ locals {
       entry_point = "on_run_outcome"
       description = "retrain-trigger: pipeline run outcomes -> re-arm policies, new champion"
       topic       = google_pubsub_topic.outcomes.id
+      bucket      = null
+      ingress     = "ALLOW_INTERNAL_ONLY"
+      env         = local.function_env
+    }
+    evaluation_file = {
+      name        = "on-evaluation-file"
+      entry_point = "on_evaluation_file"
+      description = "retrain-trigger: evaluation files in Cloud Storage -> one metric event a line"
+      topic       = null
+      bucket      = google_storage_bucket.evaluations.name
       ingress     = "ALLOW_INTERNAL_ONLY"
       env         = local.function_env
     }
@@ -411,6 +510,7 @@ locals {
       entry_point = "manual_trigger"
       description = "retrain-trigger: manual retrain, events over HTTPS, decisions and model state"
       topic       = null
+      bucket      = null
       ingress     = "ALLOW_ALL"
       env         = local.manual_function_env
     }
@@ -451,13 +551,21 @@ resource "google_cloudfunctions2_function" "fn" {
 
   # 5xx (transient: store or launcher unavailable) -> Pub/Sub redelivers; same run id again.
   dynamic "event_trigger" {
-    for_each = each.value.topic == null ? [] : [each.value.topic]
+    for_each = each.value.topic == null && each.value.bucket == null ? [] : [each.value]
     content {
       trigger_region        = var.region
-      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-      pubsub_topic          = event_trigger.value
+      event_type            = event_trigger.value.topic != null ? "google.cloud.pubsub.topic.v1.messagePublished" : "google.cloud.storage.object.v1.finalized"
+      pubsub_topic          = event_trigger.value.topic
       retry_policy          = "RETRY_POLICY_RETRY"
       service_account_email = google_service_account.trigger.email
+
+      dynamic "event_filters" {
+        for_each = event_trigger.value.bucket == null ? [] : [event_trigger.value.bucket]
+        content {
+          attribute = "bucket"
+          value     = event_filters.value
+        }
+      }
     }
   }
 
@@ -469,13 +577,15 @@ resource "google_cloudfunctions2_function" "fn" {
     google_project_iam_member.runtime_datastore,
     google_project_iam_member.runtime_logging,
     google_service_account_iam_member.runtime_acts_as_pipeline,
+    google_pubsub_topic_iam_member.runtime_publishes_decisions,
+    google_storage_bucket_iam_member.runtime_reads_evaluations,
     google_firestore_database.state,
   ]
 }
 
 # Invokers, granted on each function's Cloud Run service (never project-wide).
 resource "google_cloud_run_v2_service_iam_member" "events_invoke" {
-  for_each = toset(["metric_event", "run_outcome"])
+  for_each = toset(["metric_event", "run_outcome", "evaluation_file"])
   project  = var.project_id
   location = var.region
   name     = google_cloudfunctions2_function.fn[each.value].name
@@ -493,7 +603,8 @@ resource "google_cloud_run_v2_service_iam_member" "manual_invokers" {
 }
 
 # ----------------------------------------------------------- Dead letter on the triggers' subscriptions
-# Eventarc creates (and owns) the push subscription behind each event-driven function's trigger;
+# Eventarc creates (and owns) the push subscription behind each event-driven function's trigger
+# (a storage trigger's too, on a topic of Eventarc's own);
 # the google provider exposes neither its name nor its dead-letter policy, so Terraform cannot
 # manage it. dead_letter.sh (shared with deploy.sh) looks it up through the trigger and sets the
 # policy, and grants the Pub/Sub service agent subscriber on it.
@@ -548,5 +659,32 @@ resource "terraform_data" "outcome_dead_letter" {
   depends_on = [
     google_pubsub_topic_iam_member.pubsub_agent_outcome_dead_letter_publisher,
     google_pubsub_subscription.outcome_dead_letter,
+  ]
+}
+
+resource "terraform_data" "evaluation_dead_letter" {
+  count = var.configure_trigger_dead_letter ? 1 : 0
+
+  triggers_replace = [
+    google_cloudfunctions2_function.fn["evaluation_file"].event_trigger[0].trigger,
+    google_pubsub_topic.evaluation_dead_letter.id,
+    var.max_delivery_attempts,
+  ]
+
+  provisioner "local-exec" {
+    command = "bash '${abspath(path.module)}/../gcloud/dead_letter.sh'"
+    environment = {
+      PROJECT               = var.project_id
+      REGION                = var.region
+      TRIGGER               = google_cloudfunctions2_function.fn["evaluation_file"].event_trigger[0].trigger
+      DEAD_LETTER_TOPIC     = google_pubsub_topic.evaluation_dead_letter.id
+      MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+      PUBSUB_AGENT          = local.pubsub_agent
+    }
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.pubsub_agent_evaluation_dead_letter_publisher,
+    google_pubsub_subscription.evaluation_dead_letter,
   ]
 }

@@ -13,6 +13,21 @@ output "outcome_topic" {
   value       = google_pubsub_topic.outcomes.id
 }
 
+output "evaluation_prefix" {
+  description = "Upload evaluation files here (python -m triggers publish FILE --bucket ...): each object's lines are metric events."
+  value       = "gs://${google_storage_bucket.evaluations.name}/"
+}
+
+output "decisions_topic" {
+  description = "Every told decision is published here (attributes model, kind): subscribe with a filter."
+  value       = google_pubsub_topic.decisions.id
+}
+
+output "evaluation_dead_letter_subscription" {
+  description = "Evaluation-file notifications that failed max_delivery_attempts times wait here (7 days)."
+  value       = google_pubsub_subscription.evaluation_dead_letter.id
+}
+
 output "dead_letter_subscription" {
   description = "Metric events that failed max_delivery_attempts times wait here (7 days)."
   value       = google_pubsub_subscription.dead_letter.id

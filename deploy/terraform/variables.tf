@@ -75,6 +75,18 @@ variable "outcome_dead_letter_topic" {
   default     = "retrain-outcomes-dead-letter"
 }
 
+variable "decisions_topic" {
+  description = "Topic every told decision is published to (RETRAIN_DECISIONS_TOPIC), as the JSON GET /decisions returns, with attributes model and kind for subscription filters."
+  type        = string
+  default     = "retrain-decisions"
+}
+
+variable "evaluation_dead_letter_topic" {
+  description = "Where evaluation-file notifications go after max_delivery_attempts failed deliveries to on-evaluation-file."
+  type        = string
+  default     = "retrain-evaluations-dead-letter"
+}
+
 variable "max_delivery_attempts" {
   description = "Deliveries of one metric event before it is dead-lettered (5..100)."
   type        = number
@@ -86,7 +98,7 @@ variable "max_delivery_attempts" {
 }
 
 variable "configure_trigger_dead_letter" {
-  description = "Attach the dead-letter topics to the subscriptions Eventarc creates for on-metric-event and on-run-outcome. The google provider cannot manage that subscription, so this runs deploy/gcloud/dead_letter.sh (needs gcloud, logged in, where terraform runs)."
+  description = "Attach the dead-letter topics to the subscriptions Eventarc creates for on-metric-event, on-run-outcome and on-evaluation-file. The google provider cannot manage that subscription, so this runs deploy/gcloud/dead_letter.sh (needs gcloud, logged in, where terraform runs)."
   type        = bool
   default     = true
 }
@@ -104,7 +116,7 @@ variable "pipeline_service_account_id" {
 }
 
 variable "trigger_service_account_id" {
-  description = "Account id of the identity Eventarc uses to invoke on-metric-event and on-run-outcome."
+  description = "Account id of the identity Eventarc uses to invoke on-metric-event, on-run-outcome and on-evaluation-file."
   type        = string
   default     = "retrain-events"
 }
@@ -125,6 +137,12 @@ variable "template_bucket" {
   description = "Bucket for the compiled pipeline templates the functions launch (templates/): the runtime account reads it, the pipeline account has no role on it (a run cannot rewrite what later runs execute); created here. Globally unique."
   type        = string
   default     = null # null: <project_id>-retrain-templates
+}
+
+variable "evaluation_bucket" {
+  description = "Bucket of evaluation files (JSON Lines or CSV of metric events): each finalized object triggers on-evaluation-file; the runtime account reads it. Created here, in var.region. Globally unique."
+  type        = string
+  default     = null # null: <project_id>-retrain-evaluations
 }
 
 variable "template_buckets" {

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 from triggers import ids
 from triggers.errors import InvalidEventError
+from triggers.event_files import JSONL_SUFFIXES, read_events_text
 from triggers.events import Delivery
 from triggers.logs import log_event
 from triggers.service import EventResult, RetrainService
-from triggers.tools.publish import JSONL_SUFFIXES, _read_text
 
 logger = logging.getLogger("retrain.files")
 
@@ -105,7 +105,8 @@ def handle_object_event(service: RetrainService, data: Any,
     result = FileResult(file)
     bad: list[tuple[int, str]] = []
     try:
-        events = list(_read_text(text, file, fmt, lambda line, reason: bad.append((line, reason))))
+        events = list(read_events_text(text, file, fmt,
+                                       lambda line, reason: bad.append((line, reason))))
     except ValueError as exc:  # a CSV header no row can be read with
         return FileResult(file, refused=service.reject(whole, InvalidEventError("data", str(exc))))
     for line, reason in bad:

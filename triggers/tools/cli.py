@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     target = publish.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running `serve`, e.g. http://127.0.0.1:8080")
     target.add_argument("--topic", help="a Pub/Sub topic, projects/P/topics/T")
+    target.add_argument("--bucket", metavar="gs://BUCKET/PREFIX",
+                        help="upload FILE (validated, at most 10 MiB) for on_evaluation_file")
     publish.add_argument("--token", default=os.environ.get("RETRAIN_MANUAL_TOKEN"))
 
     validate = commands.add_parser("validate", help="check a policy file")
@@ -257,8 +259,18 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from triggers.tools.publish import publish_to_topic, publish_to_url, read_events
+    from triggers.event_files import read_events
+    from triggers.tools.publish import publish_to_topic, publish_to_url, upload_to_bucket
 
+    if args.bucket:
+        try:
+            upload = upload_to_bucket(args.file, args.bucket)
+        except (OSError, ValueError) as exc:
+            print(f"publish: {exc}", file=sys.stderr)
+            return 1
+        print(f"uploaded {upload.url} (generation {upload.generation}, {upload.size} bytes, "
+              f"{upload.events} events)")
+        return 0
     events = list(read_events(args.file))
     progress = _Progress(len(events), "publishing")
     if args.url:

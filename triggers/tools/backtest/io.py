@@ -57,7 +57,7 @@ class History:
 def read_history(path: str | Path, config: ServiceConfig, model: str | None = None) -> History:
     """Every well-formed event of a JSONL or CSV history (the formats `publish` reads) of the
     configured models (or of `model` only); malformed lines are listed in `errors`."""
-    from triggers.tools.publish import read_events
+    from triggers.event_files import read_events
 
     errors: list[RowError] = []
     events: list[tuple[int, MetricEvent]] = []

@@ -44,6 +44,7 @@ class DoctorSettings:
     outcome_topic: str = "retrain-outcomes"
     outcome_dead_letter: str = "retrain-outcomes-dead-letter"
     decisions_topic: str | None = None
+    evaluation_bucket: str | None = None  # None: <project>-retrain-evaluations, as deploy/
     vertex_endpoint: str | None = None
     indexes_file: Path = INDEXES_FILE
     smoke: bool = False
@@ -284,6 +285,10 @@ def check_permissions(ctx: Context) -> None:
         for topic in sorted(outcome_topics):
             _permissions(ctx, which, "outcome_topic", f"topic {topic.rsplit('/', 1)[-1]}",
                          account, topic)
+        if which == "runtime":
+            bucket = s.evaluation_bucket or f"{s.project}-retrain-evaluations"
+            _permissions(ctx, which, "evaluation_bucket", f"evaluation files gs://{bucket}",
+                         account, bucket)
         if s.decisions_topic:
             topic = s.topic_path(s.decisions_topic)
             _permissions(ctx, which, "decisions_topic", f"topic {topic.rsplit('/', 1)[-1]}",
@@ -306,7 +311,7 @@ def _permissions(ctx: Context, which: Account, resource: Resource, label: str, a
             answer = ctx.apis.call("POST", "iam", f"/v1/projects/{ctx.p}/serviceAccounts/"
                                    f"{target}:testIamPermissions",
                                    body={"permissions": asked}, as_account=account)
-        elif resource in ("template_bucket", "root_bucket"):
+        elif resource in ("template_bucket", "root_bucket", "evaluation_bucket"):
             answer = ctx.apis.call("GET", "storage", f"/storage/v1/b/{quote(target, safe='')}"
                                    "/iam/testPermissions", params={"permissions": asked},
                                    as_account=account)
@@ -319,7 +324,8 @@ def _permissions(ctx: Context, which: Account, resource: Resource, label: str, a
             answer = ctx.apis.call("POST", "pubsub_iam", f"/v1/{target}:testIamPermissions",
                                    body={"permissions": asked}, as_account=account)
     except GoogleApiError as exc:
-        if exc.status == 404 and resource in ("template_bucket", "root_bucket"):
+        if exc.status == 404 and resource in ("template_bucket", "root_bucket",
+                                              "evaluation_bucket"):
             ctx.report.fail("permissions", check, f"bucket gs://{target} does not exist",
                             f"gcloud storage buckets create gs://{target} "
                             f"--location={ctx.settings.location} "
@@ -347,7 +353,7 @@ def _grant(ctx: Context, resource: Resource, account: str, role: str, target: st
     if resource == "service_account":
         return (f"gcloud iam service-accounts add-iam-policy-binding {target} {member} "
                 f"--project={ctx.p}")
-    if resource in ("template_bucket", "root_bucket"):
+    if resource in ("template_bucket", "root_bucket", "evaluation_bucket"):
         return f"gcloud storage buckets add-iam-policy-binding gs://{target} {member}"
     return (f"gcloud pubsub topics add-iam-policy-binding {target.rsplit('/', 1)[-1]} {member} "
             f"--project={ctx.p}")

@@ -10,9 +10,9 @@ Account = Literal["runtime", "pipeline"]
 # project: Resource Manager; service_account: the pipeline account (IAM); template_bucket:
 # each gs:// template's bucket; root_bucket: each pipeline_root's bucket; outcome_topic:
 # retrain-outcomes (or the models' outcome_topic parameter); decisions_topic:
-# RETRAIN_DECISIONS_TOPIC when set.
+# RETRAIN_DECISIONS_TOPIC when set; evaluation_bucket: the bucket on_evaluation_file reads.
 Resource = Literal["project", "service_account", "template_bucket", "root_bucket",
-                   "outcome_topic", "decisions_topic"]
+                   "outcome_topic", "decisions_topic", "evaluation_bucket"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ NEEDS: tuple[Need, ...] = (
          "outcome messages (pipeline_client/promotion/outcome.py)"),
     Need("runtime", "decisions_topic", "pubsub.topics.publish", "roles/pubsub.publisher",
          "decisions outbox (RETRAIN_DECISIONS_TOPIC)"),
+    Need("runtime", "evaluation_bucket", "storage.objects.get", "roles/storage.objectViewer",
+         "on_evaluation_file reads each finalized object (triggers/cloud/evaluation_files.py)"),
     # pipeline: pipelines/components.py through pipeline_client/promotion/registries.py
     # and outcome.py
     Need("pipeline", "project", "aiplatform.models.upload", "roles/aiplatform.user",
