@@ -120,10 +120,18 @@ def model_page(page: ModelPage) -> str:
         f"{escape(r.policy)}</td><td>{escape(r.state)}</td><td>{_when(r.created_at)}</td>"
         f"<td>{_when(r.ended_at)}</td><td>{escape(_gate(r.outcome))}</td></tr>"
         for r in page.runs if r.run_id in in_period or r.in_flight)
-    decisions = "".join(
-        f"<tr><td>{_when(m.time)}</td><td><span class=\"kind-{escape(m.decision.kind)}\">"
-        f"{escape(m.decision.kind)}</span></td><td>{escape(m.decision.policy or '')}</td>"
-        f"<td>{escape(m.decision.reason)}</td></tr>" for m in reversed(page.marks))
+    def rows(marks: list[Mark]) -> str:
+        return "".join(
+            f"<tr><td>{_when(m.time)}</td><td><span class=\"kind-{escape(m.decision.kind)}\">"
+            f"{escape(m.decision.kind)}</span></td><td>{escape(m.decision.policy or '')}</td>"
+            f"<td>{escape(m.decision.reason)}</td></tr>" for m in reversed(marks))
+
+    head = "<tr><th>event time</th><th>kind</th><th>policy</th><th>reason</th></tr>"
+    held = [m for m in page.marks if m.decision.kind == "suppressed"]
+    decisions = (f"<table class=\"decisions\">{head}"
+                 f"{rows([m for m in page.marks if m.decision.kind != 'suppressed'])}</table>"
+                 f"<details><summary>{len(held)} suppressed (held back by a guard)</summary>"
+                 f"<table class=\"decisions\">{head}{rows(held)}</table></details>")
     period = page.period
     body = (
         f"<p>champion <b>v{escape(page.champion_version or '?')}</b> since "
@@ -139,8 +147,7 @@ def model_page(page: ModelPage) -> str:
         f"<th>fires next on</th></tr>{policies}</table>"
         "<h2>Runs</h2><table class=\"runs\"><tr><th>run</th><th>policy</th><th>outcome</th>"
         f"<th>started</th><th>ended</th><th>gate</th></tr>{runs}</table>"
-        "<h2>Decisions in the period</h2><table class=\"decisions\"><tr><th>event time</th>"
-        f"<th>kind</th><th>policy</th><th>reason</th></tr>{decisions}</table>")
+        f"<h2>Decisions in the period</h2>{decisions}")
     return _page(f"retrain-trigger: {page.model}", body)
 
 

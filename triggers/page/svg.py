@@ -145,8 +145,9 @@ def metric_chart(slice_: str, metric: str, points: Sequence[StoredPoint],
         out.append(f'<g class="guide" data-policy="{escape(g.policy)}" data-role="{g.role}">'
                    f'<line x1="{scale.x(max(g.t0, period.start))}" y1="{scale.y(g.v0)}" '
                    f'x2="{x1}" y2="{y1}" stroke="{colour}"{dash}/>'
-                   f'<text x="{WIDTH - RIGHT + 4}" y="{y1 + 4}" class="guide-label" '
-                   f'fill="{colour}">{escape(g.label[:28])}</text>'
+                   + (f'<text x="{WIDTH - RIGHT + 4}" y="{y1 + 4}" class="guide-label" '
+                      f'fill="{colour}">{escape(g.label[:26])}</text>' if g.role != "limit"
+                      else "") +
                    f'<title>{escape(g.label)}</title></g>')
     times = [p.window_end for p in points]
     for m in marks:
