@@ -80,3 +80,40 @@ def test_the_demo_never_empties_a_folder_it_did_not_make(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "is not empty and not a demo work directory" in result.stdout
     assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_the_demo_keeps_serving_the_page_until_interrupted(tmp_path: Path) -> None:
+    import http.cookiejar
+    import re
+    import signal
+    import urllib.request
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "triggers", "demo", "--workdir", "demo", "--days", "2",
+         "--examples", "500", "--keep-serving"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("the page: "):
+                break
+        found = re.search(r"the page: (http://\S+)", "".join(lines))
+        assert found, "".join(lines)
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(
+            http.cookiejar.CookieJar()))
+        with browser.open(found.group(1), timeout=30) as answer:  # logs in, then the list
+            page = answer.read().decode()
+            assert answer.headers["Content-Type"].startswith("text/html")
+        assert f'data-model="{MODEL}"' in page and "?token=" not in answer.url
+        request = urllib.request.Request(answer.url.rstrip("/") + f"/models/{MODEL}",
+                                         headers={"Accept": "text/html"})
+        with browser.open(request, timeout=30) as answer:
+            assert 'data-metric="accuracy"' in answer.read().decode()
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

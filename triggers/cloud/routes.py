@@ -26,7 +26,13 @@ from triggers.service import RetrainService
 logger = logging.getLogger("retrain.http")
 
 MAX_BODY_BYTES = MAX_EVENT_BYTES
-Response = tuple[dict[str, Any], int, dict[str, str]]
+
+
+class Html(str):
+    """An answer's body that is a page (triggers.page), not JSON."""
+
+
+Response = tuple[dict[str, Any] | Html, int, dict[str, str]]
 
 
 class Request(Protocol):
@@ -98,6 +104,11 @@ def _route(request: Request, service: RetrainService, env: Environment,
     path = "/" + request.path.strip("/")
     if path == "/healthz":
         return {"status": "ok"}, 200, {}
+    from triggers.page.routes import answer_page, is_page
+
+    if is_page(request, path):  # the page: HTML for a browser (same authentication)
+        text, status, headers = answer_page(request, path, service, env, verifier)
+        return Html(text), status, headers
     caller = check_auth(request, env, verifier)
     if path == "/events":
         _method(request, "POST")
@@ -214,10 +225,14 @@ def _limit(text: str | None) -> int:
     return value
 
 
-def json_response(body: dict[str, Any], status: int, headers: dict[str, str]) -> Any:
+def json_response(body: dict[str, Any] | Html, status: int, headers: dict[str, str]) -> Any:
     """A Flask response for `handle`'s answer."""
     import flask
 
+    if isinstance(body, Html):
+        page = flask.Response(body.encode("utf-8"), status=status, mimetype="text/html")
+        page.headers.update(headers)
+        return page
     try:
         text = json.dumps(body, default=str, ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN or infinity (a pipeline's report, say): not JSON, so null

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--examples", type=int, default=2000,
                       help="labelled examples per day (default 2000)")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="at the end, print the page's URL and keep serving it until Ctrl-C")
 
     rollback = commands.add_parser(
         "rollback", help="move the model registry's `champion` back to `previous` (or --to "
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from triggers.tools.demo import DemoSettings, run_demo
 
-        return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed))
+        return run_demo(Path(args.workdir), DemoSettings(args.days, args.examples, args.seed,
+                                                             args.keep_serving))
     if args.command == "rollback":
         return _rollback(args)
     if args.command == "matrix":

@@ -88,6 +88,8 @@ class DemoSettings:
     days: int = 48
     examples_per_day: int = 2000
     seed: int = 7
+    keep_serving: bool = False
+    """After the timeline, print the page's URL and serve it until interrupted."""
 
 
 class Demo:
@@ -144,6 +146,8 @@ class Demo:
                 if not self._simulate_day(day, server):
                     return 1
             self._finish(time.monotonic() - started)
+            if self.settings.keep_serving:
+                self._keep_serving(server)
             return 0
         finally:
             stop_server(server)
@@ -261,6 +265,16 @@ class Demo:
         plot = plot_timeline(self.timeline, FLOOR, self.workdir / "demo.png")
         self.say(f"  plot {plot}; timeline {self.workdir / 'timeline.json'}; audit trail: "
                  f"python -m triggers decisions --state sqlite:///{self.workdir / 'state.db'}")
+
+    def _keep_serving(self, server: subprocess.Popen[bytes]) -> None:
+        """The page's URL (it logs the browser in with the token once), served until Ctrl-C."""
+        self.say(f"\nthe page: {self.base}/?token={self.token}  (model: {self.base}/models/"
+                 f"{MODEL}); serving until interrupted (Ctrl-C)")
+        try:
+            while server.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.say("stopped")
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")

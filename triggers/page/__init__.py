@@ -1,0 +1,4 @@
+"""The page: models, history, thresholds, decisions, runs and promotions in a browser.
+
+`data` gathers a bounded period from the service, `svg` draws it server-side, `html` writes it.
+"""
