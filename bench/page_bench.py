@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_client.launcher import FakeLauncher  # noqa: E402
+from pipeline_client.launching.protocol import FakeLauncher  # noqa: E402
 from tests.conftest import T0, policy_config  # noqa: E402
-from triggers.page import html  # noqa: E402
-from triggers.page.data import gather_model  # noqa: E402
+from triggers.cloud.page import html  # noqa: E402
+from triggers.cloud.page.data import gather_model  # noqa: E402
 from triggers.service import RetrainService  # noqa: E402
-from triggers.sqlite_store import SQLiteStore  # noqa: E402
-from triggers.store import Decision, StoredPoint  # noqa: E402
+from triggers.state.protocol import Decision, StoredPoint  # noqa: E402
+from triggers.state.sqlite import SQLiteStore  # noqa: E402
 
 HOURS = 365 * 24
 POLICIES = """

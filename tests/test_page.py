@@ -10,11 +10,11 @@ import pytest
 from thresholds.base import Point
 from thresholds.registry import build_policy
 from thresholds.spec import PolicySpec
+from triggers.cloud.page.data import MAX_WINDOW, choose_period
+from triggers.cloud.page.next_fire import baseline_fire_level, breach_points_needed, outlook
+from triggers.cloud.page.svg import downsample
 from triggers.errors import RequestError
-from triggers.page.data import MAX_WINDOW, choose_period
-from triggers.page.next_fire import baseline_fire_level, breach_points_needed, outlook
-from triggers.page.svg import downsample
-from triggers.store import StoredPoint
+from triggers.state.protocol import StoredPoint
 
 DAY = 86400.0
 

@@ -29,7 +29,7 @@ MAX_BODY_BYTES = MAX_EVENT_BYTES
 
 
 class Html(str):
-    """An answer's body that is a page (triggers.page), not JSON."""
+    """An answer's body that is a page (triggers.cloud.page), not JSON."""
 
 
 Response = tuple[dict[str, Any] | Html, int, dict[str, str]]
@@ -104,7 +104,7 @@ def _route(request: Request, service: RetrainService, env: Environment,
     path = "/" + request.path.strip("/")
     if path == "/healthz":
         return {"status": "ok"}, 200, {}
-    from triggers.page.routes import answer_page, is_page
+    from triggers.cloud.page.routes import answer_page, is_page
 
     if is_page(request, path):  # the page: HTML for a browser (same authentication)
         text, status, headers = answer_page(request, path, service, env, verifier)

@@ -11,8 +11,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from triggers.page.data import Mark, ModelPage, ModelSummary
-from triggers.page.svg import metric_chart, timeline_chart, version_colours
+from triggers.cloud.page.data import Mark, ModelPage, ModelSummary
+from triggers.cloud.page.svg import metric_chart, timeline_chart, version_colours
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;

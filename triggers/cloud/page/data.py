@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from thresholds.spec import INCIDENT_METRIC
+from triggers.cloud.page.next_fire import Outlook, outlook
 from triggers.config import ModelConfig
 from triggers.errors import RequestError
-from triggers.page.next_fire import Outlook, outlook
 from triggers.service import RetrainService
-from triggers.store import Decision, RunRecord, StoredPoint
+from triggers.state.protocol import Decision, RunRecord, StoredPoint
 
 MAX_WINDOW = timedelta(days=400)
 """The longest period one page shows (a year of hourly points fits)."""
@@ -109,7 +109,7 @@ def choose_period(start: str | None, end: str | None, latest: float | None) -> P
 
 def guard_summary(model: ModelConfig, runs: Sequence[RunRecord], now: float) -> dict[str, str]:
     """Cooldown and budget left now, as words."""
-    from triggers.guards import format_seconds
+    from triggers.state.guards import format_seconds
 
     guards = model.guards
     started = sorted((r.created_at for r in runs), reverse=True)

@@ -8,8 +8,8 @@ import hmac
 from typing import Any
 from urllib.parse import quote
 
-from triggers.auth import IdTokenVerifier
-from triggers.config import Environment
+from triggers.cloud.auth import IdTokenVerifier
+from triggers.cloud.environment import Environment
 from triggers.errors import RequestError
 from triggers.service import RetrainService
 
@@ -45,7 +45,7 @@ def cookie_value(token: str) -> str:
 
 def page_caller(request: Any, env: Environment, verifier: IdTokenVerifier | None) -> str:
     """The manual trigger's authentication, or (with RETRAIN_MANUAL_TOKEN) the page cookie."""
-    from triggers.http_api import check_auth
+    from triggers.cloud.routes import check_auth
 
     cookie = (request.cookies.get(COOKIE) if hasattr(request, "cookies") else None) or ""
     if env.manual_token and cookie and hmac.compare_digest(
@@ -73,8 +73,8 @@ def answer_page(request: Any, path: str, service: RetrainService, env: Environme
                          "Set-Cookie": f"{COOKIE}={cookie_value(env.manual_token)}; "
                                        "HttpOnly; SameSite=Strict; Path=/"}
     page_caller(request, env, verifier)
-    from triggers.page import html
-    from triggers.page.data import gather_model, gather_models
+    from triggers.cloud.page import html
+    from triggers.cloud.page.data import gather_model, gather_models
 
     if path == "/":
         return html.models_page(gather_models(service)), 200, dict(SECURITY_HEADERS)

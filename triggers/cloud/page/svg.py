@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from html import escape
 from itertools import groupby
 
-from triggers.page.data import Mark, Period
-from triggers.page.next_fire import Guide
-from triggers.store import RunRecord, StoredPoint, iso
+from triggers.cloud.page.data import Mark, Period
+from triggers.cloud.page.next_fire import Guide
+from triggers.state.protocol import RunRecord, StoredPoint, iso
 
 WIDTH, HEIGHT = 960, 250
 LEFT, RIGHT, TOP, BOTTOM = 60, 150, 12, 26
