@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from pipeline_client.outcome import publish_outcome
+from pipeline_client.promotion.outcome import publish_outcome
 from tests.conftest import vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.browser import CHROMIUM, chromium
 from tests.support.serve import serve_process
-from triggers.quickstart import call
+from triggers.tools.quickstart import call
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
