@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-pipeline.txt requirements-dev.
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m triggers demo
+	$(PY) -m triggers demo $(ARGS)
 
 quickstart: install
 	$(PY) -m triggers quickstart
