@@ -15,7 +15,10 @@ from triggers.cloud.page.next_fire import Guide
 from triggers.state.protocol import RunRecord, StoredPoint, iso
 
 WIDTH, HEIGHT = 960, 250
-LEFT, RIGHT, TOP, BOTTOM = 60, 150, 12, 26
+LEFT, RIGHT, TOP, BOTTOM = 60, 200, 12, 26
+LABEL_CHARS = 30
+"""A guide's label beside the chart is cut to this (the whole label is in its hover title)."""
+LABEL_GAP = 12
 MAX_DRAWN = 1500
 """Points drawn per series at most (min and max of buckets beyond that); marks are all drawn."""
 DOTS_UP_TO = 300
@@ -136,6 +139,7 @@ def metric_chart(slice_: str, metric: str, points: Sequence[StoredPoint],
                        f'{" · v" + escape(p.model_version) if p.model_version else ""}'
                        f'{f" · {p.examples} examples" if p.examples is not None else ""}'
                        '</title></circle>')
+    label_ys: list[float] = []
     for g in guides:
         colour = GUIDE_COLOURS.get(g.role, "#555")
         dash = ' stroke-dasharray="6 4"' if g.role in ("threshold", "limit") else ""
@@ -145,9 +149,9 @@ def metric_chart(slice_: str, metric: str, points: Sequence[StoredPoint],
         out.append(f'<g class="guide" data-policy="{escape(g.policy)}" data-role="{g.role}">'
                    f'<line x1="{scale.x(max(g.t0, period.start))}" y1="{scale.y(g.v0)}" '
                    f'x2="{x1}" y2="{y1}" stroke="{colour}"{dash}/>'
-                   + (f'<text x="{WIDTH - RIGHT + 4}" y="{y1 + 4}" class="guide-label" '
-                      f'fill="{colour}">{escape(g.label[:26])}</text>' if g.role != "limit"
-                      else "") +
+                   + (f'<text x="{WIDTH - RIGHT + 4}" y="{_free_y(label_ys, y1) + 4}" '
+                      f'class="guide-label" fill="{colour}">{escape(_cut(g.label))}</text>'
+                      if g.role != "limit" else "") +
                    f'<title>{escape(g.label)}</title></g>')
     times = [p.window_end for p in points]
     for m in marks:
@@ -241,3 +245,15 @@ def timeline_chart(marks: Sequence[Mark], placed: Sequence[Mark], runs: Sequence
 
 
 __all__ = ["iso", "metric_chart", "timeline_chart", "version_colours"]
+
+
+def _cut(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"
+
+
+def _free_y(taken: list[float], y: float) -> float:
+    """`y`, moved down past the labels already placed so that no two overlap."""
+    while any(abs(y - other) < LABEL_GAP for other in taken):
+        y += LABEL_GAP
+    taken.append(y)
+    return y
