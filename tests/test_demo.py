@@ -103,6 +103,7 @@ def test_the_demo_keeps_serving_the_page_until_interrupted(tmp_path: Path) -> No
         assert found, "".join(lines)
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(
             http.cookiejar.CookieJar()))
+        browser.addheaders = [("Accept", "text/html")]  # as a browser asks, redirects included
         with browser.open(found.group(1), timeout=30) as answer:  # logs in, then the list
             page = answer.read().decode()
             assert answer.headers["Content-Type"].startswith("text/html")

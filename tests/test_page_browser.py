@@ -128,6 +128,10 @@ def test_the_model_page_in_chromium_marks_every_decision(served: str, tmp_path: 
     assert (status, kind) == (200, "application/json") and json.loads(text)["model"] == MODEL
     status, kind, text = get(f"{base}/models/{MODEL}", {**auth, "Accept": "text/html"})
     assert status == 200 and kind.startswith("text/html") and "<svg" in text
+    status, kind, text = get(f"{base}/", auth)  # the models list, as JSON for a client
+    assert (status, kind) == (200, "application/json")
+    listed = {m["model"]: m for m in json.loads(text)["models"]}
+    assert listed[MODEL]["last_decision"]["decision_id"] == decisions[0]["decision_id"]
     status, _, text = get(f"{base}/models/{MODEL}", {"Accept": "text/html"})
     assert status == 401 and "token" in json.loads(text)["error"]
     status, _, text = get(f"{base}/models/{MODEL}?from=2020-01-01", {**auth, "Accept": "text/html"})

@@ -33,7 +33,7 @@ locals {
     RETRAIN_TRUST_IAM    = "false"
     # each Vertex call is bounded well inside the function's timeout; a redelivery retries
     RETRAIN_VERTEX_TIMEOUT = "30s"
-    # every told decision is published here (triggers/outbox.py), from whichever function
+    # every told decision is published here (triggers/cloud/outbox.py), from whichever function
     RETRAIN_DECISIONS_TOPIC = "projects/${var.project_id}/topics/${var.decisions_topic}"
   }
   # manual-trigger: Cloud Run IAM authenticates every caller (no allUsers binding), so trust it.

@@ -105,7 +105,7 @@ resource "google_service_account_iam_member" "runtime_acts_as_pipeline" {
 }
 
 # publisher on the decisions topic only: the outbox drains told decisions there
-# (triggers/outbox.py). The functions receive their events as pushes and publish nothing else.
+# (triggers/cloud/outbox.py). The functions receive their events as pushes and publish nothing else.
 resource "google_pubsub_topic_iam_member" "runtime_publishes_decisions" {
   project = var.project_id
   topic   = google_pubsub_topic.decisions.name
@@ -114,7 +114,7 @@ resource "google_pubsub_topic_iam_member" "runtime_publishes_decisions" {
 }
 
 # objectViewer on the evaluations bucket only: on_evaluation_file reads each finalized object
-# (objects.get: triggers/evaluation_files.py); it writes nothing there.
+# (objects.get: triggers/cloud/evaluation_files.py); it writes nothing there.
 resource "google_storage_bucket_iam_member" "runtime_reads_evaluations" {
   bucket = google_storage_bucket.evaluations.name
   role   = "roles/storage.objectViewer"

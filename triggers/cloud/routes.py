@@ -134,6 +134,11 @@ def _route(request: Request, service: RetrainService, env: Environment,
         if status >= 400:
             answer = {"error": retrained.reason, "field": None, **answer}
         return answer, status, {}
+    if path == "/":  # the models list, as JSON (a browser gets the page above)
+        _method(request, "GET")
+        from triggers.cloud.page.data import gather_models
+
+        return {"models": [m.to_json() for m in gather_models(service)]}, 200, {}
     if path.startswith("/models/"):
         _method(request, "GET")
         return service.model_status(path[len("/models/") :]), 200, {}

@@ -354,7 +354,7 @@ def upload_to_bucket(path: str | Path, bucket_url: str, *, client: Any = None) -
     on_evaluation_file. Refuses a file over the size on_evaluation_file reads, and an object
     that already exists (a new generation would be read again). Honours STORAGE_EMULATOR_HOST.
     Raises ValueError naming what is wrong."""
-    from triggers.evaluation_files import MAX_OBJECT_BYTES
+    from triggers.cloud.evaluation_files import MAX_OBJECT_BYTES
 
     file = Path(path)
     if str(path) == "-":

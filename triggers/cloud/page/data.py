@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from thresholds.spec import INCIDENT_METRIC
 from triggers.cloud.page.next_fire import Outlook, outlook
@@ -74,6 +75,13 @@ class ModelSummary:
     run_in_flight: RunRecord | None
     guards: dict[str, str]
     last_decision: Decision | None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `GET /` answers a client that does not ask for HTML, per model."""
+        return {"model": self.model, "champion_version": self.champion_version,
+                "run_in_flight": self.run_in_flight.to_json() if self.run_in_flight else None,
+                "guards": dict(self.guards),
+                "last_decision": self.last_decision.to_json() if self.last_decision else None}
 
 
 def parse_time(text: str, field: str) -> float:

@@ -33,9 +33,9 @@ def wants_html(request: Any) -> bool:
 
 
 def is_page(request: Any, path: str) -> bool:
-    """`GET /`, or `GET /models/{m}` asking for HTML."""
-    return request.method == "GET" and (
-        path == "/" or (path.startswith("/models/") and wants_html(request)))
+    """`GET /` or `GET /models/{m}` asking for HTML (JSON otherwise), or the page's login."""
+    return request.method == "GET" and (path == "/" or path.startswith("/models/")) and (
+        wants_html(request) or request.args.get("token") is not None)
 
 
 def cookie_value(token: str) -> str:
