@@ -98,7 +98,7 @@ def test_shipped_schema_is_current_and_checks_the_example() -> None:
     shipped = (ROOT / "policy.schema.json").read_text()
     assert shipped == schema_json(), "run: python -m triggers schema > policy.schema.json"
     schema = json.loads(shipped)
-    policy = schema["$defs"]["PolicySchema"]
+    policy = schema["$defs"]["PolicySpec"]
     assert policy["required"] == ["name", "metric", "direction"]
     assert set(policy["properties"]["direction"]["enum"]) == {"higher_is_better",
                                                              "lower_is_better"}

@@ -676,3 +676,31 @@ assert "scipy.stats" in sys.modules
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_every_policy_is_a_select_and_a_judge_composed_once_in_the_base() -> None:
+    """No policy re-implements `evaluate` or `fires`: both are `select` then `judge` (or
+    its fast `breached`), so the backtest's answer and the service's verdict cannot differ."""
+    from thresholds.registry import POLICY_CLASSES
+
+    for cls in POLICY_CLASSES.values():
+        assert "evaluate" not in vars(cls) and "fires" not in vars(cls), cls.__name__
+    rules = [{"absolute": {"threshold": 0.8}, "breaches_to_trigger": 2, "evaluation_points": 3},
+             {"baseline": {"max_relative_drop": 0.05}},
+             {"trend": {"lookback": "7d", "max_decline_per_day": 0.001, "min_points": 4}},
+             {"forecast": {"threshold": 0.8, "horizon": "3d", "lookback": "7d",
+                           "min_points": 3}},
+             {"cost": {"retrain_cost": 1.0, "loss_per_unit_day": 50.0}}]
+    series = [Point(float(day) * 86_400, 0.95 - 0.02 * day, 100 if day % 3 else 5)
+              for day in range(12)]
+    for rule in rules:
+        for min_examples in (0, 10):
+            policy = build_policy(PolicySpec.parse(
+                {"name": "p", "metric": "m", "direction": "higher_is_better",
+                 "min_examples": min_examples, **rule}))
+            for end in range(len(series) + 1):
+                points = series[:end]
+                window = policy.select(points)
+                verdict = policy.judge(window)
+                assert policy.evaluate(points) == verdict
+                assert policy.fires(points) == policy.breached(window) == verdict.fired

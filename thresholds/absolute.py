@@ -28,7 +28,7 @@ def latest_usable(policy: Policy, points: Sequence[Point], count: int) -> list[P
     return picked
 
 
-class AbsolutePolicy(Policy):
+class AbsolutePolicy(Policy[Sequence[Point]]):
     """Fires when `breaches_to_trigger` of the latest `evaluation_points` values (not necessarily
     consecutive) are strictly worse than `threshold`; fewer points than that: insufficient data."""
 
@@ -39,18 +39,16 @@ class AbsolutePolicy(Policy):
         assert spec.absolute is not None  # Policy.__init__ checked the kind
         self.rule: AbsoluteSpec = spec.absolute
 
-    def evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> Sequence[Point]:
         # Only the latest N usable points matter: O(N), however long the history is.
-        return self._evaluate(latest_usable(self, points, self.spec.evaluation_points))
+        if not self.spec.min_examples:  # the backtest's hot loop: no walk
+            return points[-self.spec.evaluation_points:]
+        return latest_usable(self, points, self.spec.evaluation_points)
 
-    def fires(self, points: Sequence[Point]) -> bool:
-        # The rule of `_evaluate` without its verdict: N points, at least M of them breaches.
-        window = self.spec.evaluation_points
-        if not self.spec.min_examples:  # the backtest's hot loop: no copy of the tail
-            return len(points) >= window and self._breaches(
-                points, len(points) - window) >= self.spec.breaches_to_trigger
-        tail = latest_usable(self, points, window)
-        return len(tail) >= window and self._breaches(tail) >= self.spec.breaches_to_trigger
+    def breached(self, window: Sequence[Point]) -> bool:
+        # The rule of `judge` without its verdict: N points, at least M of them breaches.
+        return (len(window) >= self.spec.evaluation_points
+                and self._breaches(window) >= self.spec.breaches_to_trigger)
 
     def _breaches(self, points: Sequence[Point], start: int = 0) -> int:
         """How many values of `points[start:]` are strictly worse than the threshold."""
@@ -66,7 +64,7 @@ class AbsolutePolicy(Policy):
                     count += 1
         return count
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
+    def judge(self, points: Sequence[Point]) -> Verdict:
         needed, window = self.spec.breaches_to_trigger, self.spec.evaluation_points
         threshold = self.rule.threshold
         if len(points) < window:

@@ -54,7 +54,7 @@ def inhibits(rule: AlertSpec, incident: Incident) -> bool:
     return names_match(rule, incident)
 
 
-class AlertPolicy(Policy):
+class AlertPolicy(Policy[Sequence[Point]]):
     """Fires on an open incident of the model; it never judges metric points."""
 
     kind = "alert"
@@ -64,18 +64,21 @@ class AlertPolicy(Policy):
         assert spec.alert is not None
         self.rule: AlertSpec = spec.alert
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> Sequence[Point]:
+        return ()
+
+    def judge(self, window: Sequence[Point]) -> Verdict:
         return self.verdict("insufficient_data",
                             "an alert policy is judged on Cloud Monitoring incidents, not on "
                             "metric points")
 
-    def fires(self, points: Sequence[Point]) -> bool:
+    def breached(self, window: Sequence[Point]) -> bool:
         return False
 
     def is_about(self, incident: Incident, model: str) -> bool:
         return is_about(self.rule, incident, model)
 
-    def judge(self, incident: Incident) -> Verdict:
+    def judge_incident(self, incident: Incident) -> Verdict:
         """Open: fired, the incident's summary as the reason. Closed: ok, recorded."""
         names = " / ".join(n for n in (incident.policy_name, incident.condition_name) if n)
         summary = incident.summary or f"incident {incident.incident_id} of {names or 'an alert'}"

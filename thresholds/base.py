@@ -1,6 +1,7 @@
 """The shared shape of every policy: a point series in, a verdict out.
 
-Subclasses implement `_evaluate` on points already filtered by `min_examples`.
+A policy says which points it reads (`select`, the window) and what it concludes from them
+(`judge`); `evaluate` and `fires` are those two, composed here once for every policy.
 """
 
 from __future__ import annotations
@@ -10,11 +11,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import ClassVar, Literal, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, overload
 
 from thresholds.spec import PolicyKind, PolicySpec
 
 VerdictStatus = Literal["fired", "ok", "insufficient_data"]
+
+if TYPE_CHECKING:  # a bare `Policy` is `Policy[Any]` (PEP 696; typing has it from 3.13)
+    from typing_extensions import TypeVar
+
+    Window = TypeVar("Window", default=Any)
+else:
+    from typing import TypeVar
+
+    Window = TypeVar("Window")
+"""What a policy reads of a series (for most, its usable points in some range)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +54,9 @@ class Verdict:
         return self.status == "fired"
 
 
-class Policy(ABC):
-    """Base class: holds the spec, filters noisy points, and compares values by direction."""
+class Policy(ABC, Generic[Window]):
+    """Base class: holds the spec, composes `select` and `judge`, filters noisy points, and
+    compares values by direction."""
 
     kind: ClassVar[PolicyKind]
 
@@ -60,22 +72,30 @@ class Policy(ABC):
 
     def evaluate(self, points: Sequence[Point]) -> Verdict:
         """Verdict on `points` (sorted by time, oldest first) of this policy's metric."""
-        if self.spec.min_examples:
-            points = [p for p in points if self.is_usable(p)]
-        return self._evaluate(points)
+        return self.judge(self.select(points))
 
     def fires(self, points: Sequence[Point]) -> bool:
-        """Whether `evaluate(points)` fires. Subclasses that can tell without building the
-        verdict (its reason, its details) say so faster; the backtest asks this of every point
-        and builds verdicts only where a policy fires."""
-        return self.evaluate(points).fired
+        """Whether `evaluate(points)` fires. The backtest asks this of every point and
+        builds verdicts only where a policy fires, so it skips the verdict's text."""
+        return self.breached(self.select(points))
+
+    @abstractmethod
+    def select(self, points: Sequence[Point]) -> Window:
+        """The part of `points` (time-sorted) that `judge` reads: usable points only, found
+        from the series' ends without walking all of it."""
+
+    @abstractmethod
+    def judge(self, window: Window) -> Verdict:
+        """The verdict on a window that `select` returned."""
+
+    def breached(self, window: Window) -> bool:
+        """Whether `judge(window)` fires; policies that can tell without building the
+        verdict (its reason, its details) say so faster."""
+        return self.judge(window).fired
 
     def is_usable(self, point: Point) -> bool:
         """False for a point backed by fewer than `min_examples` labelled examples (noise)."""
         return point.examples is None or point.examples >= self.spec.min_examples
-
-    @abstractmethod
-    def _evaluate(self, points: Sequence[Point]) -> Verdict: ...
 
     @property
     def lookback(self) -> timedelta | None:

@@ -12,7 +12,7 @@ from thresholds.spec import BaselineSpec, PolicySpec
 ZERO_REFERENCE = 1e-12
 
 
-class BaselinePolicy(Policy):
+class BaselinePolicy(Policy[list[Point]]):
     """Fires when the latest value dropped (in the bad direction) from the reference — the mean
     of the first `reference_points` points of the champion's series — by more than
     `max_relative_drop` and/or `max_absolute_drop` (either limit that is set, exceeded strictly)."""
@@ -24,7 +24,8 @@ class BaselinePolicy(Policy):
         assert spec.baseline is not None  # Policy.__init__ checked the kind
         self.rule: BaselineSpec = spec.baseline
 
-    def evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> list[Point]:
+        # The reference (the first usable points) and the latest usable point after them.
         # Only the first `reference_points` usable points and the latest one after them matter:
         # walk in from both ends instead of filtering the whole series.
         wanted = self.rule.reference_points
@@ -36,10 +37,10 @@ class BaselinePolicy(Policy):
             index += 1
         for later in range(len(points) - 1, index - 1, -1):
             if self.is_usable(points[later]):
-                return self._evaluate([*reference, points[later]])
-        return self._evaluate(reference)
+                return [*reference, points[later]]
+        return reference
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
+    def judge(self, points: list[Point]) -> Verdict:
         count = self.rule.reference_points
         relative_limit, absolute_limit = self.rule.max_relative_drop, self.rule.max_absolute_drop
         if len(points) < count + 1:

@@ -55,7 +55,7 @@ def positive_area(start: float, rate: float, length: float) -> float:
     return end * (length - crossing) / 2.0
 
 
-class CostPolicy(Policy):
+class CostPolicy(Policy[tuple[list[Point], list[Point]]]):
     """Fires when keeping the champion over the horizon is projected, at `confidence`, to
     lose more (`loss_per_unit_day` × metric gap × days) than one run costs (`retrain_cost`)."""
 
@@ -70,7 +70,8 @@ class CostPolicy(Policy):
     def lookback(self) -> timedelta:
         return self.rule.lookback
 
-    def evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> tuple[list[Point], list[Point]]:
+        """(the champion's first `reference_points` usable points, the lookback window)."""
         # Only the first `reference_points` usable points and the lookback window matter.
         reference: list[Point] = []
         for point in points:
@@ -78,11 +79,11 @@ class CostPolicy(Policy):
                 break
             if self.is_usable(point):
                 reference.append(point)
-        return self._judge(reference, recent_usable(self, points, self.rule.lookback))
+        return reference, recent_usable(self, points, self.rule.lookback)
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
-        reference = list(points[: self.rule.reference_points])
-        return self._judge(reference, recent_usable(self, points, self.rule.lookback))
+    def judge(self, window: tuple[list[Point], list[Point]]) -> Verdict:
+        reference, recent = window
+        return self._judge(reference, recent)
 
     def _judge(self, reference: list[Point], window: list[Point]) -> Verdict:
         rule = self.rule

@@ -34,7 +34,7 @@ def _when(time: float) -> str:
         return "far from now"
 
 
-class ForecastPolicy(Policy):
+class ForecastPolicy(Policy[list[Point]]):
     """Fires when the Theil–Sen line fitted over `lookback`, projected to the latest point's
     time + `horizon`, is strictly worse than `threshold` (it crosses within the horizon, or has
     already crossed)."""
@@ -65,16 +65,12 @@ class ForecastPolicy(Policy):
         quick = sliding_statistics(self.sliding, window, _CONFIDENCE, None)
         return quick[0] if quick is not None else theil_sen(window, _CONFIDENCE)
 
-    def evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> list[Point]:
         # Only the lookback window matters: walk back from the end, not over the whole series.
-        return self._judge(recent_usable(self, points, self.rule.lookback))
+        return recent_usable(self, points, self.rule.lookback)
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
-        return self._judge(recent_usable(self, points, self.rule.lookback))
-
-    def fires(self, points: Sequence[Point]) -> bool:
-        # The test of `_judge` without its verdict's text.
-        window = recent_usable(self, points, self.rule.lookback)
+    def breached(self, window: list[Point]) -> bool:
+        # The test of `judge` without its verdict's text.
         if window_problem(self, window, self.rule.min_points, self.rule.lookback):
             return False
         _, _, projected = self._projection(window)
@@ -87,7 +83,7 @@ class ForecastPolicy(Policy):
         target = window[-1].time + self.rule.horizon.total_seconds()
         return fit, target, fit.at(target)
 
-    def _judge(self, window: list[Point]) -> Verdict:
+    def judge(self, window: list[Point]) -> Verdict:
         """The verdict on the lookback window (usable points, oldest first)."""
         rule, threshold = self.rule, self.rule.threshold
         problem = window_problem(self, window, rule.min_points, rule.lookback)

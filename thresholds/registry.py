@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from thresholds.absolute import AbsolutePolicy
 from thresholds.alert import AlertPolicy
@@ -15,17 +14,12 @@ from thresholds.forecast import ForecastPolicy
 from thresholds.spec import PolicyKind, PolicySpec
 from thresholds.trend import TrendPolicy
 
-if TYPE_CHECKING:
-    from thresholds.schema import PolicySchema
-
 POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = MappingProxyType(
     {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy,
                                     CostPolicy, AlertPolicy)}
 )
 
 
-def build_policy(spec: PolicySpec | PolicySchema) -> Policy:
-    """The policy object for a validated spec (or a validated schema, converted)."""
-    if not isinstance(spec, PolicySpec):
-        spec = spec.to_spec()
+def build_policy(spec: PolicySpec) -> Policy:
+    """The policy object for a validated spec."""
     return POLICY_CLASSES[spec.kind](spec)

@@ -1,6 +1,8 @@
-"""The settings of one policy as plain frozen dataclasses: what the policies read at run time.
+"""The settings of one policy as plain frozen dataclasses: what the policies read at run time,
+and (through their `thresholds.checks` annotations) what pydantic validates a policy file by.
 
-Validation lives in `thresholds.schema` (pydantic), imported only when something is validated.
+Each setting is defined here once; `PolicySpec.parse` validates (pydantic, imported then),
+`PolicySpec.from_dict` rebuilds a validated dump without checks or pydantic (cold start).
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from thresholds.checks import Check, Checked, Duration
 from thresholds.durations import format_duration, parse_duration
 
 Direction = Literal["higher_is_better", "lower_is_better"]
@@ -20,64 +23,91 @@ INCIDENT_METRIC = "(incident)"
 """The `metric` of an `alert` policy: it reads Cloud Monitoring incidents, not points."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
+Finite = Annotated[float, Check(finite=True)]
+Positive = Annotated[float, Check(gt=0, finite=True)]
+Confidence = Annotated[float, Check(gt=0.5, lt=1)]
+Name = Annotated[str, Check(min_length=1, max_length=512)]
+
 
 @dataclass(frozen=True)
-class AbsoluteSpec:
+class AbsoluteSpec(Checked):
     """Breach when a value is strictly worse than `threshold`."""
 
-    threshold: float
+    threshold: Finite
 
 
 @dataclass(frozen=True)
-class BaselineSpec:
+class BaselineSpec(Checked):
     """Breach when the latest value dropped from the champion's reference by more than allowed."""
 
-    max_relative_drop: float | None = None
-    max_absolute_drop: float | None = None
-    reference_points: int = 3
+    max_relative_drop: Positive | None = None
+    max_absolute_drop: Positive | None = None
+    reference_points: Annotated[int, Check(ge=1, le=1000)] = 3
+
+    def check(self) -> None:
+        if self.max_relative_drop is None and self.max_absolute_drop is None:
+            raise ValueError("set max_relative_drop and/or max_absolute_drop")
 
 
 @dataclass(frozen=True)
-class TrendSpec:
+class TrendSpec(Checked):
     """Breach when the robust slope is significantly worse than `max_decline_per_day`."""
 
-    lookback: timedelta
-    max_decline_per_day: float
-    min_points: int = 8
-    confidence: float = 0.95
+    lookback: Duration
+    max_decline_per_day: Annotated[float, Check(ge=0, finite=True)]
+    # below 4 points, Kendall's test never reaches 95 %
+    min_points: Annotated[int, Check(ge=4, le=100_000)] = 8
+    confidence: Confidence = 0.95
 
 
 @dataclass(frozen=True)
-class ForecastSpec:
+class ForecastSpec(Checked):
     """Breach when the robust linear fit is projected to cross `threshold` within `horizon`."""
 
-    threshold: float
-    horizon: timedelta
-    lookback: timedelta
-    min_points: int = 8
+    threshold: Finite
+    horizon: Duration
+    lookback: Duration
+    min_points: Annotated[int, Check(ge=3, le=100_000)] = 8
 
 
 @dataclass(frozen=True)
-class CostSpec:
+class CostSpec(Checked):
     """Breach when keeping the champion over `horizon` is projected, at `confidence`, to lose
-    more than one run costs (see `thresholds.cost`). `horizon` None: (√2 − 1) × its age."""
+    more than one run costs: loss = loss_per_unit_day × (fresh level − forecast path) × days."""
 
-    retrain_cost: float
-    loss_per_unit_day: float
-    horizon: timedelta | None = None
-    lookback: timedelta = timedelta(days=14)
-    min_points: int = 4
-    reference_points: int = 3
-    confidence: float = 0.8
+    retrain_cost: Annotated[Positive, Check(description="the cost of one retraining run")]
+    loss_per_unit_day: Annotated[Positive, Check(
+        description="the cost of the metric being 1.0 worse than a fresh model for one day")]
+    horizon: Annotated[Duration | None, Check(
+        description="how far ahead to project (default: (√2 − 1) × the champion's age, the "
+        "cost-optimal period for a linear decay)")] = None
+    lookback: Annotated[Duration, Check(
+        description="the window of the forecast's robust line")] = timedelta(days=14)
+    min_points: Annotated[int, Check(ge=3, le=100_000)] = 4
+    reference_points: Annotated[int, Check(
+        ge=1, le=1000,
+        description="the champion's first points whose mean is the expected fresh level")] = 3
+    confidence: Confidence = 0.8
 
 
 @dataclass(frozen=True)
-class AlertSpec:
-    """Fires on an open Cloud Monitoring incident of this model (see `thresholds.alert`):
-    its alerting policy labelled `retrain_model: <model>`, or named here."""
+class AlertSpec(Checked):
+    """Fires on an open Cloud Monitoring incident (notification schema 1.2) whose alerting
+    policy carries the user label `retrain_model: <model>`; `policy_name` and
+    `condition_name` narrow that, or map an unlabelled alerting policy by its names."""
 
-    policy_name: str | None = None
-    condition_name: str | None = None
+    policy_name: Name | None = None
+    condition_name: Name | None = None
+
+
+@dataclass(frozen=True)
+class InhibitSpec(AlertSpec):
+    """An alert condition that holds back every retraining of the model while an incident
+    of it is open (data freshness, schema, pipeline failures)."""
+
+    def check(self) -> None:
+        if self.policy_name is None and self.condition_name is None:
+            raise ValueError("name the alerting policy_name and/or condition_name")
 
 
 _RULES: dict[str, type[Any]] = {
@@ -88,25 +118,26 @@ _RULES: dict[str, type[Any]] = {
     "forecast": ForecastSpec,
     "cost": CostSpec,
 }
+_DURATIONS = ("lookback", "horizon")
 
 
 @dataclass(frozen=True)
-class PolicySpec:
-    """One policy: a metric, a direction, and exactly one rule (already validated)."""
+class PolicySpec(Checked):
+    """One policy: a metric, a direction, and exactly one rule."""
 
-    name: str
-    metric: str
+    name: Annotated[str, Check(pattern=NAME_PATTERN)]
+    metric: Annotated[str, Check(min_length=1, max_length=128)]
     direction: Direction
-    slice: str = "overall"
+    slice: Annotated[str, Check(min_length=1, max_length=128)] = "overall"
     absolute: AbsoluteSpec | None = None
     baseline: BaselineSpec | None = None
     trend: TrendSpec | None = None
     forecast: ForecastSpec | None = None
     cost: CostSpec | None = None
     alert: AlertSpec | None = None
-    breaches_to_trigger: int = 1
-    evaluation_points: int = 1
-    min_examples: int = 0
+    breaches_to_trigger: Annotated[int, Check(ge=1, le=10_000)] = 1
+    evaluation_points: Annotated[int, Check(ge=1, le=10_000)] = 1
+    min_examples: Annotated[int, Check(ge=0)] = 0
 
     @property
     def kind(self) -> PolicyKind:
@@ -116,21 +147,56 @@ class PolicySpec:
         raise ValueError(f"policy {self.name!r} has no rule")
 
     @classmethod
+    def prepare(cls, data: Any) -> Any:
+        """Exactly one rule; an alert policy gets the incident metric and a direction."""
+        if isinstance(data, dict):
+            given = [kind for kind in POLICY_KINDS if data.get(kind) is not None]
+            if len(given) != 1:
+                raise ValueError(
+                    "a policy needs exactly one of absolute, baseline, trend, forecast, cost, "
+                    "alert" + (f" (got {', '.join(given)})" if given else "")
+                )
+            if given == ["alert"]:  # judged on incidents: no metric, no direction
+                if data.get("metric", INCIDENT_METRIC) != INCIDENT_METRIC:
+                    raise ValueError("an alert policy reads incidents, not a metric: "
+                                     "leave metric out")
+                data = {"metric": INCIDENT_METRIC, "direction": "higher_is_better", **data}
+        return data
+
+    def check(self) -> None:
+        if self.breaches_to_trigger > self.evaluation_points:
+            raise ValueError(
+                f"breaches_to_trigger ({self.breaches_to_trigger}) cannot exceed "
+                f"evaluation_points ({self.evaluation_points})"
+            )
+        m_of_n = self.breaches_to_trigger != 1 or self.evaluation_points != 1
+        if self.kind != "absolute" and m_of_n:
+            raise ValueError(
+                "breaches_to_trigger and evaluation_points apply to absolute policies only"
+            )
+        rule = self.trend or self.forecast or self.cost
+        if rule is not None and rule.lookback.total_seconds() <= 0:
+            raise ValueError("lookback must be longer than zero")
+        if self.cost is not None and self.cost.horizon is not None \
+                and self.cost.horizon.total_seconds() <= 0:
+            raise ValueError("cost.horizon must be longer than zero")
+
+    @classmethod
     def parse(cls, data: Mapping[str, Any]) -> PolicySpec:
         """Validate `data` as written in a policy file (raises pydantic's ValidationError)."""
-        from thresholds.schema import PolicySchema
+        from thresholds.schema import validate_policy
 
-        return PolicySchema.model_validate(data).to_spec()
+        return validate_policy(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PolicySpec:
-        """Rebuild a spec from `to_dict` output or a validated schema dump (no checks)."""
+        """Rebuild a spec from `to_dict` output or a validated JSON dump (no checks)."""
         values = dict(data)
         for kind, rule in _RULES.items():
             if values.get(kind) is not None:
                 values[kind] = rule(**{
                     key: (parse_duration(value)
-                          if key in ("lookback", "horizon") and value is not None else value)
+                          if key in _DURATIONS and value is not None else value)
                     for key, value in values[kind].items()
                 })
         return cls(**values)

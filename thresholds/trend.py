@@ -270,7 +270,7 @@ def window_key(window: Sequence[Point]) -> tuple[tuple[float, ...], tuple[float,
     return tuple([p.time for p in window]), tuple([p.value for p in window])
 
 
-class TrendPolicy(Policy):
+class TrendPolicy(Policy[list[Point]]):
     """Fires when, over `lookback`, the Theil–Sen slope's confidence interval lies entirely
     beyond `max_decline_per_day` in the bad direction and a one-sided Kendall test rejects
     "no trend" at 1 - `confidence`."""
@@ -312,16 +312,12 @@ class TrendPolicy(Policy):
         limit = self.rule.max_decline_per_day
         return -limit if self.higher_is_better else limit
 
-    def evaluate(self, points: Sequence[Point]) -> Verdict:
+    def select(self, points: Sequence[Point]) -> list[Point]:
         # Only the lookback window matters: walk back from the end, not over the whole series.
-        return self._judge(recent_usable(self, points, self.rule.lookback))
+        return recent_usable(self, points, self.rule.lookback)
 
-    def _evaluate(self, points: Sequence[Point]) -> Verdict:
-        return self._judge(recent_usable(self, points, self.rule.lookback))
-
-    def fires(self, points: Sequence[Point]) -> bool:
-        # The tests of `_judge` without its verdict's text.
-        window = recent_usable(self, points, self.rule.lookback)
+    def breached(self, window: list[Point]) -> bool:
+        # The tests of `judge` without its verdict's text.
         if window_problem(self, window, self.rule.min_points, self.rule.lookback):
             return False
         values = [point.value for point in window]
@@ -340,7 +336,7 @@ class TrendPolicy(Policy):
         beyond = None if math.isnan(near_end) else self.is_worse(near_end, self.signed_limit)
         return beyond, p_value < 1 - self.rule.confidence  # NaN compares False
 
-    def _judge(self, window: list[Point]) -> Verdict:
+    def judge(self, window: list[Point]) -> Verdict:
         """The verdict on the lookback window (usable points, oldest first)."""
         rule, limit = self.rule, self.signed_limit
         span = format_duration(rule.lookback)

@@ -144,7 +144,7 @@ def handle_incident(service: RetrainService, delivery: Delivery,
             if not isinstance(policy, AlertPolicy) or not policy.is_about(incident, model.name):
                 continue
             matched.append(model.name)
-            verdict = policy.judge(incident)
+            verdict = policy.judge_incident(incident)
             as_of = incident.started_at or now
             if not verdict.fired:
                 decisions.append(service._verdict_decision(

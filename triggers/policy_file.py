@@ -19,8 +19,9 @@ from pipeline_client.promotion.rules import (
     MetricName,
     check_direction,
 )
-from thresholds.schema import Duration, InhibitSchema, PolicySchema, StrictModel
-from thresholds.spec import NAME_PATTERN, Direction
+from thresholds.checks import Duration
+from thresholds.schema import StrictModel
+from thresholds.spec import NAME_PATTERN, Direction, InhibitSpec, PolicySpec
 from triggers.errors import PolicyConfigError
 
 SERVICE_PARAMETERS = ("model", "trigger_id", "reason", "champion_version")
@@ -220,7 +221,7 @@ class PromotionSpec(StrictModel):
 
 class ModelSpec(StrictModel):
     pipeline: PipelineSpec
-    policies: list[PolicySchema] = Field(min_length=1)
+    policies: list[PolicySpec] = Field(min_length=1)
     guards: GuardsSpec | None = None
     lateness: Duration | None = Field(
         default=None,
@@ -228,7 +229,7 @@ class ModelSpec(StrictModel):
         "window_start) before evaluating past the gap",
     )
     promotion: PromotionSpec | None = None
-    inhibit_when: list[InhibitSchema] = Field(
+    inhibit_when: list[InhibitSpec] = Field(
         default_factory=list,
         description="alert conditions (Cloud Monitoring policy_name / condition_name) that "
         "hold back every retraining of the model while one of their incidents is open")
@@ -282,8 +283,10 @@ def policy_errors(exc: ValidationError) -> list[PolicyConfigError]:
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "<file>"
         reason = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             reason = "unknown field"
+        elif error["type"] == "missing_argument":  # a dataclass's own word for it
+            reason = "Field required"
         value = error.get("input")
         if isinstance(value, (dict, list)):
             value = None
