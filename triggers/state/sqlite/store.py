@@ -13,7 +13,6 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,70 +32,22 @@ from triggers.state.protocol import (
     RunUpdate,
     StoredPoint,
     dumps,
-    is_told,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
-    model TEXT NOT NULL, slice TEXT NOT NULL, metric TEXT NOT NULL, window_end REAL NOT NULL,
-    value REAL NOT NULL, examples INTEGER, model_version TEXT, message_id TEXT,
-    recorded_at REAL NOT NULL, window_start REAL,
-    PRIMARY KEY (model, slice, metric, window_end)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS points_by_model_time ON points (model, window_end);
-CREATE TABLE IF NOT EXISTS series_marks (
-    model TEXT NOT NULL, slice TEXT NOT NULL, metric TEXT NOT NULL, writes INTEGER NOT NULL,
-    token INTEGER NOT NULL, PRIMARY KEY (model, slice, metric)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS processed (
-    message_id TEXT PRIMARY KEY, at REAL NOT NULL, ignored_metrics INTEGER
-);
-CREATE TABLE IF NOT EXISTS rejected (
-    message_id TEXT PRIMARY KEY, at REAL NOT NULL, source TEXT NOT NULL, field TEXT NOT NULL,
-    reason TEXT NOT NULL, payload TEXT NOT NULL, model TEXT
-);
-CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (at);
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id TEXT PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,
-    reason TEXT NOT NULL, policy TEXT, event_time REAL, statistic REAL, limit_value REAL,
-    run_id TEXT, trigger_id TEXT, message_id TEXT, details TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_by_time ON decisions (at);
-CREATE INDEX IF NOT EXISTS decisions_by_model_time ON decisions (model, at);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, model TEXT NOT NULL, policy TEXT NOT NULL, trigger_id TEXT NOT NULL,
-    state TEXT NOT NULL, reason TEXT NOT NULL, created_at REAL NOT NULL, request TEXT NOT NULL,
-    forced INTEGER NOT NULL, claimed_by TEXT NOT NULL, launched_at REAL, ended_at REAL,
-    checked_at REAL, resource_name TEXT, outcome TEXT, message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_by_model_time ON runs (model, created_at);
-CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
-CREATE TABLE IF NOT EXISTS outbox (
-    decision_id TEXT PRIMARY KEY, at REAL NOT NULL, body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (at);
-CREATE TABLE IF NOT EXISTS incidents (
-    model TEXT NOT NULL, incident_id TEXT NOT NULL, open INTEGER NOT NULL,
-    policy_name TEXT NOT NULL, condition_name TEXT NOT NULL, summary TEXT NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (model, incident_id)
-);
-CREATE TABLE IF NOT EXISTS models (
-    model TEXT PRIMARY KEY, champion_version TEXT, history_start REAL, updated_at REAL
-);
-"""
+from triggers.state.sqlite.rows import (
+    _RUN_COLUMNS,
+    POINT_COLUMNS,
+    _decision,
+    _insert_decisions,
+    _point,
+    _run,
+    _run_row,
+)
+from triggers.state.sqlite.schema import apply_schema
 
 DEFAULT_RETENTION = timedelta(days=400)
 """How long rejected events are kept by default (Firestore's default `retention`)."""
 EXPIRE_BATCH = 100
 """Most expired rejected events one write deletes (bounded work per event)."""
-
-POINT_COLUMNS = ", ".join(f.name for f in fields(StoredPoint))
-_RUN_COLUMNS = (
-    "run_id model policy trigger_id state reason created_at request forced claimed_by launched_at "
-    "ended_at checked_at resource_name outcome message"
-).split()
-
-
 def path_from_url(url: str) -> str:
     """The file path of a `sqlite:///relative` or `sqlite:////absolute` URL (':memory:' too)."""
     if not url.startswith("sqlite:///"):
@@ -185,11 +136,7 @@ class SQLiteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.row_factory = sqlite3.Row
             with _translate:
-                conn.executescript(SCHEMA)
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(processed)")}
-                if "ignored_metrics" not in columns:  # a file from before the column
-                    with contextlib.suppress(sqlite3.OperationalError):  # another process did
-                        conn.execute("ALTER TABLE processed ADD COLUMN ignored_metrics INTEGER")
+                apply_schema(conn)
         except sqlite3.OperationalError as exc:
             raise TransientError(f"SQLite store {self.path} unavailable: {exc}") from exc
         return conn
@@ -493,36 +440,6 @@ class SQLiteStore:
         return [IncidentRecord(row["model"], row["incident_id"], bool(row["open"]),
                                row["policy_name"], row["condition_name"], row["summary"],
                                row["at"]) for row in rows]
-
-def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
-        " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                d.decision_id,
-                d.model,
-                d.kind,
-                d.at,
-                d.reason,
-                d.policy,
-                d.event_time,
-                d.statistic,
-                d.limit,
-                d.run_id,
-                d.trigger_id,
-                d.message_id,
-                dumps(d.details),
-            )
-            for d in decisions
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO outbox (decision_id, at, body) VALUES (?, ?, ?)",
-        [(d.decision_id, d.at, dumps(d.to_json())) for d in decisions if is_told(d)])
-
-
 class _Translate:
     """sqlite3 errors that a retry can cure become TransientError (a class: it is hot)."""
 
@@ -596,67 +513,3 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 _NO_LOCK = contextlib.nullcontext()
-
-
-def _point(row: sqlite3.Row) -> StoredPoint:
-    return StoredPoint(*row)  # POINT_COLUMNS are StoredPoint's fields, in order
-
-
-def _decision(row: sqlite3.Row) -> Decision:
-    return Decision(
-        decision_id=row["decision_id"],
-        model=row["model"],
-        kind=row["kind"],
-        at=row["at"],
-        reason=row["reason"],
-        policy=row["policy"],
-        event_time=row["event_time"],
-        statistic=row["statistic"],
-        limit=row["limit_value"],
-        run_id=row["run_id"],
-        trigger_id=row["trigger_id"],
-        message_id=row["message_id"],
-        details=json.loads(row["details"]),
-    )
-
-
-def _run(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        model=row["model"],
-        policy=row["policy"],
-        trigger_id=row["trigger_id"],
-        state=row["state"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        request=json.loads(row["request"]),
-        forced=bool(row["forced"]),
-        claimed_by=row["claimed_by"],
-        launched_at=row["launched_at"],
-        ended_at=row["ended_at"],
-        checked_at=row["checked_at"],
-        resource_name=row["resource_name"],
-        outcome=json.loads(row["outcome"]) if row["outcome"] else None,
-        message=row["message"],
-    )
-
-
-def _run_row(run: RunRecord) -> tuple[Any, ...]:
-    return (
-        run.run_id,
-        run.model,
-        run.policy,
-        run.trigger_id,
-        run.state,
-        run.reason,
-        run.created_at,
-        dumps(dict(run.request)),
-        int(run.forced),
-        run.claimed_by,
-        run.launched_at,
-        run.ended_at,
-        run.checked_at,
-        run.resource_name,
-        dumps(dict(run.outcome)) if run.outcome is not None else None,
-        run.message,
-    )

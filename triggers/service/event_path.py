@@ -1,6 +1,7 @@
 """The decision path: parse ▸ dedupe ▸ record point ▸ evaluate ▸ guard ▸ launch ▸ audit.
 
-`RetrainService` is what every entry point (Pub/Sub, HTTPS, CLI, backtest) calls.
+`RetrainService` is what every entry point (Pub/Sub, HTTPS, CLI, backtest) calls; its run
+lifecycle and manual paths are in `runs` and `manual`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
-from pipeline_client.launching.protocol import TERMINAL_STATES, LaunchRequest, PipelineLauncher
+from pipeline_client.launching.protocol import LaunchRequest, PipelineLauncher
 from thresholds.base import Policy, Verdict
 from thresholds.durations import format_duration
 from triggers import ids
@@ -29,16 +30,15 @@ from triggers.errors import (
 from triggers.events import Delivery, MetricEvent, parse_event, truncated
 from triggers.logs import log_event
 from triggers.series import MAX_REEVALUATIONS, ChampionSeries
-from triggers.state.guards import check_guards, guard_window
+from triggers.service import manual, runs
+from triggers.service.results import EventResult, PendingLaunch, RetrainResult
 from triggers.state.protocol import (
-    IN_FLIGHT,
     Claim,
     Decision,
     DecisionKind,
     ModelState,
     RejectedEvent,
     RunRecord,
-    RunState,
     RunUpdate,
     StateStore,
     StoredPoint,
@@ -46,93 +46,6 @@ from triggers.state.protocol import (
 )
 
 logger = logging.getLogger("retrain.service")
-
-INFERRED_ENDS: frozenset[str] = frozenset({"completed", "timed_out"})
-"""Ends the service inferred without the pipeline's report; a real outcome replaces them."""
-
-
-@dataclass
-class EventResult:
-    """What handling one message did."""
-
-    status: Literal["recorded", "duplicate", "rejected"]
-    message_id: str
-    model: str | None = None
-    decisions: list[Decision] = field(default_factory=list)
-    launched: list[str] = field(default_factory=list)
-    error: InvalidEventError | None = None
-    ignored_metrics: int = 0
-    """Metric values of the event that no policy watches (counted, not stored)."""
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "status": self.status,
-            "message_id": self.message_id,
-            "model": self.model,
-            "launched": self.launched,
-            "decisions": [d.to_json() for d in self.decisions],
-        }
-        if self.ignored_metrics:
-            data["ignored_metrics"] = self.ignored_metrics
-        if self.error is not None:
-            data["error"] = self.error.reason
-            data["field"] = self.error.field
-        return data
-
-
-# A new champion's history starts this long (seconds) after the old champion's last point.
-HISTORY_EPSILON = 0.001
-# How many of a model's latest points are scanned for the old champion's last one.
-HISTORY_SCAN = 200
-
-_OUTCOME_DECISION: dict[str, DecisionKind] = {
-    "promoted": "promoted",
-    "rejected": "rejected_challenger",
-    "failed": "failed",
-    "completed": "completed",
-}
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    """The answer of `request_retrain`: what the policies and guards say and, unless a dry
-    run, what became of the request (`status`: fired, suppressed or launch_failed)."""
-
-    model: str
-    dry_run: bool
-    force: bool
-    policies: list[dict[str, Any]]
-    policies_fired: list[str]
-    guard: str | None
-    would_launch: bool
-    status: Literal["fired", "suppressed", "launch_failed"] | None = None
-    run_id: str | None = None
-    reason: str | None = None
-    already_existed: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """As the manual trigger answers it (a dry run has no status, run or reason)."""
-        data = asdict(self)
-        if self.status is None:
-            for key in ("status", "run_id", "reason", "already_existed"):
-                del data[key]
-        return data
-
-
-@dataclass(frozen=True)
-class PendingLaunch:
-    """A claimed degradation waiting for its submit (done outside the store transaction)."""
-
-    model: str
-    fired: tuple[tuple[Policy, Verdict], ...]
-    as_of: float
-    t_new: float
-    request: LaunchRequest
-    claim: Claim
-
-    @property
-    def needs_submit(self) -> bool:
-        return self.claim.status in ("claimed", "resume")
 
 
 class RetrainService:
@@ -528,282 +441,38 @@ class RetrainService:
                   labels=labels, resource_name=result.resource_name, launcher=self.launcher.name)
         return None
 
-    # ------------------------------------------------------------------ runs
+
+    # ------------------------------------------------------------------ runs (see runs.py)
     def refresh_runs(self, model: ModelConfig, now: float) -> list[Decision]:
         """Bring the model's in-flight runs up to date: resubmit stale claims, ask the launcher
-        for runs whose outcome never arrived, time out runs past `run_timeout`.
-
-        Each change is recorded as it is made. A launcher that misbehaves is logged, never
-        allowed to stop the model's events from being processed.
-        """
-        decisions: list[Decision] = []
-        timeout = model.guards.run_timeout.total_seconds()
-        for run in self.store.in_flight_runs(model.name):
-            labels = {"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id}
-            try:
-                if run.state == "launching":
-                    if now - run.created_at > timeout:
-                        decisions += self._end_run(
-                            run, "failed", now, "launch_failed",
-                            f"run {run.run_id} was never submitted within run_timeout")
-                    elif now - run.created_at >= self.launch_grace:
-                        error = self._submit(run, now)
-                        if error is not None:
-                            decisions += self._record([self._decision(
-                                "launch_failed", run.model, now, None,
-                                f"resubmitting run {run.run_id} was refused: {error}",
-                                run_id=run.run_id, trigger_id=run.trigger_id,
-                                policy=run.policy)])
-                    continue
-                started = run.launched_at or run.created_at
-                timed_out = now - started > timeout
-                due = run.checked_at is None or now - run.checked_at >= self.status_interval
-                if due or timed_out:
-                    ended = self._check_status(run, now)
-                    if ended is not None:
-                        decisions += ended
-                        continue
-                if timed_out:
-                    decisions += self._end_run(
-                        run, "timed_out", now, "timed_out",
-                        f"run {run.run_id} still in flight after run_timeout; policies re-armed")
-            except TransientError:
-                continue  # the run stays as it is; the next event tries again
-            except Exception:  # noqa: BLE001 - a launcher's surprise must not wedge the model
-                log_event(logger, logging.ERROR, f"could not refresh run {run.run_id}",
-                          labels=labels, exc_info=True)
-        return decisions
-
-    def _end_run(
-        self, run: RunRecord, state: RunState, now: float, kind: DecisionKind, reason: str
-    ) -> list[Decision]:
-        """End an in-flight run with `state` and record why (one transaction)."""
-        with self.store.atomic():
-            if not self.store.update_run(run.run_id, IN_FLIGHT, RunUpdate(
-                    state=state, ended_at=now, message=reason)):
-                return []
-            return self._record([self._decision(
-                kind, run.model, now, None, reason, run_id=run.run_id,
-                trigger_id=run.trigger_id, policy=run.policy)])
-
-    def _record(self, decisions: list[Decision]) -> list[Decision]:
-        self.store.record_decisions(decisions)
-        return decisions
-
-    def _check_status(self, run: RunRecord, now: float) -> list[Decision] | None:
-        """Ask the launcher about a run; its decisions if it has ended, else None."""
-        status = self.launcher.get_status(run.run_id)
-        if status.state not in TERMINAL_STATES:
-            self.store.update_run(run.run_id, IN_FLIGHT, RunUpdate(
-                checked_at=now, state="running" if status.state == "running" else run.state))
-            return None
-        report = {"launcher_state": status.state, "message": status.message}
-        outcome: dict[str, Any] = {"model": run.model, "run_id": run.run_id,
-                                   "decision": "completed" if status.state == "succeeded"
-                                   else "failed", "report": report}
-        if status.outcome:
-            outcome.update(status.outcome, model=run.model, run_id=run.run_id)
-        try:
-            return self.apply_outcome(outcome, now, via="launcher status")
-        except InvalidEventError as exc:
-            report["invalid_outcome"] = f"{exc.field}: {exc.reason}"
-            return self.apply_outcome({"model": run.model, "run_id": run.run_id,
-                                       "decision": "failed", "report": report},
-                                      now, via="launcher status")
+        for runs whose outcome never arrived, time out runs past `run_timeout`."""
+        return runs.refresh_runs(self, model, now)
 
     def handle_outcome_delivery(self, delivery: Delivery) -> EventResult:
         """An outcome message from Pub/Sub (or the local launcher) ends a run."""
-        if self.store.is_processed(delivery.message_id):
-            return EventResult("duplicate", delivery.message_id)
-        from triggers.outcomes import validate_outcome
-
-        try:
-            data = json.loads(delivery.payload.decode("utf-8"))
-            outcome = validate_outcome(data)
-        except InvalidEventError as error:
-            return self.reject(delivery, error)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            return self.reject(delivery, InvalidEventError("data", f"not valid JSON: {exc}"))
-        run = self.store.get_run(outcome.run_id) or self._run_of_trigger(outcome)
-        if run is None:
-            return self.reject(delivery, InvalidEventError(
-                "run_id", f"no run {outcome.run_id!r} is known to this service"))
-        if run.run_id != outcome.run_id:  # a pipeline that knows its trigger, not our run id
-            outcome = outcome.model_copy(update={"run_id": run.run_id})
-        now = self.clock()
-        with self.store.atomic():  # the run's end, the champion and the ack: all or nothing
-            decisions = self.apply_outcome(outcome.model_dump(), now, via="outcome message",
-                                           message_id=delivery.message_id)
-            self.store.finish_message(delivery.message_id, now, ())
-        return EventResult("recorded", delivery.message_id, outcome.model, decisions)
-
-    def _run_of_trigger(self, outcome: Any) -> RunRecord | None:
-        """The run an outcome names by its trigger id (run ids derive from trigger ids)."""
-        if not outcome.trigger_id:
-            return None
-        for run in self.store.runs(outcome.model, limit=200):
-            if run.trigger_id == outcome.trigger_id:
-                return run
-        return None
+        return runs.handle_outcome_delivery(self, delivery)
 
     def apply_outcome(
         self, data: Mapping[str, Any], now: float, via: str, message_id: str | None = None
     ) -> list[Decision]:
-        """End a run with its outcome; a promotion starts the new champion's history.
+        """End a run with its outcome; a promotion starts the new champion's history."""
+        return runs.apply_outcome(self, data, now, via, message_id)
 
-        An outcome message also overrides an end the service only inferred (`completed` from
-        the launcher's status, `timed_out`): the pipeline's own report is the truth.
-        """
-        from triggers.outcomes import validate_outcome
-
-        outcome = validate_outcome(dict(data))
-        state = outcome.decision
-        ends = IN_FLIGHT if via == "launcher status" else IN_FLIGHT | INFERRED_ENDS
-        with self.store.atomic():
-            run = self.store.update_run(outcome.run_id, ends, RunUpdate(
-                state=state, ended_at=now, outcome=outcome.model_dump()))
-            if run is None:
-                return []  # unknown or already ended: a duplicate outcome changes nothing
-            decisions = self._outcome_decisions(outcome, run, now, via, message_id)
-            self.store.record_decisions(decisions)
-        log_event(logger, logging.INFO, decisions[0].reason,
-                  labels={"model": run.model, "run_id": run.run_id, "trigger_id": run.trigger_id})
-        return decisions
-
-    def _outcome_decisions(
-        self, outcome: Any, run: RunRecord, now: float, via: str, message_id: str | None
-    ) -> list[Decision]:
-        state = outcome.decision
-        reason = f"run {run.run_id} ended: {state} (via {via})"
-        if outcome.report.get("summary"):
-            reason += f" — {outcome.report['summary']}"
-        details: dict[str, Any] = {"champion_version": outcome.champion_version,
-                                   "report": outcome.report}
-        if outcome.sanitised:
-            reason += (" (report sanitised: lone UTF-16 surrogates replaced by U+FFFD at "
-                       f"{', '.join(outcome.sanitised)})")
-            details["sanitised"] = list(outcome.sanitised)
-        decisions = [self._decision(
-            _OUTCOME_DECISION[state], run.model, now, message_id, reason, run_id=run.run_id,
-            trigger_id=run.trigger_id, policy=run.policy, details=details)]
-        if state == "promoted":
-            previous = self.store.model_state(run.model).champion_version
-            self.store.set_model_state(
-                ModelState(run.model, outcome.champion_version,
-                           self._fresh_history_start(run.model, outcome.champion_version, now),
-                           now))
-            decisions.append(self._decision(
-                "champion", run.model, now, message_id,
-                f"version {outcome.champion_version} promoted over {previous}; history and "
-                "baseline start fresh", run_id=run.run_id))
-        return decisions
-
-    # ------------------------------------------------------------------ manual
+    # ------------------------------------------------------------------ manual (see manual.py)
     def request_retrain(
         self, model_name: str, reason: str, dry_run: bool = False, force: bool = False,
         caller: str | None = None,
     ) -> RetrainResult:
         """The manual trigger: report what policies and guards say; launch unless dry_run.
         `caller`: who asked (the verified invoker), recorded in the decision's details."""
-        model = self.config.models.get(model_name)
-        if model is None:
-            raise ModelNotConfiguredError(model_name)
-        now = self.clock()
-        decisions = [] if dry_run else self.refresh_runs(model, now)
-        state = self.store.model_state(model.name)
-        verdicts = [self._verdict_now(model, policy, state, now) for policy in model.policies]
-        recent = [
-            r for r in self.store.runs(model.name, limit=1000)
-            if r.in_flight or r.created_at > now - guard_window(model.guards)
-        ]
-        blocked = check_guards(recent, model.guards, now, force)
-        answer = RetrainResult(
-            model=model.name,
-            dry_run=dry_run,
-            force=force,
-            policies=[_verdict_json(v) for v in verdicts],
-            policies_fired=[v.policy for v in verdicts if v.fired],
-            guard=blocked,
-            would_launch=blocked is None,
-        )
-        if dry_run:
-            return answer
-        latest = self.store.latest_points(model.name, 1)
-        point_key = latest[0].key if latest else "no-points"
-        policy = "manual"
-        full_reason = f"manual: {reason}" + (" (forced)" if force else "")
-        request = self._launch_request(
-            model, state, policy, f"{point_key}|{reason}|{force}", full_reason)
-        claim = self._claim(model, request, full_reason, now, force,
-                            f"manual:{request.trigger_id}")
-        error = (self._submit(claim.run, now) if claim.status in ("claimed", "resume")
-                 else None)
-        if claim.status == "exists" and not claim.run.in_flight:
-            claim = Claim("blocked", claim.run,
-                          f"this request (same reason, no new points) already triggered run "
-                          f"{claim.run.run_id}, which ended {claim.run.state}; give a new "
-                          "reason to retrain again")
-        kind: Literal["suppressed", "launch_failed", "fired"]
-        if claim.status in ("blocked", "duplicate"):
-            kind, why = "suppressed", f"{full_reason} — blocked: {claim.reason}"
-        elif error is not None:
-            kind, why = "launch_failed", f"{full_reason} — launch refused: {error}"
-        else:
-            kind, why = "fired", full_reason
-        decisions.append(self._decision(
-            kind, model.name, now, None, why, policy=policy,
-            run_id=None if claim.status == "blocked" else request.run_id,
-            trigger_id=request.trigger_id,
-            details={"policies_fired": answer.policies_fired, "forced": force,
-                     **({"caller": caller} if caller else {}),
-                     **({"inhibited_by": claim.inhibited_by} if claim.inhibited_by else {})}))
-        self.store.record_decisions(decisions)
-        return replace(
-            answer,
-            status=kind,
-            run_id=None if claim.status == "blocked" else request.run_id,
-            reason=why,
-            already_existed=claim.status == "exists",
-        )
-
-    def _fresh_history_start(
-        self, model: str, champion: str | None, now: float
-    ) -> float | None:
-        """Where a new champion's history starts, in event time: just after the latest point
-        recorded for any other version (the old champion's) — points the new champion was
-        already evaluated on stay in. None (from the start) when there is no such point.
-        Event time, not the wall clock, so replays and simulations of past windows behave as
-        live traffic does; but never after `now` (the promotion's or rollback's time): a
-        history that starts in the future would judge no point until then."""
-        scanned = self.store.latest_points(model, HISTORY_SCAN)
-        for point in scanned:
-            if champion is None or point.model_version != champion:
-                return min(point.window_end + HISTORY_EPSILON, now)
-        if len(scanned) == HISTORY_SCAN:  # all the new champion's: start before the oldest
-            return min(scanned[-1].window_end - HISTORY_EPSILON, now)
-        return None
+        return manual.request_retrain(self, model_name, reason, dry_run, force, caller)
 
     def record_rollback(
         self, model_name: str, restored: str, demoted: str | None, reason: str
     ) -> Decision:
         """After the registry moved `champion` back: the restored version is the champion the
         policies watch, its history starts fresh, and the rollback is in the audit trail."""
-        if model_name not in self.config.models:
-            raise ModelNotConfiguredError(model_name)
-        now = self.clock()
-        moved = (f"champion rolled back from {demoted} to {restored}" if demoted else
-                 f"champion set to {restored} (the registry already held it)")
-        decision = self._decision(
-            "rollback", model_name, now, None,
-            f"{moved}: {reason}; history and baseline start fresh",
-            details={"champion_version": restored, "demoted_version": demoted})
-        with self.store.atomic():
-            self.store.set_model_state(ModelState(
-                model_name, restored, self._fresh_history_start(model_name, restored, now),
-                now))
-            self.store.record_decisions([decision])
-        log_event(logger, logging.WARNING, decision.reason, labels={"model": model_name})
-        return decision
+        return manual.record_rollback(self, model_name, restored, demoted, reason)
 
     # ------------------------------------------------------------------ reads
     def model_status(self, model_name: str) -> dict[str, Any]:
@@ -909,16 +578,6 @@ def unsettled_gap(prefix: Sequence[StoredPoint], lateness: float, now: float) ->
     return None
 
 
-def _verdict_json(verdict: Verdict) -> dict[str, Any]:
-    return {
-        "policy": verdict.policy,
-        "metric": verdict.metric,
-        "status": verdict.status,
-        "reason": verdict.reason,
-        "statistic": verdict.statistic,
-        "limit": verdict.limit,
-        "details": dict(verdict.details),
-    }
 
 
 def _model_name(payload: bytes) -> str | None:
