@@ -44,6 +44,9 @@ ROLE_PERMISSIONS = {
     "roles/iam.serviceAccountUser": {"iam.serviceAccounts.actAs"},
     "roles/storage.objectAdmin": {"storage.objects.create", "storage.objects.get",
                                   "storage.objects.list", "storage.objects.delete"},
+    "roles/storage.objectUser": {"storage.objects.create", "storage.objects.get",
+                                 "storage.objects.list", "storage.objects.delete",
+                                 "storage.objects.update"},
     "roles/storage.objectViewer": {"storage.objects.get", "storage.objects.list"},
     "roles/pubsub.publisher": {"pubsub.topics.publish"},
 }
@@ -167,10 +170,9 @@ def cloud(tmp_path: Path, pubsub_emulator: PubSubEmulator,
             c.bind(runtime, p, role)
             c.bind(pipeline, p, role)
         c.bind(runtime, f"{p}/serviceAccounts/{pipeline}", "roles/iam.serviceAccountUser")
-        c.bind(runtime, c.topic("retrain-outcomes"), "roles/pubsub.publisher")
         c.bind(pipeline, c.topic("retrain-outcomes"), "roles/pubsub.publisher")
         c.bind(runtime, f"b/{c.bucket}", "roles/storage.objectViewer")
-        c.bind(pipeline, f"b/{c.bucket}", "roles/storage.objectAdmin")
+        c.bind(pipeline, f"b/{c.bucket}", "roles/storage.objectUser")
         c.bind(runtime, f"b/{project}-retrain-evaluations", "roles/storage.objectViewer")
         for topic in ("model-metrics", "model-metrics-dead-letter", "retrain-outcomes",
                       "retrain-outcomes-dead-letter"):
@@ -275,7 +277,7 @@ def test_pipeline_root_not_writable_by_the_pipeline_account(cloud: Cloud) -> Non
     assert "lacks storage.objects.create" in finding.message
     assert finding.fix == (f"gcloud storage buckets add-iam-policy-binding gs://{cloud.bucket} "
                            f"--member=serviceAccount:{cloud.pipeline} "
-                           "--role=roles/storage.objectAdmin")
+                           "--role=roles/storage.objectUser")
 
 
 def test_runtime_cannot_read_the_evaluations_bucket(cloud: Cloud) -> None:
