@@ -363,6 +363,20 @@ def test_missing_dead_letter_topic(cloud: Cloud) -> None:
                           f"--project={cloud.project}"
 
 
+def test_missing_decisions_topic(cloud: Cloud) -> None:
+    """With RETRAIN_DECISIONS_TOPIC set, the topic must exist (publishing would fail)."""
+    report = cloud.run(decisions_topic="retrain-decisions")
+    (finding,) = [f for f in report.failures
+                  if f.area == "pubsub" and f.check == "topic retrain-decisions"]
+    assert "does not exist" in finding.message
+    assert finding.fix == f"gcloud pubsub topics create retrain-decisions --project={cloud.project}"
+    requests.put(f"http://{cloud.pubsub.host}/v1/{cloud.topic('retrain-decisions')}",
+                 timeout=10).raise_for_status()
+    report = cloud.run(decisions_topic=cloud.topic("retrain-decisions"))
+    assert [f for f in report.failures if "retrain-decisions" in f.check
+            and f.area == "pubsub"] == []
+
+
 def _finish_smoke(vertex: FakeVertexServer, state: str, message: str | None) -> threading.Thread:
     def finish() -> None:
         deadline = time.monotonic() + 20

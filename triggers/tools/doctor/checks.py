@@ -410,15 +410,17 @@ def check_topics(ctx: Context) -> None:
     pairs = ((s.metrics_topic, s.metrics_dead_letter, "on-metric-event", "on_metric_event"),
              (s.outcome_topic, s.outcome_dead_letter, "on-run-outcome", "on_run_outcome"))
     existing: set[str] = set()
+    told = [s.decisions_topic] if s.decisions_topic else []  # RETRAIN_DECISIONS_TOPIC
     for topic in _unique([s.metrics_topic, s.metrics_dead_letter, s.outcome_topic,
-                          s.outcome_dead_letter]):
+                          s.outcome_dead_letter, *told]):
         path = s.topic_path(topic)
         try:
             ctx.apis.call("GET", "pubsub", f"/v1/{path}")
         except GoogleApiError as exc:
+            name = path.rsplit("/", 1)[-1]
             ctx.report.fail("pubsub", f"topic {topic}",
                             "the topic does not exist" if exc.status == 404 else str(exc),
-                            f"gcloud pubsub topics create {topic} --project={ctx.p}")
+                            f"gcloud pubsub topics create {name} --project={ctx.p}")
             continue
         existing.add(topic)
         ctx.report.ok("pubsub", f"topic {topic}")
