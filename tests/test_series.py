@@ -80,12 +80,44 @@ def test_sliding_fit_is_bit_identical_to_the_full_refit(seed: int) -> None:
     assert sliding.updates > sliding.rebuilds  # incremental, not rebuilt every time
 
 
+
+@pytest.mark.parametrize(("margin", "level"), [(0, 0.97), (8, 0.97), (0, 0.0), (8, 0.0)])
+def test_sliding_fit_keeps_only_a_band_of_the_pairs_and_stays_exact(
+    margin: int, level: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two weeks of hourly points with few distinct values (many tied and zero slopes), slid
+    hour by hour: only the pairs near the ranks asked for are kept sorted; a band the ranks
+    drift out of is rebuilt (margin 0 forces that often), and every fit is the full refit's."""
+    from thresholds import theil_sen
+
+    monkeypatch.setattr(theil_sen, "_MARGIN_POINTS", margin)
+    rng = random.Random(margin)
+    steps = [0.0, 0.0, 0.001, -0.001] if level == 0 else [k * 0.001 for k in range(7)]
+    drift = 0.0 if level == 0 else 2e-5
+    points = [Point(1.7e9 + i * 3600.0, level + rng.choice(steps) - i * drift)
+              for i in range(336 + 120)]
+    sliding = SlidingPairs()
+    for end in range(336, len(points)):
+        window = points[end - 336:end]
+        quick = sliding_statistics(sliding, window, 0.95, True)
+        assert quick is not None
+        fit, p_value = quick
+        assert _same((fit.slope, fit.low_slope, fit.high_slope, fit.level, p_value),
+                     _full(window, 0.95, True)), end
+        assert sliding.kept < sliding.count / 2  # not every pair
+    assert sliding.updates > sliding.rebuilds
+
+
 def test_sliding_fit_declines_windows_it_cannot_fit_exactly() -> None:
     sliding = SlidingPairs()
     tied = [Point(1.0, 0.5), Point(1.0, 0.6), Point(2.0, 0.7)]
     assert sliding_statistics(sliding, tied, 0.95, True) is None
     infinite = [Point(1.0, 0.5), Point(2.0, math.inf), Point(3.0, 0.7)]
     assert sliding_statistics(sliding, infinite, 0.95, True) is None
+    # -0.0 among +0.0: some zero slopes are -0.0, and the full fit's sort decides which zero
+    # it ranks where
+    zeros = [Point(float(i), [0.0, -0.0, 0.0, 0.1][i % 4]) for i in range(40)]
+    assert sliding_statistics(sliding, zeros, 0.95, True) is None
 
 
 def _hourly(h: Harness, i: int, value: float, **extra: Any) -> dict[str, Any]:
