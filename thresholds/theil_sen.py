@@ -22,6 +22,8 @@ _TINY = 1e-280
 """Slopes this close to zero (or nearer) might have underflowed: the full fit is used."""
 _REBUILD_FRACTION = 0.25
 """Windows that changed by more than this share of their points are rebuilt from scratch."""
+_REBUILD_PAIRS = 4096
+"""A band that grew (with its window) by twice its size and this many pairs is rebuilt."""
 _MARGIN_POINTS = 8
 """Ranks kept sorted on each side of the ranks asked for, per point of the window: each point
 that enters or leaves moves a rank by less than one window, so a band lasts several events."""
@@ -61,6 +63,7 @@ class SlidingPairs:
         self._negative = 0  # keys < 0 (Kendall's discordant pairs)
         self._bad = 0  # keys that are not finite, or might have underflowed
         self._keys: Any = np.empty(0)
+        self._built = 0  # how many pairs the band held when built
         self._earlier: Any = np.empty(0, dtype=np.int32)
         self._later: Any = np.empty(0, dtype=np.int32)
 
@@ -151,6 +154,7 @@ class SlidingPairs:
         self._keys = keys[start:stop]
         self._earlier = earlier[order[start:stop]].astype(np.int32)
         self._later = later[order[start:stop]].astype(np.int32)
+        self._built = stop - start
         self._stale = False
 
     def _pair_keys(self, earlier: Any, later: Any) -> Any:
@@ -256,7 +260,8 @@ class SlidingPairs:
         if self._bad:
             return None
         answers = self._select(ranks, days, rho)
-        if answers is None:  # the ranks drifted out of the kept band
+        if answers is None or self._keys.size > 2 * self._built + _REBUILD_PAIRS:
+            # the ranks drifted out of the kept band, or it grew with the window
             self._rebuild(ranks, rho)
             answers = self._select(ranks, days, rho)
             if answers is None:

@@ -48,7 +48,7 @@ def is_champion_version(state: ModelState, model_version: str | None) -> bool:
 
 class _Kept:
     """What a warm instance knows of one series: every point with window_end > `lower`,
-    sorted, as of the store's `mark`; and each point's `Point` (built once)."""
+    sorted, as of the store's `mark`; and each point's `Point` (built once, in `plain`)."""
 
     __slots__ = ("mark", "lower", "times", "points", "plain", "touched")
 
@@ -57,7 +57,7 @@ class _Kept:
         self.lower = math.inf  # nothing known yet
         self.times: list[float] = []
         self.points: list[StoredPoint] = []
-        self.plain: dict[int, tuple[StoredPoint, Point]] = {}
+        self.plain: list[Point] = []
         self.touched = math.inf
 
     def answer(self, since: float | None, until: float | None, limit: int | None,
@@ -96,9 +96,28 @@ class _Kept:
         below = [p for p in result if p.window_end <= self.lower and p.window_end > low]
         self.times[:0] = [p.window_end for p in below]
         self.points[:0] = below
+        self.plain[:0] = [_plain(p) for p in below]
         self.lower = low
         if below:
             self.touched = min(self.touched, below[0].window_end)
+
+    def run_of(self, stored: Sequence[StoredPoint]) -> list[Point] | None:
+        """The `Point`s of `stored` if it is a run of consecutive kept points, else None."""
+        if not stored:
+            return []
+        points, size = self.points, len(stored)
+        first = bisect_right(self.times, stored[0].window_end) - 1
+        if (first < 0 or first + size > len(points) or points[first] is not stored[0]
+                or points[first + size - 1] is not stored[-1]):
+            return None  # (kept times are distinct and sorted: same ends, same length, same run)
+        return self.plain[first:first + size]
+
+    def plain_of(self, point: StoredPoint) -> Point:
+        """`point`'s `Point`: the kept one if `point` is kept, else a new one."""
+        index = bisect_right(self.times, point.window_end) - 1
+        if index >= 0 and self.points[index] is point:
+            return self.plain[index]
+        return _plain(point)
 
     def put(self, point: StoredPoint) -> None:
         """A point this instance wrote (the same key again replaces it)."""
@@ -109,14 +128,16 @@ class _Kept:
         if not times or t > times[-1]:
             times.append(t)
             self.points.append(point)
+            self.plain.append(_plain(point))
             return
         index = bisect_right(times, t)
         if index and times[index - 1] == t:
-            self.plain.pop(id(self.points[index - 1]), None)
             self.points[index - 1] = point
+            self.plain[index - 1] = _plain(point)
             return
         times.insert(index, t)
         self.points.insert(index, point)
+        self.plain.insert(index, _plain(point))
 
     def trim(self) -> None:
         """Forget the points no read reached since the last trim (beyond some slack)."""
@@ -124,12 +145,15 @@ class _Kept:
             return
         cut = bisect_right(self.times, self.touched) - 1 - TRIM_SLACK
         if cut > TRIM_SLACK:
-            for p in self.points[:cut]:
-                self.plain.pop(id(p), None)
             self.lower = math.nextafter(self.times[cut], -math.inf)
             del self.times[:cut]
             del self.points[:cut]
+            del self.plain[:cut]
         self.touched = math.inf
+
+
+def _plain(p: StoredPoint) -> Point:
+    return Point(p.window_end, p.value, p.examples)
 
 
 class ChampionSeries:
@@ -213,16 +237,10 @@ class ChampionSeries:
         kept = self._kept.get((model, policy.spec.slice, policy.metric)) if self.keep else None
         if kept is None:
             return [Point(p.window_end, p.value, p.examples) for p in stored]
-        plain = kept.plain
-        if len(plain) > 2 * len(kept.points) + 1024:  # points no longer kept: start afresh
-            plain.clear()
-        out = []
-        for p in stored:
-            entry = plain.get(id(p))
-            if entry is None or entry[0] is not p:  # the pair holds `p`: its id stays its own
-                entry = plain[id(p)] = (p, Point(p.window_end, p.value, p.examples))
-            out.append(entry[1])
-        return out
+        run = kept.run_of(stored)
+        if run is not None:
+            return run
+        return [kept.plain_of(p) for p in stored]
 
     def window(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
@@ -248,8 +266,17 @@ class ChampionSeries:
         def read(**bounds: float | int | bool | None) -> list[StoredPoint]:
             return self.points(model, spec.slice, policy.metric, kept=kept, **bounds)  # type: ignore[arg-type]
 
+        champion = state.champion_version
+
         def counts(p: StoredPoint) -> bool:
             return is_champion_version(state, p.model_version)
+
+        def counted(points: list[StoredPoint]) -> list[StoredPoint]:
+            """`points` that count for the champion (`counts`, inlined: it is the hot loop)."""
+            if champion is None:
+                return points
+            return [p for p in points
+                    if p.model_version == champion or p.model_version is None]
 
         def usable(p: StoredPoint) -> bool:
             return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
@@ -260,7 +287,7 @@ class ChampionSeries:
             while True:
                 raw = read(limit=limit, oldest=oldest, **bounds)
                 if len(raw) < limit or sum(map(usable, raw)) >= wanted:
-                    return [p for p in raw if counts(p)]
+                    return counted(raw)
                 limit *= 4
 
         if as_of is None:
@@ -276,8 +303,7 @@ class ChampionSeries:
                 return fetch(spec.evaluation_points + 1, since=start, until=until)
 
             def since(lower: float) -> list[StoredPoint]:
-                return [p for p in read(since=max(lower, start or lower), until=until)
-                        if counts(p)]
+                return counted(read(since=max(lower, start or lower), until=until))
 
             lower = lookback_start(lookback, as_of)
             window = since(lower)
