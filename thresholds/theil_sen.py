@@ -22,9 +22,12 @@ _TINY = 1e-280
 """Slopes this close to zero (or nearer) might have underflowed: the full fit is used."""
 _REBUILD_FRACTION = 0.25
 """Windows that changed by more than this share of their points are rebuilt from scratch."""
+_SHIFT = 15
+_SLOTS = 1 << _SHIFT
+"""Points a sliding window may hold (a pair's two slots are packed in one int32)."""
 _REBUILD_PAIRS = 4096
 """A band that grew (with its window) by twice its size and this many pairs is rebuilt."""
-_MARGIN_POINTS = 8
+_MARGIN_POINTS = 3
 """Ranks kept sorted on each side of the ranks asked for, per point of the window: each point
 that enters or leaves moves a rank by less than one window, so a band lasts several events."""
 
@@ -64,8 +67,8 @@ class SlidingPairs:
         self._bad = 0  # keys that are not finite, or might have underflowed
         self._keys: Any = np.empty(0)
         self._built = 0  # how many pairs the band held when built
-        self._earlier: Any = np.empty(0, dtype=np.int32)
-        self._later: Any = np.empty(0, dtype=np.int32)
+        self._codes: Any = np.empty(0, dtype=np.int32)  # earlier slot * _SLOTS + later slot
+        self._live_slots: Any = None
 
     # ------------------------------------------------------------------ maintenance
     def update(self, window: Sequence[Point]) -> bool:
@@ -129,7 +132,9 @@ class SlidingPairs:
         import numpy as np
 
         self.rebuilds += 1
-        live = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+        if self._t.size > _SLOTS:
+            raise ArithmeticError("too many points for the sliding fit")
+        live = self._live()
         live = live[np.argsort(self._t[live], kind="stable")]
         i, j = np.triu_indices(live.size, 1)
         earlier, later = live[i], live[j]
@@ -152,8 +157,7 @@ class SlidingPairs:
         stop = int(np.searchsorted(keys, self._high, side="right"))
         self._below = start
         self._keys = keys[start:stop]
-        self._earlier = earlier[order[start:stop]].astype(np.int32)
-        self._later = later[order[start:stop]].astype(np.int32)
+        self._codes = (earlier * _SLOTS + later)[order[start:stop]].astype(np.int32)
         self._built = stop - start
         self._stale = False
 
@@ -172,34 +176,45 @@ class SlidingPairs:
             tiny = (keys != 0) & (np.abs(keys) < _TINY)
             return int(np.count_nonzero(~np.isfinite(keys) | tiny))
 
-    def _pairs_with(self, slot: int) -> tuple[Any, Any, Any]:
-        """The keys of `slot` with every other live point, and each pair's (earlier, later)."""
+    def _pairs_with(self, slot: int) -> tuple[Any, Any]:
+        """The keys of `slot` with every other live point, sorted, and each pair's code."""
         import numpy as np
 
-        others = np.fromiter(self._slot_of.values(), dtype=np.int32, count=len(self._slot_of))
+        others = self._live()
         others = others[others != slot]
         before = self._t[others] < self._t[slot]
-        earlier = np.where(before, others, slot).astype(np.int32)
-        later = np.where(before, slot, others).astype(np.int32)
-        return self._pair_keys(earlier, later), earlier, later
+        earlier = np.where(before, others, slot)
+        later = np.where(before, slot, others)
+        keys = self._pair_keys(earlier, later)
+        order = np.argsort(keys, kind="stable")
+        return keys[order], (earlier * _SLOTS + later)[order].astype(np.int32)
 
-    def _count(self, keys: Any, sign: int) -> Any:
-        """Add (sign 1) or take off (-1) the counts of `keys`; the mask of those in the band."""
+    def _count(self, keys: Any, sign: int) -> tuple[int, int]:
+        """Add (sign 1) or take off (-1) the counts of sorted `keys`; where the band's are."""
         import numpy as np
 
-        self._below += sign * int(np.count_nonzero(keys < self._low))
-        self._negative += sign * int(np.count_nonzero(keys < 0.0))
-        self._bad += sign * self._bad_count(keys)
-        return (keys >= self._low) & (keys <= self._high)
+        start, negative, below_tiny = (int(i) for i in np.searchsorted(
+            keys, [self._low, 0.0, _TINY], side="left"))
+        stop, above_zero, above_minus_tiny = (int(i) for i in np.searchsorted(
+            keys, [self._high, 0.0, -_TINY], side="right"))
+        # keys in (-TINY, 0) and (0, TINY) might have underflowed
+        bad = (negative - above_minus_tiny) + (below_tiny - above_zero)
+        if keys.size and not (math.isfinite(keys[0]) and math.isfinite(keys[-1])):
+            bad += int(np.count_nonzero(~np.isfinite(keys)))
+        self._below += sign * int(start)
+        self._negative += sign * int(negative)
+        self._bad += sign * bad
+        return int(start), stop
 
     def _remove(self, time: float) -> None:
         slot = self._slot_of[time]
-        keys, _, _ = self._pairs_with(slot)
+        keys, _ = self._pairs_with(slot)
         self._count(keys, -1)
-        keep = (self._earlier != slot) & (self._later != slot)
-        self._keys, self._earlier, self._later = (
-            self._keys[keep], self._earlier[keep], self._later[keep])
+        codes = self._codes
+        keep = ((codes >> _SHIFT) != slot) & ((codes & (_SLOTS - 1)) != slot)
+        self._keys, self._codes = self._keys[keep], codes[keep]
         del self._slot_of[time]
+        self._live_slots = None
         self._free.append(slot)
 
     def _add(self, time: float, value: float) -> None:
@@ -210,22 +225,31 @@ class SlidingPairs:
         else:
             slot = self._t.size
             grown = max(2 * slot, 16)
+            if grown > _SLOTS:
+                raise ArithmeticError("too many points for the sliding fit")
             self._t = np.resize(self._t, grown)
             self._v = np.resize(self._v, grown)
             self._free.extend(range(grown - 1, slot, -1))
         self._t[slot], self._v[slot] = time, value
         self._slot_of[time] = slot
-        keys, earlier, later = self._pairs_with(slot)
-        inside = self._count(keys, 1)
-        keys, earlier, later = keys[inside], earlier[inside], later[inside]
-        if not keys.size:
+        self._live_slots = None
+        keys, codes = self._pairs_with(slot)
+        start, stop = self._count(keys, 1)
+        if start >= stop:
             return
-        order = np.argsort(keys, kind="stable")
-        keys, earlier, later = keys[order], earlier[order], later[order]
+        keys, codes = keys[start:stop], codes[start:stop]
         at = np.searchsorted(self._keys, keys)
         self._keys = np.insert(self._keys, at, keys)
-        self._earlier = np.insert(self._earlier, at, earlier)
-        self._later = np.insert(self._later, at, later)
+        self._codes = np.insert(self._codes, at, codes)
+
+    def _live(self) -> Any:
+        """The live slots (an array, rebuilt after a change)."""
+        import numpy as np
+
+        if self._live_slots is None:
+            self._live_slots = np.fromiter(self._slot_of.values(), dtype=np.int64,
+                                           count=len(self._slot_of))
+        return self._live_slots
 
     # ------------------------------------------------------------------ queries
     @property
@@ -272,7 +296,7 @@ class SlidingPairs:
         """Each slot's days before `origin`, and `rho` (see `order_statistics`)."""
         import numpy as np
 
-        live = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+        live = self._live()
         days = (self._t - origin) / DAY
         span = float(np.max(np.abs(days[live]))) if live.size else 0.0
         ordered = np.sort(self._t[live])
@@ -285,7 +309,7 @@ class SlidingPairs:
     def _select(self, ranks: Sequence[int], days: Any, rho: float) -> dict[int, float] | None:
         import numpy as np
 
-        keys, earlier, later, below = self._keys, self._earlier, self._later, self._below
+        keys, codes, below = self._keys, self._codes, self._below
         v = self._v
         answers: dict[int, float] = {}
         for rank in ranks:
@@ -300,7 +324,7 @@ class SlidingPairs:
                 continue
             start = int(np.searchsorted(keys, low, side="left"))
             stop = int(np.searchsorted(keys, high, side="right"))
-            i, j = earlier[start:stop], later[start:stop]
+            i, j = codes[start:stop] >> _SHIFT, codes[start:stop] & (_SLOTS - 1)
             with np.errstate(over="ignore"):
                 slopes = (v[j] - v[i]) / (days[j] - days[i])
             slopes.sort()
@@ -317,8 +341,7 @@ class SlidingPairs:
     def sorted_values(self) -> Any:
         import numpy as np
 
-        live = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-        return np.sort(self._v[live])
+        return np.sort(self._v[self._live()])
 
 
 def _neighbourhood(key: float, rho: float) -> tuple[float, float]:
