@@ -177,3 +177,22 @@ def test_two_warm_instances_on_one_file_decide_as_one_instance(
     kinds = {d[1] for d in _decisions(single)}
     assert {"fired", "ok", "insufficient_data"} <= kinds  # the stream exercised the policies
     assert first.service.series._kept and second.service.series._kept  # both kept series
+
+
+def test_a_warm_event_reads_its_series_mark_only_around_its_own_write(
+        make_harness: Callable[..., Harness]) -> None:
+    """In one event's transaction no other instance can write: the mark read before the
+    write and the one after it vouch for every read of the series in that transaction."""
+    h = make_harness(WARM_POLICY)
+    for hour in range(30):
+        h.send(_hourly(h, hour, 0.97, model_version="7"), message_id=f"warm-{hour}")
+    statements: list[str] = []
+    h.store._conn().set_trace_callback(statements.append)
+    try:
+        h.send(_hourly(h, 30, 0.97, model_version="7"), message_id="warm-30")
+    finally:
+        h.store._conn().set_trace_callback(None)
+    mark_reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+                  and "series_marks" in s]
+    assert len(mark_reads) == 2, statements  # three policies read the series: none rereads
+    assert h.store.is_processed("warm-30")

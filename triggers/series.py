@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
@@ -50,7 +51,7 @@ class _Kept:
     """What a warm instance knows of one series: every point with window_end > `lower`,
     sorted, as of the store's `mark`; and each point's `Point` (built once, in `plain`)."""
 
-    __slots__ = ("mark", "lower", "times", "points", "plain", "touched")
+    __slots__ = ("mark", "lower", "times", "points", "plain", "touched", "versions")
 
     def __init__(self, mark: object) -> None:
         self.mark = mark
@@ -59,6 +60,8 @@ class _Kept:
         self.points: list[StoredPoint] = []
         self.plain: list[Point] = []
         self.touched = math.inf
+        self.versions: set[str | None] = set()
+        """Every model_version of a point put or learnt (a superset of the kept points')."""
 
     def answer(self, since: float | None, until: float | None, limit: int | None,
                oldest: bool) -> list[StoredPoint] | None:
@@ -84,6 +87,7 @@ class _Kept:
     def learn(self, since: float | None, until: float | None, limit: int | None,
               oldest: bool, result: list[StoredPoint]) -> None:
         """Extend what is kept downwards with a store answer that reaches the kept range."""
+        self.versions.update(p.model_version for p in result)
         low = -math.inf if since is None else since
         high = math.inf if until is None else until
         if limit is not None and len(result) >= limit:
@@ -122,6 +126,7 @@ class _Kept:
     def put(self, point: StoredPoint) -> None:
         """A point this instance wrote (the same key again replaces it)."""
         t = point.window_end
+        self.versions.add(point.model_version)
         if t <= self.lower:
             return
         times = self.times
@@ -170,6 +175,32 @@ class ChampionSeries:
         self.keep = keep and isinstance(store, SeriesMarks)
         self._kept: dict[SeriesKey, _Kept] = {}
         self._lock = threading.RLock()
+        self._local = threading.local()  # .marks: the marks of `one_transaction`, if open
+
+    @contextmanager
+    def one_transaction(self) -> Iterator[None]:
+        """Entered inside one store transaction (`store.atomic()`): a series' mark, once read
+        or written in it, is not read again (no other writer can replace it meanwhile)."""
+        outer = getattr(self._local, "marks", None) is None
+        if outer:
+            self._local.marks = {}
+        try:
+            yield
+        finally:
+            if outer:
+                self._local.marks = None
+
+    def _mark(self, key: SeriesKey, fresh: bool = False) -> object:
+        """The store's mark of `key` (remembered within `one_transaction`; `fresh`: read)."""
+        marks: dict[SeriesKey, object] | None = getattr(self._local, "marks", None)
+        if marks is not None and not fresh and key in marks:
+            return marks[key]
+        store = self.store
+        assert isinstance(store, SeriesMarks)
+        mark = store.series_mark(*key)
+        if marks is not None:
+            marks[key] = mark
+        return mark
 
     # ------------------------------------------------------------------ writes
     def record(self, points: Sequence[StoredPoint]) -> None:
@@ -181,14 +212,18 @@ class ChampionSeries:
         assert isinstance(store, SeriesMarks)
         with self._lock:
             keys = {(p.model, p.slice, p.metric) for p in points}
-            before = {key: store.series_mark(*key) for key in keys}
+            before = {key: self._mark(key) for key in keys}
             try:
                 self.store.record_points(points)
             except BaseException:
+                marks = getattr(self._local, "marks", None)
                 for key in keys:
                     self._kept.pop(key, None)
+                    if marks is not None:
+                        marks.pop(key, None)
                 raise
             for key in keys:
+                after = self._mark(key, fresh=True)
                 kept = self._kept.get(key)
                 if kept is None or kept.mark != before[key]:
                     self._kept.pop(key, None)
@@ -197,7 +232,7 @@ class ChampionSeries:
                 for p in points:
                     if (p.model, p.slice, p.metric) == key:
                         kept.put(p)
-                kept.mark = store.series_mark(*key)
+                kept.mark = after
 
     def forget(self) -> None:
         """Drop everything kept (a transaction that recorded points was rolled back)."""
@@ -223,9 +258,7 @@ class ChampionSeries:
         """What is kept of `key`, valid as of the store's mark now (None: not keeping)."""
         if not self.keep:
             return None
-        store = self.store
-        assert isinstance(store, SeriesMarks)
-        mark = store.series_mark(*key)
+        mark = self._mark(key)
         kept = self._kept.get(key)
         if kept is None or kept.mark != mark:
             kept = self._kept[key] = _Kept(mark)
@@ -273,8 +306,8 @@ class ChampionSeries:
 
         def counted(points: list[StoredPoint]) -> list[StoredPoint]:
             """`points` that count for the champion (`counts`, inlined: it is the hot loop)."""
-            if champion is None:
-                return points
+            if champion is None or kept is not None and kept.versions <= {champion, None}:
+                return points  # (every point read went through `kept`: put or learnt)
             return [p for p in points
                     if p.model_version == champion or p.model_version is None]
 

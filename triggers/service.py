@@ -205,7 +205,7 @@ class RetrainService:
         kept = [(metric, value) for metric, value in event.metrics.items()
                 if (event.slice, metric) in watched]
         ignored = len(event.metrics) - len(kept)
-        with self.store.atomic():
+        with self.store.atomic(), self.series.one_transaction():
             if self.store.is_processed(message_id):
                 return EventResult("duplicate", message_id, event.model, refreshed)
             if kept:  # only what some policy reads is kept; the rest is counted
