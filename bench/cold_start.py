@@ -33,7 +33,7 @@ from bench.common import (  # noqa: E402
     write_rows,
 )
 
-DECISION_TARGET = 1.3
+DECISION_TARGET = 1.2
 VERTEX_TARGET = 0.6
 
 VERTEX_POLICY = """

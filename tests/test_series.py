@@ -80,12 +80,44 @@ def test_sliding_fit_is_bit_identical_to_the_full_refit(seed: int) -> None:
     assert sliding.updates > sliding.rebuilds  # incremental, not rebuilt every time
 
 
+
+@pytest.mark.parametrize(("margin", "level"), [(0, 0.97), (3, 0.97), (0, 0.0), (3, 0.0)])
+def test_sliding_fit_keeps_only_a_band_of_the_pairs_and_stays_exact(
+    margin: int, level: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two weeks of hourly points with few distinct values (many tied and zero slopes), slid
+    hour by hour: only the pairs near the ranks asked for are kept sorted; a band the ranks
+    drift out of is rebuilt (margin 0 forces that often), and every fit is the full refit's."""
+    from thresholds import theil_sen
+
+    monkeypatch.setattr(theil_sen, "_MARGIN_POINTS", margin)
+    rng = random.Random(margin)
+    steps = [0.0, 0.0, 0.001, -0.001] if level == 0 else [k * 0.001 for k in range(7)]
+    drift = 0.0 if level == 0 else 2e-5
+    points = [Point(1.7e9 + i * 3600.0, level + rng.choice(steps) - i * drift)
+              for i in range(336 + 120)]
+    sliding = SlidingPairs()
+    for end in range(336, len(points)):
+        window = points[end - 336:end]
+        quick = sliding_statistics(sliding, window, 0.95, True)
+        assert quick is not None
+        fit, p_value = quick
+        assert _same((fit.slope, fit.low_slope, fit.high_slope, fit.level, p_value),
+                     _full(window, 0.95, True)), end
+        assert sliding.kept < sliding.count / 2  # not every pair
+    assert sliding.updates > sliding.rebuilds
+
+
 def test_sliding_fit_declines_windows_it_cannot_fit_exactly() -> None:
     sliding = SlidingPairs()
     tied = [Point(1.0, 0.5), Point(1.0, 0.6), Point(2.0, 0.7)]
     assert sliding_statistics(sliding, tied, 0.95, True) is None
     infinite = [Point(1.0, 0.5), Point(2.0, math.inf), Point(3.0, 0.7)]
     assert sliding_statistics(sliding, infinite, 0.95, True) is None
+    # -0.0 among +0.0: some zero slopes are -0.0, and the full fit's sort decides which zero
+    # it ranks where
+    zeros = [Point(float(i), [0.0, -0.0, 0.0, 0.1][i % 4]) for i in range(40)]
+    assert sliding_statistics(sliding, zeros, 0.95, True) is None
 
 
 def _hourly(h: Harness, i: int, value: float, **extra: Any) -> dict[str, Any]:
@@ -145,3 +177,22 @@ def test_two_warm_instances_on_one_file_decide_as_one_instance(
     kinds = {d[1] for d in _decisions(single)}
     assert {"fired", "ok", "insufficient_data"} <= kinds  # the stream exercised the policies
     assert first.service.series._kept and second.service.series._kept  # both kept series
+
+
+def test_a_warm_event_reads_its_series_mark_only_around_its_own_write(
+        make_harness: Callable[..., Harness]) -> None:
+    """In one event's transaction no other instance can write: the mark read before the
+    write and the one after it vouch for every read of the series in that transaction."""
+    h = make_harness(WARM_POLICY)
+    for hour in range(30):
+        h.send(_hourly(h, hour, 0.97, model_version="7"), message_id=f"warm-{hour}")
+    statements: list[str] = []
+    h.store._conn().set_trace_callback(statements.append)
+    try:
+        h.send(_hourly(h, 30, 0.97, model_version="7"), message_id="warm-30")
+    finally:
+        h.store._conn().set_trace_callback(None)
+    mark_reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
+                  and "series_marks" in s]
+    assert len(mark_reads) == 2, statements  # three policies read the series: none rereads
+    assert h.store.is_processed("warm-30")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
@@ -48,17 +49,19 @@ def is_champion_version(state: ModelState, model_version: str | None) -> bool:
 
 class _Kept:
     """What a warm instance knows of one series: every point with window_end > `lower`,
-    sorted, as of the store's `mark`; and each point's `Point` (built once)."""
+    sorted, as of the store's `mark`; and each point's `Point` (built once, in `plain`)."""
 
-    __slots__ = ("mark", "lower", "times", "points", "plain", "touched")
+    __slots__ = ("mark", "lower", "times", "points", "plain", "touched", "versions")
 
     def __init__(self, mark: object) -> None:
         self.mark = mark
         self.lower = math.inf  # nothing known yet
         self.times: list[float] = []
         self.points: list[StoredPoint] = []
-        self.plain: dict[int, tuple[StoredPoint, Point]] = {}
+        self.plain: list[Point] = []
         self.touched = math.inf
+        self.versions: set[str | None] = set()
+        """Every model_version of a point put or learnt (a superset of the kept points')."""
 
     def answer(self, since: float | None, until: float | None, limit: int | None,
                oldest: bool) -> list[StoredPoint] | None:
@@ -84,6 +87,7 @@ class _Kept:
     def learn(self, since: float | None, until: float | None, limit: int | None,
               oldest: bool, result: list[StoredPoint]) -> None:
         """Extend what is kept downwards with a store answer that reaches the kept range."""
+        self.versions.update(p.model_version for p in result)
         low = -math.inf if since is None else since
         high = math.inf if until is None else until
         if limit is not None and len(result) >= limit:
@@ -96,27 +100,49 @@ class _Kept:
         below = [p for p in result if p.window_end <= self.lower and p.window_end > low]
         self.times[:0] = [p.window_end for p in below]
         self.points[:0] = below
+        self.plain[:0] = [_plain(p) for p in below]
         self.lower = low
         if below:
             self.touched = min(self.touched, below[0].window_end)
 
+    def run_of(self, stored: Sequence[StoredPoint]) -> list[Point] | None:
+        """The `Point`s of `stored` if it is a run of consecutive kept points, else None."""
+        if not stored:
+            return []
+        points, size = self.points, len(stored)
+        first = bisect_right(self.times, stored[0].window_end) - 1
+        if (first < 0 or first + size > len(points) or points[first] is not stored[0]
+                or points[first + size - 1] is not stored[-1]):
+            return None  # (kept times are distinct and sorted: same ends, same length, same run)
+        return self.plain[first:first + size]
+
+    def plain_of(self, point: StoredPoint) -> Point:
+        """`point`'s `Point`: the kept one if `point` is kept, else a new one."""
+        index = bisect_right(self.times, point.window_end) - 1
+        if index >= 0 and self.points[index] is point:
+            return self.plain[index]
+        return _plain(point)
+
     def put(self, point: StoredPoint) -> None:
         """A point this instance wrote (the same key again replaces it)."""
         t = point.window_end
+        self.versions.add(point.model_version)
         if t <= self.lower:
             return
         times = self.times
         if not times or t > times[-1]:
             times.append(t)
             self.points.append(point)
+            self.plain.append(_plain(point))
             return
         index = bisect_right(times, t)
         if index and times[index - 1] == t:
-            self.plain.pop(id(self.points[index - 1]), None)
             self.points[index - 1] = point
+            self.plain[index - 1] = _plain(point)
             return
         times.insert(index, t)
         self.points.insert(index, point)
+        self.plain.insert(index, _plain(point))
 
     def trim(self) -> None:
         """Forget the points no read reached since the last trim (beyond some slack)."""
@@ -124,12 +150,15 @@ class _Kept:
             return
         cut = bisect_right(self.times, self.touched) - 1 - TRIM_SLACK
         if cut > TRIM_SLACK:
-            for p in self.points[:cut]:
-                self.plain.pop(id(p), None)
             self.lower = math.nextafter(self.times[cut], -math.inf)
             del self.times[:cut]
             del self.points[:cut]
+            del self.plain[:cut]
         self.touched = math.inf
+
+
+def _plain(p: StoredPoint) -> Point:
+    return Point(p.window_end, p.value, p.examples)
 
 
 class ChampionSeries:
@@ -146,6 +175,32 @@ class ChampionSeries:
         self.keep = keep and isinstance(store, SeriesMarks)
         self._kept: dict[SeriesKey, _Kept] = {}
         self._lock = threading.RLock()
+        self._local = threading.local()  # .marks: the marks of `one_transaction`, if open
+
+    @contextmanager
+    def one_transaction(self) -> Iterator[None]:
+        """Entered inside one store transaction (`store.atomic()`): a series' mark, once read
+        or written in it, is not read again (no other writer can replace it meanwhile)."""
+        outer = getattr(self._local, "marks", None) is None
+        if outer:
+            self._local.marks = {}
+        try:
+            yield
+        finally:
+            if outer:
+                self._local.marks = None
+
+    def _mark(self, key: SeriesKey, fresh: bool = False) -> object:
+        """The store's mark of `key` (remembered within `one_transaction`; `fresh`: read)."""
+        marks: dict[SeriesKey, object] | None = getattr(self._local, "marks", None)
+        if marks is not None and not fresh and key in marks:
+            return marks[key]
+        store = self.store
+        assert isinstance(store, SeriesMarks)
+        mark = store.series_mark(*key)
+        if marks is not None:
+            marks[key] = mark
+        return mark
 
     # ------------------------------------------------------------------ writes
     def record(self, points: Sequence[StoredPoint]) -> None:
@@ -157,14 +212,18 @@ class ChampionSeries:
         assert isinstance(store, SeriesMarks)
         with self._lock:
             keys = {(p.model, p.slice, p.metric) for p in points}
-            before = {key: store.series_mark(*key) for key in keys}
+            before = {key: self._mark(key) for key in keys}
             try:
                 self.store.record_points(points)
             except BaseException:
+                marks = getattr(self._local, "marks", None)
                 for key in keys:
                     self._kept.pop(key, None)
+                    if marks is not None:
+                        marks.pop(key, None)
                 raise
             for key in keys:
+                after = self._mark(key, fresh=True)
                 kept = self._kept.get(key)
                 if kept is None or kept.mark != before[key]:
                     self._kept.pop(key, None)
@@ -173,7 +232,7 @@ class ChampionSeries:
                 for p in points:
                     if (p.model, p.slice, p.metric) == key:
                         kept.put(p)
-                kept.mark = store.series_mark(*key)
+                kept.mark = after
 
     def forget(self) -> None:
         """Drop everything kept (a transaction that recorded points was rolled back)."""
@@ -199,9 +258,7 @@ class ChampionSeries:
         """What is kept of `key`, valid as of the store's mark now (None: not keeping)."""
         if not self.keep:
             return None
-        store = self.store
-        assert isinstance(store, SeriesMarks)
-        mark = store.series_mark(*key)
+        mark = self._mark(key)
         kept = self._kept.get(key)
         if kept is None or kept.mark != mark:
             kept = self._kept[key] = _Kept(mark)
@@ -213,16 +270,10 @@ class ChampionSeries:
         kept = self._kept.get((model, policy.spec.slice, policy.metric)) if self.keep else None
         if kept is None:
             return [Point(p.window_end, p.value, p.examples) for p in stored]
-        plain = kept.plain
-        if len(plain) > 2 * len(kept.points) + 1024:  # points no longer kept: start afresh
-            plain.clear()
-        out = []
-        for p in stored:
-            entry = plain.get(id(p))
-            if entry is None or entry[0] is not p:  # the pair holds `p`: its id stays its own
-                entry = plain[id(p)] = (p, Point(p.window_end, p.value, p.examples))
-            out.append(entry[1])
-        return out
+        run = kept.run_of(stored)
+        if run is not None:
+            return run
+        return [kept.plain_of(p) for p in stored]
 
     def window(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
@@ -248,8 +299,17 @@ class ChampionSeries:
         def read(**bounds: float | int | bool | None) -> list[StoredPoint]:
             return self.points(model, spec.slice, policy.metric, kept=kept, **bounds)  # type: ignore[arg-type]
 
+        champion = state.champion_version
+
         def counts(p: StoredPoint) -> bool:
             return is_champion_version(state, p.model_version)
+
+        def counted(points: list[StoredPoint]) -> list[StoredPoint]:
+            """`points` that count for the champion (`counts`, inlined: it is the hot loop)."""
+            if champion is None or kept is not None and kept.versions <= {champion, None}:
+                return points  # (every point read went through `kept`: put or learnt)
+            return [p for p in points
+                    if p.model_version == champion or p.model_version is None]
 
         def usable(p: StoredPoint) -> bool:
             return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
@@ -260,7 +320,7 @@ class ChampionSeries:
             while True:
                 raw = read(limit=limit, oldest=oldest, **bounds)
                 if len(raw) < limit or sum(map(usable, raw)) >= wanted:
-                    return [p for p in raw if counts(p)]
+                    return counted(raw)
                 limit *= 4
 
         if as_of is None:
@@ -276,8 +336,7 @@ class ChampionSeries:
                 return fetch(spec.evaluation_points + 1, since=start, until=until)
 
             def since(lower: float) -> list[StoredPoint]:
-                return [p for p in read(since=max(lower, start or lower), until=until)
-                        if counts(p)]
+                return counted(read(since=max(lower, start or lower), until=until))
 
             lower = lookback_start(lookback, as_of)
             window = since(lower)

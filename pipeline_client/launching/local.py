@@ -11,16 +11,18 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_client.errors import LaunchRejectedError, TransientError
 from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunStatus
+
+if TYPE_CHECKING:
+    import subprocess  # imported on the first launch: not at cold start
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,8 @@ class LocalLauncher:
         return self.workdir / run_id
 
     def _start_child(self, run_dir: Path) -> subprocess.Popen[bytes]:
+        import subprocess
+
         argv = [self.python, "-m", CHILD_MODULE, str(run_dir)]
         if self.outcome_handler:
             argv += ["--outcome-handler", self.outcome_handler]

@@ -8,8 +8,6 @@ import base64
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -115,6 +113,9 @@ class _CachedCerts:
 
     def __call__(self, url: str, method: str = "GET", body: Any = None,
                  headers: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
+        import urllib.error  # (not at cold start: only the manual trigger behind IAM needs it)
+        import urllib.request
+
         from google.auth import exceptions
 
         with self._lock:

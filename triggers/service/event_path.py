@@ -118,7 +118,7 @@ class RetrainService:
         kept = [(metric, value) for metric, value in event.metrics.items()
                 if (event.slice, metric) in watched]
         ignored = len(event.metrics) - len(kept)
-        with self.store.atomic():
+        with self.store.atomic(), self.series.one_transaction():
             if self.store.is_processed(message_id):
                 return EventResult("duplicate", message_id, event.model, refreshed)
             if kept:  # only what some policy reads is kept; the rest is counted
@@ -228,7 +228,10 @@ class RetrainService:
             if policy.metric not in event.metrics or policy.spec.slice != event.slice:
                 continue
             series, contiguous = self._series(model.name, policy, state, t_new)
-            times = [p.window_end for p in series if p.window_end >= t_new]
+            first = len(series)  # the series is sorted: walk back to the new point only
+            while first and series[first - 1].window_end >= t_new:
+                first -= 1
+            times = [p.window_end for p in series[first:]]
             for as_of in times[: MAX_REEVALUATIONS + 1] or [t_new]:
                 prefix = (series if series and series[-1].window_end <= as_of
                           else [p for p in series if p.window_end <= as_of])
