@@ -19,7 +19,6 @@ from pipeline_client.launching.protocol import FakeLauncher
 from tests.conftest import EXAMPLE_TEMPLATE, vertex_ready_template
 from tests.fakes.vertex_server import FakeVertexServer
 from tests.support.emulators import FirestoreEmulator
-from tests.support.fixtures import firestore_emulator  # noqa: F401
 from tests.support.serve import serve_process
 from tests.support.storm import (
     RunFinisher,
@@ -112,12 +111,26 @@ def test_storm_on_memory_store_in_process() -> None:
     assert check.runs == models  # nothing ends the runs here: one per model, the rest suppressed
 
 
+@pytest.fixture()
+def own_firestore_emulator() -> Iterator[FirestoreEmulator]:
+    """A Firestore emulator of this storm's own. On the session's shared one, after the
+    other Firestore suites (fault injection, cut connections, abandoned transactions), every
+    claim's commit of this storm waited out its timeout in a full run — while the storm
+    alone passed in 20–30 s; a fresh emulator holds no one else's locks."""
+    emulator = FirestoreEmulator()
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 def test_storm_on_firestore_two_workers(
-    tmp_path: Path, vertex: FakeVertexServer, firestore_emulator: FirestoreEmulator,  # noqa: F811
+    tmp_path: Path, vertex: FakeVertexServer, own_firestore_emulator: FirestoreEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two serve workers on the Firestore emulator (slower per event: a shorter storm)."""
-    firestore_emulator.reset()
+    firestore_emulator = own_firestore_emulator
     models = 4
     plan = StormPlan.build(models, max(100, SHORT // 10), seed=13)
     env = {**vertex_env(tmp_path, vertex, models, "firestore://?timeout=20s"),
