@@ -733,6 +733,8 @@ def _transaction_of(call: RecordedCall) -> bytes:
     return bytes(kind.deserialize(call.request).transaction) if kind is not None else b""
 
 
+@pytest.mark.skip(reason="lock priority across retries is switched off: with it, a Firestore "
+                  "storm on the emulator saw two runs of one model overlap (see claim.py)")
 def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
     firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
