@@ -1,24 +1,9 @@
 """The `publish` command: read metric events from JSONL or CSV and send them to the service,
-either over HTTP(S) to a running `manual_trigger` (`POST /events`) or to a Pub/Sub topic.
+either over HTTP(S) to a running `manual_trigger` (`POST /events`), to a Pub/Sub topic, or as a
+file uploaded to a bucket for `on_evaluation_file`.
 
-Input formats (chosen by extension: `.csv` is CSV; `.jsonl`, `.ndjson`, `.json` are JSONL;
-anything else is sniffed: a first non-blank character `{` means JSONL):
-
-- JSONL: one event object per line, exactly as in the design doc; blank lines are skipped.
-  Only the syntax is checked here (a JSON object per line, no NaN/Infinity); the schema is the
-  service's job, so a bad event comes back as *rejected* with the field it names.
-- CSV (long format, header row required): `model,metric,value,window_end` and optionally
-  `examples,slice,model_version,window_start`. Rows sharing (model, slice, model_version,
-  window_end) are **merged** into one event with several metrics, whether or not they are
-  adjacent; events come out in the order of their first row, numbered by that row's line.
-  Merging is strict: the same metric twice in one event, or merged rows that disagree on
-  `examples` or `window_start`, is an error (publish a correction as a separate file).
-  Empty optional cells are omitted (so `slice` defaults to `overall` in the service).
-
-`read_events` raises `ValueError("<path>:<line>: ...")` on the first malformed line, or, given
-`skip`, tells it (line, reason) and goes on without that line (CSV: without that row). CSV input
-is read whole before the first event is yielded; JSONL streams, so call `list(read_events(p))`
-first to validate a whole file before publishing any of it.
+Input formats and how lines are numbered and merged: `triggers.event_files` (shared with
+`on_evaluation_file`).
 
 Progress callbacks receive an increment (always 1, once per finished event), so `tqdm.update`
 or `click.progressbar(...).update` can be passed directly.
