@@ -413,3 +413,16 @@ def db_counts(path: Path) -> dict[str, int]:
         }
     finally:
         conn.close()
+
+
+def verdict_kinds(path: Path) -> dict[str, int]:
+    """Decisions per kind in a state database: a benchmark of the decision path checks that
+    its policies really judged (`ok`), not that they waited for a missing window."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {str(kind): int(n) for kind, n in
+                conn.execute("SELECT kind, COUNT(*) FROM decisions GROUP BY kind")}
+    finally:
+        conn.close()

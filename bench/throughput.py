@@ -37,6 +37,7 @@ from bench.common import (  # noqa: E402
     print_rows,
     push_body,
     tempdir,
+    verdict_kinds,
     write_rows,
 )
 
@@ -71,11 +72,16 @@ models:
 (with the default warm-up of 800 events each model's window holds ~340 points)."""
 
 
-def _in_the_past(event: dict[str, Any], total: int) -> dict[str, Any]:
-    """`event` moved back in time so that the batch's last window ended an hour ago (a
-    window that has not ended yet is refused)."""
+def batch_shift(total: int, now: datetime | None = None) -> timedelta:
+    """How far back a batch of `total` events moves so that its last window ended an hour
+    ago (a window that has not ended yet is refused). One shift for the whole batch: events
+    moved by different amounts would leave gaps between their windows."""
     last = T0 + timedelta(days=1 + (total // 2) / 24)
-    shift = max(last - (datetime.now(UTC) - timedelta(hours=1)), timedelta(0))
+    return max(last - ((now or datetime.now(UTC)) - timedelta(hours=1)), timedelta(0))
+
+
+def _in_the_past(event: dict[str, Any], shift: timedelta) -> dict[str, Any]:
+    """`event` moved back by `shift` (see `batch_shift`)."""
     moved = dict(event)
     for key in ("window_start", "window_end"):
         if key in moved:
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = work / f"{variant}-{n}"
         run_dir.mkdir()
         total = args.warmup + args.count
-        bodies = [push_body(_in_the_past(healthy_event(i), total), message_id=f"b{n}-{i}")
+        shift = batch_shift(total)
+        bodies = [push_body(_in_the_past(healthy_event(i), shift), message_id=f"b{n}-{i}")
                   for i in range(total)]
         port = free_port()
         gunicorn = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
@@ -207,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             counts = db_counts(run_dir / "state.db")
             if counts["processed"] != total or counts["runs"] or counts["rejected"]:
                 raise RuntimeError(f"ours: unexpected state after the batch: {counts}")
+            kinds = verdict_kinds(run_dir / "state.db")
+            if kinds.get("ok", 0) < 0.9 * counts["decisions"]:
+                raise RuntimeError(f"ours: the policies did not judge most events: {kinds}")
         return measured
 
     for rep in range(args.repeat):

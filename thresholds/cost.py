@@ -32,7 +32,7 @@ from datetime import timedelta
 from thresholds.base import Point, Policy, Verdict
 from thresholds.durations import format_duration
 from thresholds.spec import CostSpec, PolicySpec
-from thresholds.trend import DAY, _normal_quantile, recent_usable, theil_sen, window_problem
+from thresholds.trend import DAY, normal_quantile, recent_usable, theil_sen, window_problem
 
 #: The default horizon as a fraction of the champion's age (see the module docstring).
 AUTO_HORIZON_FRACTION = math.sqrt(2.0) - 1.0
@@ -116,7 +116,7 @@ class CostPolicy(Policy[tuple[list[Point], list[Point]]]):
         favourable = fit.high_slope if self.higher_is_better else fit.low_slope
         if not math.isfinite(favourable):
             favourable = fit.slope
-        z = _normal_quantile(rule.confidence)
+        z = normal_quantile(rule.confidence)
         bound = rule.loss_per_unit_day * positive_area(
             gap_now - z * error, min(gap_rate, -sign * favourable), horizon)
         fired = bound > rule.retrain_cost

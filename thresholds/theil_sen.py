@@ -376,11 +376,11 @@ def sliding_statistics(
             origin = window[-1].time
             count, size = pairs.count, len(window)
             sorted_values = pairs.sorted_values()
-            value_ties = trend._tie_sizes(sorted_values)
+            value_ties = trend.tie_sizes(sorted_values)
             middle = count // 2
             ranks = {middle} if count % 2 else {middle - 1, middle}
             alpha = 1.0 - confidence if confidence > 0.5 else confidence
-            z = trend._normal_quantile(alpha / 2.0)
+            z = trend.normal_quantile(alpha / 2.0)
             tied = sum(k * (k - 1) * (2 * k + 5) for k in value_ties)
             variance = 1 / 18.0 * (size * (size - 1) * (2 * size + 5) - tied)
             interval: tuple[int, int] | None = None

@@ -100,9 +100,9 @@ class _Pairs:
         self.time_steps = self.days[later] - self.days[earlier]
         self.value_steps = self.values[later] - self.values[earlier]
         self.time_tied = int(np.count_nonzero(self.time_steps == 0))
-        self.time_ties = _tie_sizes(self.days) if self.time_tied else []
+        self.time_ties = tie_sizes(self.days) if self.time_tied else []
         self.sorted_values = np.sort(self.values)
-        self.value_ties = _tie_sizes(self.sorted_values)
+        self.value_ties = tie_sizes(self.sorted_values)
 
     def slopes(self) -> Any:
         """The slope of every pair of points at distinct times (±inf where a huge step over
@@ -124,7 +124,7 @@ def _pair_indices(size: int) -> tuple[Any, Any]:
     return np.triu_indices(size, 1)
 
 
-def _tie_sizes(ordered: Any) -> list[int]:
+def tie_sizes(ordered: Any) -> list[int]:
     """The sizes of the groups of equal values (of two or more) in sorted values."""
     import numpy as np
 
@@ -145,7 +145,9 @@ def _median(ordered: Any) -> float:
 
 
 @lru_cache(maxsize=64)
-def _normal_quantile(probability: float) -> float:
+def normal_quantile(probability: float) -> float:
+    """The standard normal quantile of `probability` (remembered: a policy asks for the same
+    one or two on every event)."""
     from scipy.special import ndtri  # type: ignore[import-untyped,unused-ignore]
 
     return float(ndtri(probability))
@@ -170,7 +172,7 @@ def _theil_sen(pairs: _Pairs, confidence: float, origin: float) -> RobustFit:
     middle = count // 2
     ranks = {middle} if count % 2 else {middle - 1, middle}
     alpha = 1.0 - confidence if confidence > 0.5 else confidence
-    z = _normal_quantile(alpha / 2.0)
+    z = normal_quantile(alpha / 2.0)
     tied = sum(k * (k - 1) * (2 * k + 5) for k in (*pairs.time_ties, *pairs.value_ties))
     variance = 1 / 18.0 * (size * (size - 1) * (2 * size + 5) - tied)
     interval: tuple[int, int] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
@@ -33,6 +33,10 @@ class SeriesMarks(Protocol):
     transaction). Stores without it are read afresh for every event."""
 
     def series_mark(self, model: str, slice_: str, metric: str) -> object: ...
+
+    def record_points_marked(self, points: Sequence[StoredPoint]) -> Mapping[SeriesKey, object]:
+        """`record_points`, answering the mark each written series has now."""
+        ...
 
 
 def lookback_start(lookback: timedelta, as_of: float) -> float:
@@ -172,7 +176,11 @@ class ChampionSeries:
 
     def __init__(self, store: StateStore, keep: bool = True) -> None:
         self.store = store
-        self.keep = keep and isinstance(store, SeriesMarks)
+        self._marks: SeriesMarks | None = (
+            store if keep and isinstance(store, SeriesMarks) else None)
+        """The store, if it keeps marks and points are kept (a runtime protocol check is
+        slow: made once here, not per event)."""
+        self.keep = self._marks is not None
         self._kept: dict[SeriesKey, _Kept] = {}
         self._lock = threading.RLock()
         self._local = threading.local()  # .marks: the marks of `one_transaction`, if open
@@ -190,13 +198,13 @@ class ChampionSeries:
             if outer:
                 self._local.marks = None
 
-    def _mark(self, key: SeriesKey, fresh: bool = False) -> object:
-        """The store's mark of `key` (remembered within `one_transaction`; `fresh`: read)."""
+    def _mark(self, key: SeriesKey) -> object:
+        """The store's mark of `key` (remembered within `one_transaction`)."""
         marks: dict[SeriesKey, object] | None = getattr(self._local, "marks", None)
-        if marks is not None and not fresh and key in marks:
+        if marks is not None and key in marks:
             return marks[key]
-        store = self.store
-        assert isinstance(store, SeriesMarks)
+        store = self._marks
+        assert store is not None  # (`keep` only)
         mark = store.series_mark(*key)
         if marks is not None:
             marks[key] = mark
@@ -208,13 +216,13 @@ class ChampionSeries:
         if not self.keep:
             self.store.record_points(points)
             return
-        store = self.store
-        assert isinstance(store, SeriesMarks)
+        store = self._marks
+        assert store is not None
         with self._lock:
             keys = {(p.model, p.slice, p.metric) for p in points}
             before = {key: self._mark(key) for key in keys}
             try:
-                self.store.record_points(points)
+                written = store.record_points_marked(points)
             except BaseException:
                 marks = getattr(self._local, "marks", None)
                 for key in keys:
@@ -222,8 +230,11 @@ class ChampionSeries:
                     if marks is not None:
                         marks.pop(key, None)
                 raise
+            marks = getattr(self._local, "marks", None)
             for key in keys:
-                after = self._mark(key, fresh=True)
+                after = written[key]
+                if marks is not None:
+                    marks[key] = after
                 kept = self._kept.get(key)
                 if kept is None or kept.mark != before[key]:
                     self._kept.pop(key, None)

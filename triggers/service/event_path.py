@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
+from itertools import islice
 from typing import Any
 
 from pipeline_client.launching.protocol import LaunchRequest, PipelineLauncher
@@ -23,14 +24,13 @@ from triggers.config import ModelConfig, ServiceConfig
 from triggers.errors import (
     InvalidEventError,
     LaunchRejectedError,
-    ModelNotConfiguredError,
     TransientError,
     UnknownModelError,
 )
 from triggers.events import Delivery, MetricEvent, parse_event, truncated
 from triggers.logs import log_event
 from triggers.series import MAX_REEVALUATIONS, ChampionSeries
-from triggers.service import manual, runs
+from triggers.service import manual, runs, status
 from triggers.service.results import EventResult, PendingLaunch, RetrainResult
 from triggers.state.protocol import (
     Claim,
@@ -479,31 +479,8 @@ class RetrainService:
 
     # ------------------------------------------------------------------ reads
     def model_status(self, model_name: str) -> dict[str, Any]:
-        model = self.config.models.get(model_name)
-        if model is None:
-            raise ModelNotConfiguredError(model_name)
-        state = self.store.model_state(model.name)
-        in_flight = self.store.in_flight_runs(model.name)
-        guards = model.guards
-        return {
-            "model": model.name,
-            "champion_version": state.champion_version,
-            "history_start": iso(state.history_start),
-            "armed": not in_flight,
-            "run_in_flight": in_flight[0].to_json() if in_flight else None,
-            "policies": [p.spec.to_dict()
-                         for p in model.policies],
-            "guards": {
-                "cooldown_seconds": guards.cooldown.total_seconds(),
-                "max_runs": guards.max_runs,
-                "max_runs_per_seconds": guards.max_runs_per.total_seconds(),
-                "skip_if_running": guards.skip_if_running,
-                "run_timeout_seconds": guards.run_timeout.total_seconds(),
-            },
-            "latest_points": [p.to_json() for p in self.store.latest_points(model.name, 20)],
-            "recent_runs": [r.to_json() for r in self.store.runs(model.name, limit=10)],
-            "last_decisions": [d.to_json() for d in self.store.decisions(model.name, limit=20)],
-        }
+        """What `GET /models/{model}` answers (see status.py)."""
+        return status.model_status(self, model_name)
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         return self.store.decisions(model, limit)
@@ -569,15 +546,14 @@ def unsettled_gap(prefix: Sequence[StoredPoint], lateness: float, now: float) ->
 
     Points are judged in event-time order up to that gap, as if they had arrived in order.
     """
-    if lateness <= 0:
+    if lateness <= 0 or not prefix:
         return None
-    for before, after in zip(prefix, prefix[1:], strict=False):
-        if (
-            after.window_start is not None
-            and after.window_start > before.window_end + 1e-6
-            and now - after.recorded_at < lateness
-        ):
-            return after.window_start
+    end = prefix[0].window_end  # (one pass, no pairs built: it runs per policy per event)
+    for point in islice(prefix, 1, None):
+        start = point.window_start
+        if start is not None and start > end + 1e-6 and now - point.recorded_at < lateness:
+            return start
+        end = point.window_end
     return None
 
 

@@ -197,6 +197,12 @@ class SQLiteStore:
 
     # points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
+        self.record_points_marked(points)
+
+    def record_points_marked(
+        self, points: Sequence[StoredPoint]
+    ) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """`record_points`, answering the mark each written series has now (no second read)."""
         with self._tx() as conn:
             conn.executemany(
                 "INSERT INTO points (model, slice, metric, window_end, value, examples,"
@@ -222,13 +228,17 @@ class SQLiteStore:
                     for p in points
                 ],
             )
-            conn.executemany(  # every write replaces its series' mark (ChampionSeries checks)
-                "INSERT INTO series_marks (model, slice, metric, writes, token)"
-                " VALUES (?, ?, ?, 1, random())"
-                " ON CONFLICT (model, slice, metric) DO UPDATE SET"
-                " writes = writes + 1, token = random()",
-                [(p.model, p.slice, p.metric) for p in points],
-            )
+            # every write replaces its series' mark (ChampionSeries checks it), once per series
+            marks: dict[tuple[str, str, str], tuple[int, int]] = {}
+            for key in dict.fromkeys((p.model, p.slice, p.metric) for p in points):
+                row = conn.execute(
+                    "INSERT INTO series_marks (model, slice, metric, writes, token)"
+                    " VALUES (?, ?, ?, 1, random())"
+                    " ON CONFLICT (model, slice, metric) DO UPDATE SET"
+                    " writes = writes + 1, token = random() RETURNING writes, token", key,
+                ).fetchall()[0]  # (stepped to its end: no statement left open at COMMIT)
+                marks[key] = (int(row[0]), int(row[1]))
+            return marks
 
     def series_mark(self, model: str, slice_: str, metric: str) -> tuple[int, int] | None:
         """A mark that every write of a point of the series replaces: (write count, random
