@@ -1,5 +1,6 @@
 """What the decision path's cold start leaves out: the ID-token fetch (urllib.request) is for
-the manual trigger behind IAM, the child process (subprocess) for the local launcher's runs."""
+the manual trigger behind IAM, the child process (subprocess) for the local launcher's runs,
+and the records of runs (made dataclasses on first use, `thresholds.records`)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,15 @@ CHECK = textwrap.dedent(
     class CloudEvent(dict):
         data = body
     result = entry.metric_cloud_event(CloudEvent(id="cold-1"))
+    # the records of runs and launches: made dataclasses only when a run is (thresholds.records)
+    import dataclasses
+    from pipeline_client.launching.protocol import LaunchRequest, LaunchResult
+    from triggers.state.protocol import Claim, RunRecord, RunUpdate
+    built = sorted(c.__name__ for c in (LaunchRequest, LaunchResult, Claim, RunRecord, RunUpdate)
+                   if dataclasses.is_dataclass(c))
     print(json.dumps({"cold_start": at_cold_start,
                       "after_event": sorted(m for m in unused if m in sys.modules),
-                      "status": result.status}))
+                      "status": result.status, "run_records_built": built}))
     """
 )
 
@@ -45,4 +52,5 @@ def test_the_decision_path_imports_neither_urllib_request_nor_subprocess(
     )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer == {"cold_start": [], "after_event": [], "status": "recorded"}
+    assert answer == {"cold_start": [], "after_event": [], "status": "recorded",
+                      "run_records_built": []}

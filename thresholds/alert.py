@@ -5,16 +5,17 @@ closed is recorded), and the name matching shared with `inhibit_when`. No I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from thresholds.base import Point, Policy, Verdict, VerdictStatus
+from thresholds.records import record
 from thresholds.spec import AlertSpec, PolicySpec
 
 MODEL_LABEL = "retrain_model"
 """The alerting policy's user label that names the model an incident is about."""
 
 
-@dataclass(frozen=True)
+@record
 class Incident:
     """What a policy needs of one incident notification (parsed by `triggers.incidents`)."""
 

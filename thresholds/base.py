@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, overload
 
+from thresholds.records import record
 from thresholds.spec import PolicyKind, PolicySpec
 
 VerdictStatus = Literal["fired", "ok", "insufficient_data"]
@@ -37,7 +38,7 @@ class Point:
     examples: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Verdict:
     """What one policy says about one series: status, the statistic, its limit, and why."""
 

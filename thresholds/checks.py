@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
 from thresholds.durations import format_duration, parse_duration
+from thresholds.records import materialize
 
 _BOUNDS = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
 
@@ -96,6 +97,8 @@ class Checked:
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         from pydantic_core import core_schema
+
+        materialize(cls)  # a `@record` becomes a dataclass on first use: pydantic reads it now
 
         def checked(value: Checked) -> Checked:
             value.check()

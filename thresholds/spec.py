@@ -8,12 +8,13 @@ Each setting is defined here once; `PolicySpec.parse` validates (pydantic, impor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from thresholds.checks import Check, Checked, Duration
 from thresholds.durations import format_duration, parse_duration
+from thresholds.records import record
 
 Direction = Literal["higher_is_better", "lower_is_better"]
 PolicyKind = Literal["absolute", "baseline", "trend", "forecast", "cost", "alert"]
@@ -29,14 +30,14 @@ Confidence = Annotated[float, Check(gt=0.5, lt=1)]
 Name = Annotated[str, Check(min_length=1, max_length=512)]
 
 
-@dataclass(frozen=True)
+@record
 class AbsoluteSpec(Checked):
     """Breach when a value is strictly worse than `threshold`."""
 
     threshold: Finite
 
 
-@dataclass(frozen=True)
+@record
 class BaselineSpec(Checked):
     """Breach when the latest value dropped from the champion's reference by more than allowed."""
 
@@ -49,7 +50,7 @@ class BaselineSpec(Checked):
             raise ValueError("set max_relative_drop and/or max_absolute_drop")
 
 
-@dataclass(frozen=True)
+@record
 class TrendSpec(Checked):
     """Breach when the robust slope is significantly worse than `max_decline_per_day`."""
 
@@ -60,7 +61,7 @@ class TrendSpec(Checked):
     confidence: Confidence = 0.95
 
 
-@dataclass(frozen=True)
+@record
 class ForecastSpec(Checked):
     """Breach when the robust linear fit is projected to cross `threshold` within `horizon`."""
 
@@ -70,7 +71,7 @@ class ForecastSpec(Checked):
     min_points: Annotated[int, Check(ge=3, le=100_000)] = 8
 
 
-@dataclass(frozen=True)
+@record
 class CostSpec(Checked):
     """Breach when keeping the champion over `horizon` is projected, at `confidence`, to lose
     more than one run costs: loss = loss_per_unit_day × (fresh level − forecast path) × days."""
@@ -90,7 +91,7 @@ class CostSpec(Checked):
     confidence: Confidence = 0.8
 
 
-@dataclass(frozen=True)
+@record
 class AlertSpec(Checked):
     """Fires on an open Cloud Monitoring incident (notification schema 1.2) whose alerting
     policy carries the user label `retrain_model: <model>`; `policy_name` and
@@ -100,7 +101,7 @@ class AlertSpec(Checked):
     condition_name: Name | None = None
 
 
-@dataclass(frozen=True)
+@record
 class InhibitSpec(AlertSpec):
     """An alert condition that holds back every retraining of the model while an incident
     of it is open (data freshness, schema, pipeline failures)."""
@@ -121,7 +122,7 @@ _RULES: dict[str, type[Any]] = {
 _DURATIONS = ("lookback", "horizon")
 
 
-@dataclass(frozen=True)
+@record
 class PolicySpec(Checked):
     """One policy: a metric, a direction, and exactly one rule."""
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 from thresholds.base import Policy
 from thresholds.durations import parse_duration
+from thresholds.records import record
 from thresholds.registry import build_policy
 from thresholds.spec import AlertSpec, PolicySpec
 from triggers.errors import ConfigError, PolicyConfigError
@@ -39,7 +40,7 @@ def _duration(value: Any, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
 
-@dataclass(frozen=True)
+@record
 class PipelineConfig:
     """Which pipeline to run and how; nothing here can come from an event."""
 
@@ -52,7 +53,7 @@ class PipelineConfig:
     enable_caching: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class ModelConfig:
     """One model, resolved: built policies, merged guards, pipeline template path."""
 
@@ -77,7 +78,7 @@ class ModelConfig:
         return frozenset(slice_ for slice_, _ in self.watched)
 
 
-@dataclass(frozen=True)
+@record
 class ServiceConfig:
     """The policy file, resolved for the service."""
 

@@ -13,10 +13,10 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from thresholds.records import record
 from triggers.errors import InvalidEventError
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -53,7 +53,7 @@ def parse_timestamp(value: str) -> datetime | None:
         return None
 
 
-@dataclass(frozen=True)
+@record
 class MetricEvent:
     """One evaluation of one model over one window; its `metrics` become points."""
 
@@ -102,7 +102,7 @@ def fast_event(data: Mapping[str, Any]) -> MetricEvent | None:
     )
 
 
-@dataclass(frozen=True)
+@record
 class Delivery:
     """One message as it arrived: its id (for deduplication), its raw payload, where from."""
 

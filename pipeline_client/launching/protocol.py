@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, Literal, Protocol
 
 from pipeline_client.errors import LaunchRejectedError, TransientError
+from thresholds.records import record
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled", "unknown"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
-@dataclass(frozen=True)
+@record
 class LaunchRequest:
     """Everything a launcher needs; built only from the policy file and the decision."""
 
@@ -48,7 +49,7 @@ class LaunchRequest:
         return cls(**dict(data))
 
 
-@dataclass(frozen=True)
+@record
 class LaunchResult:
     """A submitted run: its id, the launcher's name for it, and whether it existed already."""
 
@@ -57,7 +58,7 @@ class LaunchResult:
     already_existed: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class RunStatus:
     """A run's state as the launcher sees it; `outcome` when the run reported one."""
 

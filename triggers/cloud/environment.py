@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from thresholds.durations import parse_duration
+from thresholds.records import record
 from triggers.cloud.auth import GOOGLE_CERTS_URL, audiences, parse_invokers
 from triggers.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@record
 class Environment:
     """The service's settings from environment variables."""
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pipeline_client.launching.protocol import LaunchRequest
 from thresholds.base import Policy, Verdict
+from thresholds.records import record
 from triggers.errors import (
     InvalidEventError,
 )
@@ -50,7 +51,7 @@ class EventResult:
 # A new champion's history starts this long (seconds) after the old champion's last point.
 
 
-@dataclass(frozen=True)
+@record
 class RetrainResult:
     """The answer of `request_retrain`: what the policies and guards say and, unless a dry
     run, what became of the request (`status`: fired, suppressed or launch_failed)."""
@@ -76,7 +77,7 @@ class RetrainResult:
         return data
 
 
-@dataclass(frozen=True)
+@record
 class PendingLaunch:
     """A claimed degradation waiting for its submit (done outside the store transaction)."""
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
+from thresholds.records import fields
 from triggers.state.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
@@ -30,7 +31,7 @@ DEFAULT_RETENTION = timedelta(days=400)
 EXPIRE_BATCH = 100
 """Most expired rejected events one write drops (bounded work per event)."""
 
-_RUN_FIELDS = frozenset(RunRecord.__dataclass_fields__) - {"run_id"}
+_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"run_id"}
 
 PointRow = tuple[str, str, str, float, float, "int | None", "str | None", "str | None", float,
                  "float | None"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from thresholds.records import record
 
 if TYPE_CHECKING:
     from triggers.state.guards import Guards
@@ -38,7 +40,7 @@ def iso(ts: float | None) -> str | None:
     return text.replace(".000000", "").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
+@record
 class StoredPoint:
     """One metric value, keyed by (model, slice, metric, window_end)."""
 
@@ -65,7 +67,7 @@ class StoredPoint:
         return data
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     """One entry of the audit trail: what was decided, about what, and why.
 
@@ -104,7 +106,7 @@ class Decision:
         return cls(**values)
 
 
-@dataclass(frozen=True)
+@record
 class RejectedEvent:
     """A message that can never be processed, kept with its reason."""
 
@@ -117,7 +119,7 @@ class RejectedEvent:
     model: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class RunRecord:
     """A pipeline run from its claim to its end."""
 
@@ -151,7 +153,7 @@ class RunRecord:
         return data
 
 
-@dataclass(frozen=True)
+@record
 class RunUpdate:
     """What `update_run` changes in a run; a field left None stays as it is."""
 
@@ -168,7 +170,7 @@ class RunUpdate:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-@dataclass(frozen=True)
+@record
 class ModelState:
     """The current champion and where its history window starts (event time)."""
 
@@ -178,7 +180,7 @@ class ModelState:
     updated_at: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class IncidentRecord:
     """A Cloud Monitoring incident that holds a model's retraining back while it is open
     (its `inhibit_when`). Once closed it stays closed: a late "open" changes nothing."""
@@ -207,7 +209,7 @@ def is_told(decision: Decision) -> bool:
 ClaimStatus = Literal["claimed", "resume", "exists", "blocked", "duplicate"]
 
 
-@dataclass(frozen=True)
+@record
 class Claim:
     """The answer of `claim_run`: a new claim, a claim to resume, a finished one, or a block."""
 

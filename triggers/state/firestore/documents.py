@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
 from pipeline_client.errors import ConfigError
 from thresholds.durations import parse_duration
+from thresholds.records import fields
 from triggers import ids
 from triggers.state.protocol import Decision, RunRecord, StoredPoint, dumps, iso
 

@@ -11,13 +11,13 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import format_duration
+from thresholds.records import fields
 from triggers.state import firestore_sdk
 from triggers.state.firestore import claim
 from triggers.state.firestore.documents import (

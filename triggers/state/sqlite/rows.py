@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
+from thresholds.records import fields
 from triggers.state.protocol import (
     Decision,
     RunRecord,
