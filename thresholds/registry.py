@@ -1,23 +1,34 @@
-"""Which policy class implements which kind of rule."""
+"""Which policy class implements which kind of rule; each kind's module is imported when a
+policy of that kind is first built (a policy file of absolute rules never loads the fits)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
+from importlib import import_module
 
-from thresholds.absolute import AbsolutePolicy
-from thresholds.alert import AlertPolicy
 from thresholds.base import Policy
-from thresholds.baseline import BaselinePolicy
-from thresholds.cost import CostPolicy
-from thresholds.forecast import ForecastPolicy
-from thresholds.spec import PolicyKind, PolicySpec
-from thresholds.trend import TrendPolicy
+from thresholds.spec import POLICY_KINDS, PolicyKind, PolicySpec
 
-POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = MappingProxyType(
-    {cls.kind: cls for cls in (AbsolutePolicy, BaselinePolicy, TrendPolicy, ForecastPolicy,
-                                    CostPolicy, AlertPolicy)}
-)
+_MODULES: Mapping[PolicyKind, str] = {kind: f"thresholds.{kind}" for kind in POLICY_KINDS}
+"""Each kind's module: `thresholds.<kind>`, whose `<Kind>Policy` implements it."""
+
+
+class _PolicyClasses(Mapping[PolicyKind, type[Policy]]):
+    """kind → policy class, read-only, importing the kind's module on first use."""
+
+    def __getitem__(self, kind: PolicyKind) -> type[Policy]:
+        module = import_module(_MODULES[kind])
+        cls: type[Policy] = getattr(module, f"{kind.capitalize()}Policy")
+        return cls
+
+    def __iter__(self) -> Iterator[PolicyKind]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = _PolicyClasses()
 
 
 def build_policy(spec: PolicySpec) -> Policy:
