@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Harness
 from thresholds.base import Point
 from thresholds.theil_sen import SlidingPairs, sliding_statistics
-from thresholds.trend import _kendall_p_value, _Pairs, _theil_sen
+from thresholds.trend import AllPairs, kendall_p_value_of_pairs, theil_sen_of_pairs
 
 WARM_POLICY = """
 defaults:
@@ -36,10 +36,10 @@ models:
 
 
 def _full(window: list[Point], confidence: float, decreasing: bool) -> tuple[float, ...]:
-    pairs = _Pairs(window)
-    fit = _theil_sen(pairs, confidence, window[-1].time)
+    pairs = AllPairs(window)
+    fit = theil_sen_of_pairs(pairs, confidence, window[-1].time)
     return (fit.slope, fit.low_slope, fit.high_slope, fit.level,
-            _kendall_p_value(pairs, decreasing))
+            kendall_p_value_of_pairs(pairs, decreasing))
 
 
 def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -332,7 +332,7 @@ class SlidingPairs:
         return answers
 
     def window_days(self, origin: float) -> Any:
-        """The live points' days before `origin`, in time order (as `_Pairs.days`)."""
+        """The live points' days before `origin`, in time order (as `AllPairs.days`)."""
         import numpy as np
 
         t = np.array(sorted(self._slot_of), dtype=float)
@@ -401,7 +401,7 @@ def sliding_statistics(
              else float((_f64(ordered[middle - 1]) + _f64(ordered[middle])) / 2))
     low, high = ((ordered[interval[0]], ordered[interval[1]]) if interval
                  else (float("nan"), float("nan")))
-    level = trend._median(sorted_values) - slope * trend._median(days)
+    level = trend.median_of_sorted(sorted_values) - slope * trend.median_of_sorted(days)
     fit = trend.RobustFit(slope=slope, low_slope=low, high_slope=high, level=level,
                           origin=origin)
     if decreasing is None:
@@ -416,7 +416,7 @@ def _f64(value: float) -> Any:
 
 
 def _kendall(size: int, discordant: int, value_ties: list[int], decreasing: bool) -> float:
-    """`trend._kendall_p_value` for a window without tied times."""
+    """`trend.kendall_p_value_of_pairs` for a window without tied times."""
     from scipy.special import ndtr  # type: ignore[import-untyped,unused-ignore]
 
     from thresholds import trend
@@ -427,7 +427,7 @@ def _kendall(size: int, discordant: int, value_ties: list[int], decreasing: bool
         return float("nan")
     alternative = "less" if decreasing else "greater"
     if y_tie == 0 and (size <= 33 or min(discordant, total - discordant) <= 1):
-        return trend._kendall_exact(size, total - discordant, alternative)
+        return trend.kendall_exact(size, total - discordant, alternative)
     y1 = sum(k * (k - 1) * (2 * k + 5) for k in value_ties)
     m = size * (size - 1.0)
     variance = (m * (2 * size + 5) - y1) / 18 + 0.0 + 0 / (9 * m * (size - 2))

@@ -80,7 +80,7 @@ class RobustFit:
         return self.level + self.slope * (time - self.origin) / DAY
 
 
-class _Pairs:
+class AllPairs:
     """A window's times (days before its latest point) and values, and the differences over
     every pair of points: what the Theil–Sen fit and Kendall's test both need, built once."""
 
@@ -136,7 +136,7 @@ def tie_sizes(ordered: Any) -> list[int]:
     return [int(size) for size in sizes[sizes > 1].tolist()]
 
 
-def _median(ordered: Any) -> float:
+def median_of_sorted(ordered: Any) -> float:
     """The median of sorted values, as numpy computes it (the mean of the middle two)."""
     middle = len(ordered) // 2
     if len(ordered) % 2:
@@ -155,10 +155,10 @@ def normal_quantile(probability: float) -> float:
 
 def theil_sen(points: Sequence[Point], confidence: float) -> RobustFit:
     """The Theil–Sen fit of `points` (at least two distinct times) with a `confidence` CI."""
-    return _theil_sen(_Pairs(points), confidence, points[-1].time)
+    return theil_sen_of_pairs(AllPairs(points), confidence, points[-1].time)
 
 
-def _theil_sen(pairs: _Pairs, confidence: float, origin: float) -> RobustFit:
+def theil_sen_of_pairs(pairs: AllPairs, confidence: float, origin: float) -> RobustFit:
     """The arithmetic of `scipy.stats.theilslopes` (method "separate"), step by step, without
     its per-call overhead (a test checks the results are bit-identical). Sen's variance of
     the CI, negative under heavy ties in both time and value, gives a NaN interval, which
@@ -187,16 +187,16 @@ def _theil_sen(pairs: _Pairs, confidence: float, origin: float) -> RobustFit:
              else float((ordered[middle - 1] + ordered[middle]) / 2))
     low, high = ((float(ordered[interval[0]]), float(ordered[interval[1]])) if interval
                  else (float("nan"), float("nan")))
-    level = _median(pairs.sorted_values) - slope * _median(pairs.days)
+    level = median_of_sorted(pairs.sorted_values) - slope * median_of_sorted(pairs.days)
     return RobustFit(slope=slope, low_slope=low, high_slope=high, level=level, origin=origin)
 
 
 def kendall_p_value(points: Sequence[Point], decreasing: bool) -> float:
     """One-sided p-value of Kendall's tau against "no trend" (alternative: the given sign)."""
-    return _kendall_p_value(_Pairs(points), decreasing)
+    return kendall_p_value_of_pairs(AllPairs(points), decreasing)
 
 
-def _kendall_p_value(pairs: _Pairs, decreasing: bool) -> float:
+def kendall_p_value_of_pairs(pairs: AllPairs, decreasing: bool) -> float:
     """The arithmetic of `scipy.stats.kendalltau(method="auto")`, step by step: the exact null
     distribution without ties and with at most 33 points (or an almost perfect order), the
     normal approximation with the tie-corrected variance otherwise (a test checks the
@@ -216,7 +216,7 @@ def _kendall_p_value(pairs: _Pairs, decreasing: bool) -> float:
         return float("nan")
     alternative = "less" if decreasing else "greater"
     if x_tie == 0 and y_tie == 0 and (size <= 33 or min(discordant, total - discordant) <= 1):
-        return _kendall_exact(size, total - discordant, alternative)
+        return kendall_exact(size, total - discordant, alternative)
     x0 = sum(k * (k - 1) * (k - 2) for k in time_ties)
     y0 = sum(k * (k - 1) * (k - 2) for k in value_ties)
     x1 = sum(k * (k - 1) * (2 * k + 5) for k in time_ties)
@@ -229,7 +229,7 @@ def _kendall_p_value(pairs: _Pairs, decreasing: bool) -> float:
 
 
 @lru_cache(maxsize=4096)
-def _kendall_exact(size: int, concordant: int, alternative: str) -> float:
+def kendall_exact(size: int, concordant: int, alternative: str) -> float:
     """SciPy's exact one-sided p-value of Kendall's tau (no ties); a pure function, cached."""
     from scipy.stats._mstats_basic import (  # type: ignore[import-untyped,unused-ignore]
         _kendall_p_exact,
@@ -295,9 +295,9 @@ class TrendPolicy(Policy[list[Point]]):
             quick = sliding_statistics(self.sliding, window, confidence, decreasing)
             if quick is not None:
                 return quick
-            pairs = _Pairs(window)
-            return (_theil_sen(pairs, confidence, window[-1].time),
-                    _kendall_p_value(pairs, decreasing))
+            pairs = AllPairs(window)
+            return (theil_sen_of_pairs(pairs, confidence, window[-1].time),
+                    kendall_p_value_of_pairs(pairs, decreasing))
 
         if self.fit_memo is None:
             return compute()

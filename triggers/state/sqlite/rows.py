@@ -19,12 +19,12 @@ from triggers.state.protocol import (
 )
 
 POINT_COLUMNS = ", ".join(f.name for f in fields(StoredPoint))
-_RUN_COLUMNS = (
+RUN_COLUMNS = (
     "run_id model policy trigger_id state reason created_at request forced claimed_by launched_at "
     "ended_at checked_at resource_name outcome message"
 ).split()
 
-def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
+def insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
         " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
@@ -52,11 +52,11 @@ def _insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -
         "INSERT OR REPLACE INTO outbox (decision_id, at, body) VALUES (?, ?, ?)",
         [(d.decision_id, d.at, dumps(d.to_json())) for d in decisions if is_told(d)])
 
-def _point(row: sqlite3.Row) -> StoredPoint:
+def point_of_row(row: sqlite3.Row) -> StoredPoint:
     return StoredPoint(*row)  # POINT_COLUMNS are StoredPoint's fields, in order
 
 
-def _decision(row: sqlite3.Row) -> Decision:
+def decision_of_row(row: sqlite3.Row) -> Decision:
     return Decision(
         decision_id=row["decision_id"],
         model=row["model"],
@@ -74,7 +74,7 @@ def _decision(row: sqlite3.Row) -> Decision:
     )
 
 
-def _run(row: sqlite3.Row) -> RunRecord:
+def run_of_row(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
         run_id=row["run_id"],
         model=row["model"],
@@ -95,7 +95,7 @@ def _run(row: sqlite3.Row) -> RunRecord:
     )
 
 
-def _run_row(run: RunRecord) -> tuple[Any, ...]:
+def row_of_run(run: RunRecord) -> tuple[Any, ...]:
     return (
         run.run_id,
         run.model,

@@ -34,13 +34,13 @@ from triggers.state.protocol import (
     dumps,
 )
 from triggers.state.sqlite.rows import (
-    _RUN_COLUMNS,
     POINT_COLUMNS,
-    _decision,
-    _insert_decisions,
-    _point,
-    _run,
-    _run_row,
+    RUN_COLUMNS,
+    decision_of_row,
+    insert_decisions,
+    point_of_row,
+    row_of_run,
+    run_of_row,
 )
 from triggers.state.sqlite.schema import apply_schema
 
@@ -184,7 +184,7 @@ class SQLiteStore:
     def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
                        ignored_metrics: int = 0) -> None:
         with self._tx() as conn:
-            _insert_decisions(conn, decisions)
+            insert_decisions(conn, decisions)
             conn.execute(
                 "INSERT OR IGNORE INTO processed (message_id, at, ignored_metrics)"
                 " VALUES (?, ?, ?)", (message_id, at, ignored_metrics or None)
@@ -271,7 +271,7 @@ class SQLiteStore:
             sql += " LIMIT ?"
             args.append(limit)
         rows = self._query(sql, args)
-        return [_point(row) for row in (rows if oldest else reversed(rows))]
+        return [point_of_row(row) for row in (rows if oldest else reversed(rows))]
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]:
         rows = self._query(
@@ -279,7 +279,7 @@ class SQLiteStore:
             " ORDER BY window_end DESC, metric LIMIT ?",
             (model, limit),
         )
-        return [_point(row) for row in rows]
+        return [point_of_row(row) for row in rows]
 
     # rejected events
     def record_rejected(self, event: RejectedEvent) -> None:
@@ -324,7 +324,7 @@ class SQLiteStore:
     # decisions
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         with self._tx() as conn:
-            _insert_decisions(conn, decisions)
+            insert_decisions(conn, decisions)
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         if model is None:
@@ -336,7 +336,7 @@ class SQLiteStore:
                 "SELECT * FROM decisions WHERE model = ? ORDER BY at DESC, rowid DESC LIMIT ?",
                 (model, limit),
             )
-        return [_decision(row) for row in rows]
+        return [decision_of_row(row) for row in rows]
 
     # models
     def model_state(self, model: str) -> ModelState:
@@ -359,7 +359,7 @@ class SQLiteStore:
         with self._tx() as conn:
             existing = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
             if existing is not None:
-                record = _run(existing)
+                record = run_of_row(existing)
                 if record.state == "launching":
                     return Claim("resume", record, "run claimed earlier but not yet submitted")
                 return Claim("exists", record, f"run already {record.state}")
@@ -369,13 +369,13 @@ class SQLiteStore:
                 f" AND (created_at > ? OR state IN ({placeholders}))",
                 (run.model, now - guard_window(guards), *sorted(IN_FLIGHT)),
             ).fetchall()
-            blocked = check_guards((_run(r) for r in rows), guards, now, force)
+            blocked = check_guards((run_of_row(r) for r in rows), guards, now, force)
             if blocked is not None:
                 return Claim("blocked", run, blocked)
             conn.execute(
-                f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES"
-                f" ({', '.join('?' for _ in _RUN_COLUMNS)})",
-                _run_row(run),
+                f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES"
+                f" ({', '.join('?' for _ in RUN_COLUMNS)})",
+                row_of_run(run),
             )
             return Claim("claimed", run)
 
@@ -396,11 +396,11 @@ class SQLiteStore:
                 (*values.values(), run_id),
             )
             updated = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return _run(updated)
+            return run_of_row(updated)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return _run(rows[0]) if rows else None
+        return run_of_row(rows[0]) if rows else None
 
     def runs(self, model: str | None = None, limit: int = 50) -> list[RunRecord]:
         if model is None:
@@ -410,7 +410,7 @@ class SQLiteStore:
                 "SELECT * FROM runs WHERE model = ? ORDER BY created_at DESC LIMIT ?",
                 (model, limit),
             )
-        return [_run(row) for row in rows]
+        return [run_of_row(row) for row in rows]
 
     def in_flight_runs(self, model: str | None = None) -> list[RunRecord]:
         placeholders = ",".join("?" for _ in IN_FLIGHT)
@@ -419,7 +419,7 @@ class SQLiteStore:
         if model is not None:
             sql += " AND model = ?"
             args.append(model)
-        return [_run(row) for row in self._query(sql + " ORDER BY created_at", args)]
+        return [run_of_row(row) for row in self._query(sql + " ORDER BY created_at", args)]
 
 
     # decisions outbox
