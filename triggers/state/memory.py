@@ -39,13 +39,15 @@ PointRow = tuple[str, str, str, float, float, "int | None", "str | None", "str |
 
 class _Series:
     """One (model, slice, metric): event times sorted, and in the same order each point as a
-    row, replaced by its `StoredPoint` once read (built once, shared: it is immutable)."""
+    row, replaced by its `StoredPoint` once read (built once, shared: it is immutable); and
+    its mark, the store's write count at its last write."""
 
-    __slots__ = ("times", "rows")
+    __slots__ = ("times", "rows", "mark")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.rows: list[PointRow | StoredPoint] = []
+        self.mark = 0
 
     def read(self, low: int, high: int) -> list[StoredPoint]:
         rows = self.rows
@@ -80,6 +82,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._series_of_model: dict[str, list[_Series]] = {}
+        self._writes = 0  # points written so far: a series' mark is the count at its last
         self._processed: dict[str, float] = {}
         self._ignored: dict[str, int] = {}
         self._rejected: dict[str, RejectedEvent] = {}
@@ -136,6 +139,14 @@ class MemoryStore:
                 series = self._series[key] = _Series()
                 self._series_of_model.setdefault(row[0], []).append(series)
             series.put(row)
+            self._writes += 1
+            series.mark = self._writes
+
+    def series_mark(self, model: str, slice_: str, metric: str) -> int | None:
+        """A mark that every write of a point of the series replaces (`SeriesMarks`: a
+        `ChampionSeries` on this store keeps what it read); None before the first write."""
+        series = self._series.get((model, slice_, metric))
+        return None if series is None else series.mark
 
     def points(
         self,
