@@ -15,8 +15,8 @@ from pipeline_client.launching.protocol import FakeLauncher
 from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator, firestore_env  # noqa: F401
 from triggers.events import Delivery
+from triggers.guards import Guards
 from triggers.series import SeriesMarks
-from triggers.state.guards import Guards
 from triggers.state.memory import MemoryStore
 from triggers.state.protocol import (
     IN_FLIGHT,

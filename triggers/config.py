@@ -23,7 +23,7 @@ from thresholds.durations import parse_duration
 from thresholds.registry import build_policy
 from thresholds.spec import AlertSpec, PolicySpec
 from triggers.errors import ConfigError, PolicyConfigError
-from triggers.state.guards import Guards
+from triggers.guards import Guards
 
 COMPILED_FORMAT = 1
 DEFAULT_LATENESS = timedelta(hours=1)

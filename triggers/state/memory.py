@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
-from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,

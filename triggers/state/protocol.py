@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from triggers.state.guards import Guards
+    from triggers.guards import Guards
 
 
 RunState = Literal[

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import format_duration
+from triggers.guards import Guards
 from triggers.state import firestore_sdk
 from triggers.state.firestore import claim
 from triggers.state.firestore.documents import (
@@ -61,7 +62,6 @@ from triggers.state.firestore.unit import (
     _UnitOfWork,
     _Write,
 )
-from triggers.state.guards import Guards
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,

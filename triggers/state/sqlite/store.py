@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import parse_duration
-from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
