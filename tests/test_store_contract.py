@@ -158,6 +158,9 @@ def test_decisions_newest_first_filtered_and_replaced_by_id(store: StateStore) -
 def test_told_decisions_enter_the_outbox_with_the_decision_and_leave_when_cleared(
     store: StateStore,
 ) -> None:
+    store.finish_message("o0", NOW, [Decision("d-unheard", "x", "fired", NOW, "no topic")])
+    assert store.outbox() == []  # off (no decisions topic): nothing is kept to be told
+    store.outbox_switch.on = True
     store.finish_message("o1", NOW, [
         Decision("d-ok", "m", "ok", NOW, "fine"),
         Decision("d-fired", "m", "fired", NOW + 1, "floor", policy="p", run_id="r1",

@@ -18,11 +18,11 @@ from triggers.state.protocol import (
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
     StoredPoint,
-    is_told,
 )
 
 DEFAULT_RETENTION = timedelta(days=400)
@@ -95,6 +95,7 @@ class MemoryStore:
         self._runs_of_model: dict[str, list[str]] = {}
         self._in_flight: dict[str, None] = {}  # run ids, in claim order
         self._outbox: dict[str, Decision] = {}  # decision id -> decision, in write order
+        self.outbox_switch = OutboxSwitch()
         self._incidents: dict[tuple[str, str], IncidentRecord] = {}
 
     def atomic(self) -> threading.RLock:
@@ -220,8 +221,8 @@ class MemoryStore:
                 self._sequence += 1
                 self._decisions.pop(decision.decision_id, None)
                 self._decisions[decision.decision_id] = (self._sequence, decision)
-                if is_told(decision):
-                    self._outbox[decision.decision_id] = decision
+            for decision in self.outbox_switch.told(decisions):
+                self._outbox[decision.decision_id] = decision
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         with self._lock:

@@ -70,12 +70,12 @@ from triggers.state.protocol import (
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
     StoredPoint,
     dumps,
-    is_told,
 )
 
 MAX_BATCH_WRITES = 500
@@ -98,6 +98,7 @@ class FirestoreStore:
         self.retention = settings.retention
         self.timeout = settings.timeout
         self.max_attempts = max_attempts
+        self.outbox_switch = OutboxSwitch()
         self.executed_queries: list[Any] | None = None
         """Set to a list to collect every query (StructuredQuery protobuf) the store runs."""
         self._client: Any = None
@@ -395,7 +396,7 @@ class FirestoreStore:
         ] + [
             _Write("set", f"{OUTBOX}/{_doc_id(d.decision_id)}",
                    {"decision_id": d.decision_id, "at": float(d.at), "body": dumps(d.to_json())})
-            for d in decisions if is_told(d)
+            for d in self.outbox_switch.told(decisions)
         ]
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:

@@ -27,6 +27,7 @@ from triggers.state.protocol import (
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
@@ -82,6 +83,7 @@ class SQLiteStore:
         self.path = str(path)
         self.busy_timeout = busy_timeout
         self.retention = retention
+        self.outbox_switch = OutboxSwitch()
         self._local = threading.local()
         self._memory_lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
@@ -184,7 +186,7 @@ class SQLiteStore:
     def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
                        ignored_metrics: int = 0) -> None:
         with self._tx() as conn:
-            _insert_decisions(conn, decisions)
+            _insert_decisions(conn, decisions, self.outbox_switch.told(decisions))
             conn.execute(
                 "INSERT OR IGNORE INTO processed (message_id, at, ignored_metrics)"
                 " VALUES (?, ?, ?)", (message_id, at, ignored_metrics or None)
@@ -314,7 +316,7 @@ class SQLiteStore:
     # decisions
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         with self._tx() as conn:
-            _insert_decisions(conn, decisions)
+            _insert_decisions(conn, decisions, self.outbox_switch.told(decisions))
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         if model is None:
