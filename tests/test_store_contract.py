@@ -115,6 +115,10 @@ def test_every_write_of_a_series_replaces_its_mark_where_the_store_keeps_marks(
     store.record_points([point(20, 0.2, metric="auc")])  # another series: this one's stays
     assert store.series_mark("m", "overall", "accuracy") == marks[-1]
     assert store.series_mark("m", "overall", "auc") != auc
+    if isinstance(store, MemoryStore):  # (SQLite's comes with the warm-path change on main)
+        written = store.record_points_marked([point(30, 0.3), point(31, 0.3)])
+        assert written == {("m", "overall", "accuracy"):
+                           store.series_mark("m", "overall", "accuracy")}
 
 
 def test_processed_and_rejected_are_idempotent(store: StateStore) -> None:

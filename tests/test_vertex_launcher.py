@@ -135,7 +135,7 @@ def test_the_launcher_and_the_registry_share_one_way_of_building_their_rest_clie
         f"{LOCATION}-aiplatform.googleapis.com")
     for owner, name in ((launcher, "PipelineServiceClient"), (registry, "ModelServiceClient")):
         with ThreadPoolExecutor(8) as pool:  # built once, however many deliveries race
-            clients = {id(c) for c in pool.map(lambda _: owner._get_client(), range(16))}
+            clients = {id(c) for c in pool.map(lambda o: o._get_client(), [owner] * 16)}
         assert len(clients) == 1
         assert type(owner._get_client()).__name__ == name
     launcher.submit(make_request())

@@ -12,7 +12,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from thresholds.base import Point, Policy
 from triggers.state.protocol import ModelState, StateStore, StoredPoint
@@ -195,7 +195,9 @@ class ChampionSeries:
         marks: dict[SeriesKey, object] | None = getattr(self._local, "marks", None)
         if marks is not None and not fresh and key in marks:
             return marks[key]
-        mark = cast(SeriesMarks, self.store).series_mark(*key)  # (`keep`: it has marks)
+        store = self.store
+        assert isinstance(store, SeriesMarks)
+        mark = store.series_mark(*key)
         if marks is not None:
             marks[key] = mark
         return mark
@@ -206,6 +208,8 @@ class ChampionSeries:
         if not self.keep:
             self.store.record_points(points)
             return
+        store = self.store
+        assert isinstance(store, SeriesMarks)
         with self._lock:
             keys = {(p.model, p.slice, p.metric) for p in points}
             before = {key: self._mark(key) for key in keys}

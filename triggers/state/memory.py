@@ -124,11 +124,19 @@ class MemoryStore:
 
     # points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
+        self.record_points_marked(points)
+
+    def record_points_marked(
+        self, points: Sequence[StoredPoint]
+    ) -> dict[tuple[str, str, str], int]:
+        """`record_points`, answering the mark each written series has now."""
         with self._lock:
             for p in points:
                 self.record_point_row((p.model, p.slice, p.metric, p.window_end, p.value,
                                        p.examples, p.model_version, p.message_id,
                                        p.recorded_at, p.window_start))
+            return {key: self._series[key].mark
+                    for key in dict.fromkeys((p.model, p.slice, p.metric) for p in points)}
 
     def record_point_row(self, row: PointRow) -> None:
         """`record_points` for one point given as a row: no `StoredPoint` is built until the
