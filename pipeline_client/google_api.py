@@ -7,6 +7,7 @@ imported inside each function, on first use.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 # google.rpc.Code names for which a later retry (a Pub/Sub redelivery) may succeed.
@@ -25,6 +26,36 @@ def rest_client(client_class: Any, endpoint: str, credentials: Any = None) -> An
         credentials = AnonymousCredentials()  # type: ignore[no-untyped-call,unused-ignore]
     return client_class(credentials=credentials, transport="rest",
                         client_options={"api_endpoint": endpoint})
+
+
+def vertex_endpoint(location: str, endpoint: str | None = None) -> str:
+    """`endpoint` (an override: another host, or a local fake's URL) or the regional Vertex AI
+    endpoint `{location}-aiplatform.googleapis.com`, without a trailing slash."""
+    return (endpoint or f"{location}-aiplatform.googleapis.com").rstrip("/")
+
+
+class LazyRestClient:
+    """One aiplatform_v1 service client (`class_name`, e.g. "ModelServiceClient") over REST at
+    `endpoint`, built with `rest_client` on the first `get` — the SDK imported then, once
+    across threads — or the `client` given (a test's)."""
+
+    def __init__(self, class_name: str, endpoint: str, credentials: Any = None,
+                 client: Any = None) -> None:
+        self.class_name = class_name
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self._client = client
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                # The package __init__ runs whichever submodule is named: as light as it gets.
+                from google.cloud import aiplatform_v1
+
+                client_class = getattr(aiplatform_v1, self.class_name)
+                self._client = rest_client(client_class, self.endpoint, self.credentials)
+            return self._client
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -105,6 +105,34 @@ class Cloud:
         requests.put(url, json=body, timeout=10).raise_for_status()
         return name
 
+    def evaluation_trigger(self, dead_letter: str | None) -> str:
+        """on-evaluation-file's Eventarc trigger as Cloud Functions (2nd gen) creates it: its
+        transport topic and subscription on the emulator (the subscription dead-lettering to
+        `dead_letter`), and the trigger among others in the region. Its subscription's name."""
+        suffix = uuid.uuid4().hex[:6]
+        transport = f"eventarc-{LOCATION}-on-evaluation-file-{suffix}"
+        requests.put(f"http://{self.pubsub.host}/v1/{self.topic(transport)}",
+                     timeout=10).raise_for_status()
+        name = self.eventarc_subscription(transport, dead_letter)
+        where = f"projects/{self.project}/locations/{LOCATION}"
+        self.state.triggers.setdefault(LOCATION, []).extend([
+            {"name": f"{where}/triggers/on-metric-event-{suffix}",
+             "destination": {"cloudRun": {"service": "on-metric-event", "region": LOCATION}},
+             "transport": {"pubsub": {"topic": self.topic("model-metrics")}}},
+            {"name": f"{where}/triggers/other-team-{suffix}",
+             "destination": {"cloudFunction": f"{where}/functions/their-function"}},
+            {"name": f"{where}/triggers/on-evaluation-file-{suffix}",
+             "eventFilters": [{"attribute": "type",
+                               "value": "google.cloud.storage.object.v1.finalized"},
+                              {"attribute": "bucket",
+                               "value": f"{self.project}-retrain-evaluations"}],
+             "destination": {"cloudRun": {"service": "on-evaluation-file", "region": LOCATION}},
+             "transport": {"pubsub": {"topic": self.topic(transport),
+                                      "subscription": f"projects/{self.project}/"
+                                                      f"subscriptions/{name}"}}},
+        ])
+        return name
+
     def delete_subscription(self, name: str) -> None:
         url = f"http://{self.pubsub.host}/v1/projects/{self.project}/subscriptions/{name}"
         requests.delete(url, timeout=10).raise_for_status()
@@ -175,11 +203,12 @@ def cloud(tmp_path: Path, pubsub_emulator: PubSubEmulator,
         c.bind(pipeline, f"b/{c.bucket}", "roles/storage.objectUser")
         c.bind(runtime, f"b/{project}-retrain-evaluations", "roles/storage.objectViewer")
         for topic in ("model-metrics", "model-metrics-dead-letter", "retrain-outcomes",
-                      "retrain-outcomes-dead-letter"):
+                      "retrain-outcomes-dead-letter", "retrain-evaluations-dead-letter"):
             requests.put(f"http://{pubsub_emulator.host}/v1/{c.topic(topic)}",
                          timeout=10).raise_for_status()
         c.eventarc_subscription("model-metrics", "model-metrics-dead-letter")
         c.eventarc_subscription("retrain-outcomes", "retrain-outcomes-dead-letter")
+        c.evaluation_trigger("retrain-evaluations-dead-letter")
         vertex.add_model_version(project, LOCATION, MODEL, MODEL, "gs://b/m/1")
         VertexModelRegistry(project, LOCATION, endpoint=vertex.endpoint).promote(MODEL, "1")
         yield c
@@ -352,6 +381,26 @@ def test_dead_letter_policy_missing(cloud: Cloud) -> None:
     assert finding.fix == (f"gcloud pubsub subscriptions update {bare} --dead-letter-topic="
                            f"{cloud.topic('retrain-outcomes-dead-letter')} "
                            f"--max-delivery-attempts=10 --project={cloud.project}")
+
+
+def test_evaluation_trigger_without_a_dead_letter_policy(cloud: Cloud) -> None:
+    assert "on-evaluation-file: Eventarc trigger" in {f.check for f in cloud.run().findings}
+    cloud.state.triggers.clear()
+    bare = cloud.evaluation_trigger(None)
+    report = cloud.run()
+    finding = failed(report, f"{bare}: dead letters to retrain-evaluations-dead-letter")
+    assert f"subscription {bare} has no dead-letter policy" in finding.message
+    assert finding.fix == (f"gcloud pubsub subscriptions update {bare} --dead-letter-topic="
+                           f"{cloud.topic('retrain-evaluations-dead-letter')} "
+                           f"--max-delivery-attempts=10 --project={cloud.project}")
+    assert cloud.fakes["RETRAIN_EVENTARC_ENDPOINT"].violations == []
+
+
+def test_evaluation_trigger_missing(cloud: Cloud) -> None:
+    cloud.state.triggers.clear()
+    finding = failed(cloud.run(), "on-evaluation-file: Eventarc trigger")
+    assert f"no Eventarc trigger in {LOCATION} sends to on-evaluation-file" in finding.message
+    assert "deploy/gcloud/deploy.sh" in finding.fix
 
 
 def test_missing_dead_letter_topic(cloud: Cloud) -> None:

@@ -23,6 +23,7 @@ from tests.support.grpc_recorder import GrpcRecorder, RecordedCall
 from tests.test_service import DEGRADING, FIRST_FIRE
 from triggers.errors import ConfigError, TransientError
 from triggers.events import Delivery
+from triggers.guards import Guards
 from triggers.service import RetrainService
 from triggers.state import firestore_sdk
 from triggers.state.firestore import (
@@ -31,7 +32,6 @@ from triggers.state.firestore import (
     EXPIRING,
     FirestoreStore,
 )
-from triggers.state.guards import Guards
 from triggers.state.protocol import (
     Decision,
     ModelState,

@@ -43,7 +43,9 @@ def fixture(name: str) -> bytes:
 
 @pytest.fixture
 def h(make_harness: Callable[..., Harness]) -> Harness:
-    return make_harness(POLICIES)
+    harness = make_harness(POLICIES)
+    harness.store.outbox_switch.on = True  # as with RETRAIN_DECISIONS_TOPIC set
+    return harness
 
 
 def test_the_saved_notifications_are_recognised_and_metric_events_are_not(h: Harness) -> None:

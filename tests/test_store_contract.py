@@ -15,7 +15,9 @@ from pipeline_client.launching.protocol import FakeLauncher
 from tests.support.emulators import FirestoreEmulator
 from tests.support.fixtures import firestore_emulator, firestore_env  # noqa: F401
 from triggers.events import Delivery
-from triggers.state.guards import Guards
+from triggers.guards import Guards
+from triggers.series import SeriesMarks
+from triggers.state.memory import MemoryStore
 from triggers.state.protocol import (
     IN_FLIGHT,
     Decision,
@@ -93,6 +95,32 @@ def test_points_upsert_by_key_and_come_back_in_event_time_order(store: StateStor
     assert store.points("m", "other", "accuracy") == []
 
 
+def test_every_write_of_a_series_replaces_its_mark_where_the_store_keeps_marks(
+    store: StateStore,
+) -> None:
+    """A `ChampionSeries` keeps what it read on a store with marks (the service's warm
+    instance, the backtest's replay on the memory store): a write it did not see must show."""
+    if not isinstance(store, SeriesMarks):
+        assert not isinstance(store, (MemoryStore, SQLiteStore)), "lost its series marks"
+        pytest.skip("this store has no series marks: a ChampionSeries reads it afresh")
+    assert store.series_mark("m", "overall", "accuracy") is None
+    store.record_points([point(10, 0.1)])
+    marks = [store.series_mark("m", "overall", "accuracy")]
+    store.record_points([point(10, 0.1)])  # the same point again is a write all the same
+    marks.append(store.series_mark("m", "overall", "accuracy"))
+    store.record_points([point(5, 0.2), point(7, 0.3, metric="auc")])
+    marks.append(store.series_mark("m", "overall", "accuracy"))
+    auc = store.series_mark("m", "overall", "auc")
+    assert None not in marks and len(set(marks)) == 3
+    store.record_points([point(20, 0.2, metric="auc")])  # another series: this one's stays
+    assert store.series_mark("m", "overall", "accuracy") == marks[-1]
+    assert store.series_mark("m", "overall", "auc") != auc
+    if isinstance(store, MemoryStore):  # (SQLite's comes with the warm-path change on main)
+        written = store.record_points_marked([point(30, 0.3), point(31, 0.3)])
+        assert written == {("m", "overall", "accuracy"):
+                           store.series_mark("m", "overall", "accuracy")}
+
+
 def test_processed_and_rejected_are_idempotent(store: StateStore) -> None:
     assert not store.is_processed("a")
     store.finish_message("a", NOW, [Decision("d1", "m", "ok", NOW, "r")])
@@ -134,6 +162,9 @@ def test_decisions_newest_first_filtered_and_replaced_by_id(store: StateStore) -
 def test_told_decisions_enter_the_outbox_with_the_decision_and_leave_when_cleared(
     store: StateStore,
 ) -> None:
+    store.finish_message("o0", NOW, [Decision("d-unheard", "x", "fired", NOW, "no topic")])
+    assert store.outbox() == []  # off (no decisions topic): nothing is kept to be told
+    store.outbox_switch.on = True
     store.finish_message("o1", NOW, [
         Decision("d-ok", "m", "ok", NOW, "fine"),
         Decision("d-fired", "m", "fired", NOW + 1, "floor", policy="p", run_id="r1",

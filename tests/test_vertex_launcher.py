@@ -121,6 +121,28 @@ def test_importing_the_launcher_loads_no_google_module() -> None:
     assert result.stdout.split("\n")[:2] == ["False", "[]"]
 
 
+def test_the_launcher_and_the_registry_share_one_way_of_building_their_rest_client(
+    vertex: FakeVertexServer, launcher: VertexLauncher,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline_client.promotion.registries.vertex import VertexModelRegistry
+
+    registry = VertexModelRegistry(PROJECT, LOCATION, endpoint=vertex.endpoint + "/")
+    assert registry.endpoint == launcher.endpoint == vertex.endpoint
+    default = VertexModelRegistry(PROJECT, LOCATION)
+    assert default.endpoint == VertexLauncher(PROJECT, LOCATION).endpoint == (
+        f"{LOCATION}-aiplatform.googleapis.com")
+    for owner, name in ((launcher, "PipelineServiceClient"), (registry, "ModelServiceClient")):
+        with ThreadPoolExecutor(8) as pool:  # built once, however many deliveries race
+            clients = {id(c) for c in pool.map(lambda o: o._get_client(), [owner] * 16)}
+        assert len(clients) == 1
+        assert type(owner._get_client()).__name__ == name
+    launcher.submit(make_request())
+    assert vertex.create_requests[0].path == f"/v1/{PARENT}/pipelineJobs"
+    assert registry.versions("fraud-detector") == []
+
+
 # --- create ------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from thresholds.records import record
 from thresholds.registry import build_policy
 from thresholds.spec import AlertSpec, PolicySpec
 from triggers.errors import ConfigError, PolicyConfigError
-from triggers.state.guards import Guards
+from triggers.guards import Guards
 
 COMPILED_FORMAT = 1
 DEFAULT_LATENESS = timedelta(hours=1)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline_client.errors import LaunchRejectedError, TransientError
-from pipeline_client.google_api import classify, rest_client
+from pipeline_client.google_api import LazyRestClient, classify, vertex_endpoint
 from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunState, RunStatus
 from pipeline_client.launching.templates import (
     PLACEHOLDER_IMAGE,
@@ -68,11 +67,10 @@ class VertexLauncher:
         self.project = project
         self.location = location
         self.parent = f"projects/{project}/locations/{location}"
-        self.endpoint = (endpoint or f"{location}-aiplatform.googleapis.com").rstrip("/")
+        self.endpoint = vertex_endpoint(location, endpoint)
         self.timeout = timeout
         self.storage_endpoint = storage_endpoint
-        self._client: Any = client
-        self._lock = threading.Lock()
+        self._client = LazyRestClient("PipelineServiceClient", self.endpoint, client=client)
 
     def job_name(self, run_id: str) -> str:
         """The PipelineJob resource name of a run."""
@@ -163,17 +161,7 @@ class VertexLauncher:
         return job
 
     def _get_client(self) -> PipelineServiceClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._create_client()
-            client: PipelineServiceClient = self._client
-            return client
-
-    def _create_client(self) -> PipelineServiceClient:
-        # The package __init__ runs whichever submodule is named, so this is as light as it gets.
-        from google.cloud.aiplatform_v1 import PipelineServiceClient
-
-        client: PipelineServiceClient = rest_client(PipelineServiceClient, self.endpoint)
+        client: PipelineServiceClient = self._client.get()
         return client
 
 

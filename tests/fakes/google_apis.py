@@ -1,8 +1,8 @@
 """Wire-level fakes of the Google APIs `retrain-trigger doctor` calls that have no emulator:
-Service Usage, Resource Manager, IAM, IAM Credentials, Cloud Storage (bucket IAM), Pub/Sub IAM
-and the Firestore admin API. One HTTP server per API, all reading one `FakeProject`; each
-request is matched to its method and checked against the API's discovery document first
-(a broken request is answered 400 and kept in `violations`).
+Service Usage, Resource Manager, IAM, IAM Credentials, Cloud Storage (bucket IAM), Pub/Sub IAM,
+the Firestore admin API and Eventarc (triggers). One HTTP server per API, all reading one
+`FakeProject`; each request is matched to its method and checked against the API's discovery
+document first (a broken request is answered 400 and kept in `violations`).
 
 Identity: IAM Credentials issues `fake-token-for:<account>` (only for accounts in
 `FakeProject.token_creator_on`); a testIamPermissions call answers what `grants` give the
@@ -39,6 +39,7 @@ class FakeProject:
     databases: set[str] = field(default_factory=set)
     indexes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # database -> list
     fields: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # database -> list
+    triggers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # location -> list
 
     def grant(self, account: str, resource: str, *permissions: str) -> None:
         self.grants.setdefault((account, resource), set()).update(permissions)
@@ -231,6 +232,30 @@ class FakeFirestoreAdmin(FakeGoogleApi):
         return error(501, "UNIMPLEMENTED", method.id)
 
 
+class FakeEventarc(FakeGoogleApi):
+    """Eventarc's triggers, read only (ListTriggers), paged: "the service may send fewer"
+    than `pageSize` (default here: 2, so callers must follow `nextPageToken`)."""
+
+    document = "eventarc.v1.json"
+    page_size = 2
+
+    def handle(self, method: Method, call: Call) -> Reply:
+        if method.id != "eventarc.projects.locations.triggers.list":
+            return error(501, "UNIMPLEMENTED", method.id)
+        rest = call.path.split(f"/v1/projects/{self.state.project}/locations/", 1)
+        if len(rest) != 2:
+            return error(403, "PERMISSION_DENIED", "another project")
+        location = rest[1].split("/", 1)[0]
+        triggers = self.state.triggers.get(location, [])
+        size = min(int((call.query.get("pageSize") or ["0"])[0]) or self.page_size,
+                   self.page_size)
+        start = int((call.query.get("pageToken") or ["0"])[0] or 0)
+        page: dict[str, Any] = {"triggers": triggers[start:start + size]}
+        if start + size < len(triggers):
+            page["nextPageToken"] = str(start + size)
+        return 200, page
+
+
 ALL_FAKES: dict[str, type[FakeGoogleApi]] = {
     "RETRAIN_SERVICEUSAGE_ENDPOINT": FakeServiceUsage,
     "RETRAIN_RESOURCEMANAGER_ENDPOINT": FakeResourceManager,
@@ -239,4 +264,5 @@ ALL_FAKES: dict[str, type[FakeGoogleApi]] = {
     "RETRAIN_STORAGE_ENDPOINT": FakeStorage,
     "RETRAIN_PUBSUB_ENDPOINT": FakePubSubIam,
     "RETRAIN_FIRESTORE_ENDPOINT": FakeFirestoreAdmin,
+    "RETRAIN_EVENTARC_ENDPOINT": FakeEventarc,
 }

@@ -81,10 +81,12 @@ _storage_reader: Any = None
 
 
 def tell_decisions(service: RetrainService,
-                   publisher: outbox.DecisionPublisher | None = None) -> outbox.DrainReport:
-    """After an answer's work: publish the outbox to RETRAIN_DECISIONS_TOPIC (never raises;
-    what fails stays for the next delivery). Default: the process's own publisher."""
-    return outbox.drain(service.store, publisher or wiring.decision_publisher())
+                   teller: outbox.Teller | None = None) -> outbox.DrainReport | None:
+    """After an answer's work: publish the outbox to RETRAIN_DECISIONS_TOPIC when due (see
+    `outbox.Teller`; never raises: what fails stays for the next delivery). Default: the
+    process's own teller (None without a topic: nothing is kept, nothing to tell)."""
+    teller = teller or wiring.decision_teller()
+    return teller.tell(service.store) if teller is not None else None
 
 
 def manual_request(request: Any, service: RetrainService | None = None) -> Any:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from thresholds.durations import parse_duration
 from thresholds.records import record
 from triggers.cloud.auth import GOOGLE_CERTS_URL, audiences, parse_invokers
+from triggers.cloud.outbox import topic_path
 from triggers.errors import ConfigError
 
 
@@ -32,6 +33,9 @@ class Environment:
     """With trust-IAM, the emails allowed to call the manual trigger."""
     certs_url: str = GOOGLE_CERTS_URL
     """Where the keys that sign ID tokens are published (Google's; a test serves its own)."""
+    decisions_topic: str | None = None
+    """RETRAIN_DECISIONS_TOPIC as a full topic name: told decisions are kept in the store's
+    outbox and published there (None: neither)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Environment:
@@ -82,7 +86,10 @@ class Environment:
         certs_url = env.get("RETRAIN_ID_TOKEN_CERTS_URL") or GOOGLE_CERTS_URL
         if not certs_url.startswith(("https://", "http://127.0.0.1:", "http://localhost:")):
             raise ConfigError("RETRAIN_ID_TOKEN_CERTS_URL", f"{certs_url!r} is not an https:// URL")
+        topic = (env.get("RETRAIN_DECISIONS_TOPIC") or "").strip()
+        decisions_topic = topic_path(topic, project) if topic else None
         return cls(
+            decisions_topic=decisions_topic,
             audience=audience,
             invokers=invokers,
             certs_url=certs_url,

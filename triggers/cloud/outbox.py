@@ -1,19 +1,21 @@
 """Decisions others can subscribe to: the store's outbox drained to RETRAIN_DECISIONS_TOPIC.
 
-A decision worth telling (`triggers.state.protocol.is_told`) is written to the outbox with the
-decision itself; after an entry point's work the outbox is published (the same JSON `GET /decisions`
-returns, attributes `model`, `kind`, `decision_id`) and cleared. A failure only logs: the
-entries stay and the next delivery tries again. Delivery is at least once: dedupe on
-`decision_id`.
+With a topic set, a decision worth telling (`triggers.state.protocol.is_told`) is written to
+the outbox with the decision itself; after an entry point's work that wrote one, the outbox is
+published (the same JSON `GET /decisions` returns, attributes `model`, `kind`, `decision_id`)
+and cleared (`Teller`). A failure only logs: the entries stay and the next delivery tries
+again. Delivery is at least once: dedupe on `decision_id`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +27,9 @@ logger = logging.getLogger("retrain.outbox")
 
 DRAIN_BATCH = 100
 """Most decisions one drain publishes (the rest wait for the next delivery)."""
+DRAIN_INTERVAL = 60.0
+"""Seconds after which a delivery that wrote nothing told reads the outbox all the same
+(entries another instance left: it crashed, or its publish failed)."""
 PUBLISH_TIMEOUT = 10.0
 """Seconds a drain waits for Pub/Sub to acknowledge its batch."""
 
@@ -137,3 +142,32 @@ def drain(store: StateStore, publisher: DecisionPublisher | None,
         log_event(logger, logging.WARNING,
                   f"decisions outbox not drained (will retry on the next delivery): {exc}")
         return DrainReport(error=str(exc))
+
+
+class Teller:
+    """When a process reads its outbox: after a delivery whose own work wrote a told decision
+    (the store counts them per thread, so none escapes: that thread drains after its commit),
+    after a drain that left entries or failed, and at most every `interval` seconds otherwise.
+    A delivery that decided nothing worth telling reads nothing (the hot path)."""
+
+    def __init__(self, publisher: DecisionPublisher, interval: float = DRAIN_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.publisher = publisher
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last_read = -math.inf  # a new instance reads once: what others left
+        self._left = False
+
+    def tell(self, store: StateStore) -> DrainReport | None:
+        """Drain `store`'s outbox if due (see the class); None when not. Never raises."""
+        wrote = store.outbox_switch.take_written()
+        now = self.clock()
+        with self._lock:
+            if not (wrote or self._left or now - self._last_read >= self.interval):
+                return None
+            self._last_read = now
+        report = drain(store, self.publisher)
+        with self._lock:
+            self._left = report.left > 0 or report.error is not None
+        return report

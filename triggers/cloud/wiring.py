@@ -14,7 +14,7 @@ from typing import Any
 from pipeline_client.launching.protocol import PipelineLauncher
 from triggers.cloud.auth import GoogleIdTokenVerifier, IdTokenVerifier
 from triggers.cloud.environment import Environment
-from triggers.cloud.outbox import DecisionPublisher
+from triggers.cloud.outbox import DecisionPublisher, Teller
 from triggers.config import ServiceConfig, load_policy_file
 from triggers.errors import ConfigError, PolicyConfigError
 from triggers.events import Delivery
@@ -25,20 +25,25 @@ _lock = threading.Lock()
 _service: RetrainService | None = None
 _environment: Environment | None = None
 _verifier: IdTokenVerifier | None = None
-_publisher: DecisionPublisher | None | bool = False  # False: not built yet
+_teller: Teller | None | bool = False  # False: not built yet
 
 
-def build_store(url: str) -> StateStore:
-    """The store a RETRAIN_STATE URL names."""
+def build_store(url: str, outbox: bool = False) -> StateStore:
+    """The store a RETRAIN_STATE URL names; `outbox`: it keeps told decisions for a
+    decisions topic."""
+    store: StateStore
     if url.startswith("sqlite:///"):
         from triggers.state.sqlite import SQLiteStore
 
-        return SQLiteStore.from_url(url)
-    if url.startswith("firestore://"):
+        store = SQLiteStore.from_url(url)
+    elif url.startswith("firestore://"):
         from triggers.state.firestore import FirestoreStore  # the SDK loads on first use
 
-        return FirestoreStore.from_url(url)
-    raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
+        store = FirestoreStore.from_url(url)
+    else:
+        raise ConfigError("RETRAIN_STATE", f"{url!r} is not a sqlite:/// or firestore:// URL")
+    store.outbox_switch.on = outbox
+    return store
 
 
 def check_vertex_templates(config: ServiceConfig) -> None:
@@ -96,9 +101,9 @@ def environment() -> Environment:
 def use_environment(env: Environment) -> None:
     """Make `env` the process's environment (`serve --policies ...`): the service is built
     from it, and the workers forked after this call inherit it."""
-    global _environment, _service, _verifier
+    global _environment, _service, _verifier, _teller
     with _lock:
-        _environment, _service, _verifier = env, None, None
+        _environment, _service, _verifier, _teller = env, None, None, False
 
 
 def id_token_verifier() -> IdTokenVerifier | None:
@@ -116,7 +121,8 @@ def build_service(env: Environment | None = None) -> RetrainService:
     config = load_policy_file(env.policy_file)
     if env.launcher == "vertex":
         check_vertex_templates(config)
-    return RetrainService(config, build_store(env.state), build_launcher(env))
+    store = build_store(env.state, outbox=env.decisions_topic is not None)
+    return RetrainService(config, store, build_launcher(env))
 
 
 def service() -> RetrainService:
@@ -130,29 +136,32 @@ def service() -> RetrainService:
 
 
 def decision_publisher() -> DecisionPublisher | None:
-    """The publisher of told decisions to RETRAIN_DECISIONS_TOPIC (None when it is unset);
-    the topic name is checked here, at cold start, and the SDK loads on the first drain."""
-    global _publisher
-    if _publisher is False:
-        import os
+    """The publisher of told decisions to the environment's decisions topic (None when
+    RETRAIN_DECISIONS_TOPIC is unset); the SDK loads on the first publish."""
+    teller = decision_teller()
+    return teller.publisher if teller is not None else None
 
-        from triggers.cloud.outbox import PubSubPublisher, topic_path
 
-        topic = os.environ.get("RETRAIN_DECISIONS_TOPIC", "").strip()
-        _publisher = (PubSubPublisher(topic_path(topic, os.environ.get("GOOGLE_CLOUD_PROJECT")))
-                      if topic else None)
-    assert _publisher is not True
-    return _publisher
+def decision_teller() -> Teller | None:
+    """The process's teller of decisions (None without a decisions topic)."""
+    global _teller
+    if _teller is False:
+        from triggers.cloud.outbox import PubSubPublisher
+
+        topic = environment().decisions_topic
+        _teller = Teller(PubSubPublisher(topic)) if topic else None
+    assert _teller is not True
+    return _teller
 
 
 def reset() -> None:
     """Forget the cached service and environment (tests change the environment)."""
-    global _service, _environment, _verifier, _publisher
+    global _service, _environment, _verifier, _teller
     with _lock:
         _service = None
         _environment = None
         _verifier = None
-        _publisher = False
+        _teller = False
 
 
 def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:
@@ -163,4 +172,8 @@ def deliver_outcome(outcome: Mapping[str, Any]) -> EventResult:
         payload=payload,
         source="local-launcher",
     )
-    return service().handle_outcome_delivery(delivery)
+    result = service().handle_outcome_delivery(delivery)
+    teller = decision_teller()  # the run's child tells what it decided (its own thread wrote)
+    if teller is not None:
+        teller.tell(service().store)
+    return result

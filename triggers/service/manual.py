@@ -12,10 +12,10 @@ from thresholds.base import Verdict
 from triggers.errors import (
     ModelNotConfiguredError,
 )
+from triggers.guards import check_guards, guard_window
 from triggers.logs import log_event
 from triggers.service.results import RetrainResult
 from triggers.service.runs import fresh_history_start
-from triggers.state.guards import check_guards, guard_window
 from triggers.state.protocol import (
     Claim,
     Decision,

@@ -12,18 +12,18 @@ from dataclasses import replace
 from datetime import timedelta
 
 from thresholds.records import fields
-from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
     StoredPoint,
-    is_told,
 )
 
 DEFAULT_RETENTION = timedelta(days=400)
@@ -40,13 +40,15 @@ PointRow = tuple[str, str, str, float, float, "int | None", "str | None", "str |
 
 class _Series:
     """One (model, slice, metric): event times sorted, and in the same order each point as a
-    row, replaced by its `StoredPoint` once read (built once, shared: it is immutable)."""
+    row, replaced by its `StoredPoint` once read (built once, shared: it is immutable); and
+    its mark, the store's write count at its last write."""
 
-    __slots__ = ("times", "rows")
+    __slots__ = ("times", "rows", "mark")
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.rows: list[PointRow | StoredPoint] = []
+        self.mark = 0
 
     def read(self, low: int, high: int) -> list[StoredPoint]:
         rows = self.rows
@@ -81,6 +83,7 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._series_of_model: dict[str, list[_Series]] = {}
+        self._writes = 0  # points written so far: a series' mark is the count at its last
         self._processed: dict[str, float] = {}
         self._ignored: dict[str, int] = {}
         self._rejected: dict[str, RejectedEvent] = {}
@@ -93,6 +96,7 @@ class MemoryStore:
         self._runs_of_model: dict[str, list[str]] = {}
         self._in_flight: dict[str, None] = {}  # run ids, in claim order
         self._outbox: dict[str, Decision] = {}  # decision id -> decision, in write order
+        self.outbox_switch = OutboxSwitch()
         self._incidents: dict[tuple[str, str], IncidentRecord] = {}
 
     def atomic(self) -> threading.RLock:
@@ -121,11 +125,19 @@ class MemoryStore:
 
     # points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
+        self.record_points_marked(points)
+
+    def record_points_marked(
+        self, points: Sequence[StoredPoint]
+    ) -> dict[tuple[str, str, str], int]:
+        """`record_points`, answering the mark each written series has now."""
         with self._lock:
             for p in points:
                 self.record_point_row((p.model, p.slice, p.metric, p.window_end, p.value,
                                        p.examples, p.model_version, p.message_id,
                                        p.recorded_at, p.window_start))
+            return {key: self._series[key].mark
+                    for key in dict.fromkeys((p.model, p.slice, p.metric) for p in points)}
 
     def record_point_row(self, row: PointRow) -> None:
         """`record_points` for one point given as a row: no `StoredPoint` is built until the
@@ -137,6 +149,14 @@ class MemoryStore:
                 series = self._series[key] = _Series()
                 self._series_of_model.setdefault(row[0], []).append(series)
             series.put(row)
+            self._writes += 1
+            series.mark = self._writes
+
+    def series_mark(self, model: str, slice_: str, metric: str) -> int | None:
+        """A mark that every write of a point of the series replaces (`SeriesMarks`: a
+        `ChampionSeries` on this store keeps what it read); None before the first write."""
+        series = self._series.get((model, slice_, metric))
+        return None if series is None else series.mark
 
     def points(
         self,
@@ -210,8 +230,8 @@ class MemoryStore:
                 self._sequence += 1
                 self._decisions.pop(decision.decision_id, None)
                 self._decisions[decision.decision_id] = (self._sequence, decision)
-                if is_told(decision):
-                    self._outbox[decision.decision_id] = decision
+            for decision in self.outbox_switch.told(decisions):
+                self._outbox[decision.decision_id] = decision
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         with self._lock:

@@ -6,6 +6,7 @@ Records are plain dataclasses; times are seconds since the epoch (floats, UTC).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, field
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from thresholds.records import record
 
 if TYPE_CHECKING:
-    from triggers.state.guards import Guards
+    from triggers.guards import Guards
 
 
 RunState = Literal[
@@ -206,6 +207,31 @@ def is_told(decision: Decision) -> bool:
         decision.kind == "suppressed" and "inhibited_by" in decision.details)
 
 
+class OutboxSwitch:
+    """Whether a store puts told decisions in its outbox (`on`: only when a decisions topic
+    drains it; off, nothing would ever read them), and how many each thread put there since
+    it last asked: the drain after a delivery reads the outbox when its own work wrote to it."""
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+        self._local = threading.local()
+
+    def told(self, decisions: Sequence[Decision]) -> list[Decision]:
+        """The decisions of `decisions` to write to the outbox (none while off), counted."""
+        if not self.on:
+            return []
+        told = [d for d in decisions if is_told(d)]
+        if told:
+            self._local.count = getattr(self._local, "count", 0) + len(told)
+        return told
+
+    def take_written(self) -> int:
+        """How many told decisions this thread wrote since it last asked (then 0)."""
+        count: int = getattr(self._local, "count", 0)
+        self._local.count = 0
+        return count
+
+
 ClaimStatus = Literal["claimed", "resume", "exists", "blocked", "duplicate"]
 
 
@@ -227,6 +253,9 @@ class StateStore(Protocol):
     guards against the model's runs and writes the new run in one transaction.
     Unavailable backends raise `triggers.errors.TransientError`.
     """
+
+    outbox_switch: OutboxSwitch
+    """Off (the default): told decisions are not kept for publishing (no decisions topic)."""
 
     def atomic(self) -> AbstractContextManager[object]:
         """Group the calls made inside into one transaction where the backend can (SQLite:
@@ -296,9 +325,9 @@ class StateStore(Protocol):
     def in_flight_runs(self, model: str | None = None) -> list[RunRecord]: ...
 
     def outbox(self, limit: int = 100) -> list[Decision]:
-        """Decisions waiting to be published, oldest first. `record_decisions` and
-        `finish_message` put every decision `is_told` there in the same write as the
-        decision; the same decision id written again is one entry."""
+        """Decisions waiting to be published, oldest first. While `outbox_switch` is on,
+        `record_decisions` and `finish_message` put every decision `is_told` there in the
+        same write as the decision; the same decision id written again is one entry."""
         ...
 
     def clear_outbox(self, decision_ids: Sequence[str]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline_client.google_api import LazyRestClient, vertex_endpoint
 from pipeline_client.promotion.registries.protocol import (
     _VERSION_ID,
     CHAMPION,
@@ -123,12 +124,12 @@ class VertexModelRegistry:
         self.project = project
         self.location = location
         self.parent = f"projects/{project}/locations/{location}"
-        self.endpoint = (endpoint or f"{location}-aiplatform.googleapis.com").rstrip("/")
+        self.endpoint = vertex_endpoint(location, endpoint)
         self.credentials = credentials
         self.serving_image = serving_image or default_serving_image(location)
         self.timeout = timeout
         self.upload_timeout = upload_timeout
-        self._client: Any = client
+        self._client = LazyRestClient("ModelServiceClient", self.endpoint, credentials, client)
         self._resolved: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -357,19 +358,7 @@ class VertexModelRegistry:
         )
 
     def _get_client(self) -> ModelServiceClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._create_client()
-            client: ModelServiceClient = self._client
-            return client
-
-    def _create_client(self) -> ModelServiceClient:
-        from google.cloud.aiplatform_v1 import ModelServiceClient
-
-        from pipeline_client.google_api import rest_client
-
-        client: ModelServiceClient = rest_client(ModelServiceClient, self.endpoint,
-                                                 self.credentials)
+        client: ModelServiceClient = self._client.get()
         return client
 
 

@@ -117,7 +117,7 @@ def choose_period(start: str | None, end: str | None, latest: float | None) -> P
 
 def guard_summary(model: ModelConfig, runs: Sequence[RunRecord], now: float) -> dict[str, str]:
     """Cooldown and budget left now, as words."""
-    from triggers.state.guards import format_seconds
+    from triggers.guards import format_seconds
 
     guards = model.guards
     started = sorted((r.created_at for r in runs), reverse=True)

@@ -107,12 +107,8 @@ from triggers.state.firestore.documents import (
     _key,
     _point_path,
 )
-from triggers.state.firestore.store import (
-    DEFAULT_DATABASE,
-    DEFAULT_TIMEOUT,
-    MAX_BATCH_WRITES,
-    FirestoreStore,
-)
+from triggers.state.firestore.settings import DEFAULT_DATABASE, DEFAULT_TIMEOUT
+from triggers.state.firestore.store import MAX_BATCH_WRITES, FirestoreStore
 from triggers.state.firestore.unit import UnitTooLargeError
 
 __all__ = [

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline_client.errors import TransientError
+from triggers.guards import Guards, check_guards, guard_window
 from triggers.state import firestore_sdk
 from triggers.state.firestore.documents import (
     _DESC,
@@ -22,7 +23,6 @@ from triggers.state.firestore.documents import (
     _run_path,
 )
 from triggers.state.firestore.unit import _aborted, _Errors
-from triggers.state.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import Claim, RunRecord
 
 if TYPE_CHECKING:

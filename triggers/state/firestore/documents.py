@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from pipeline_client.errors import ConfigError
-from thresholds.durations import parse_duration
 from thresholds.records import fields
 from triggers import ids
 from triggers.state.protocol import Decision, RunRecord, StoredPoint, dumps, iso
@@ -93,16 +91,6 @@ def _rejected_path(message_id: str) -> str:
 # ---------------------------------------------------------------------- records ⇄ documents
 def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
-
-
-def _duration(text: str, option: str) -> timedelta:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise ConfigError("RETRAIN_STATE", f"firestore:// option {option}: {exc}") from exc
-    if value.total_seconds() <= 0:
-        raise ConfigError("RETRAIN_STATE", f"firestore:// option {option} must be positive")
-    return value
 
 
 def _point_doc(p: StoredPoint) -> dict[str, Any]:

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import format_duration
 from thresholds.records import fields
+from triggers.guards import Guards
 from triggers.state import firestore_sdk
 from triggers.state.firestore import claim
 from triggers.state.firestore.documents import (
@@ -37,7 +36,6 @@ from triggers.state.firestore.documents import (
     _decision,
     _decision_doc,
     _doc_id,
-    _duration,
     _field,
     _float,
     _key,
@@ -52,6 +50,11 @@ from triggers.state.firestore.documents import (
     _run_values,
     _series_path,
 )
+from triggers.state.firestore.settings import (
+    DEFAULT_DATABASE,
+    DEFAULT_TIMEOUT,
+    FirestoreSettings,
+)
 from triggers.state.firestore.unit import (
     UnitTooLargeError,
     _Atomic,
@@ -61,26 +64,23 @@ from triggers.state.firestore.unit import (
     _UnitOfWork,
     _Write,
 )
-from triggers.state.guards import Guards
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
     StoredPoint,
     dumps,
-    is_told,
 )
 
-DEFAULT_DATABASE = "(default)"
-DEFAULT_TIMEOUT = 10.0
 MAX_BATCH_WRITES = 500
-_DATABASE_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
-_URL_OPTIONS = ("retention", "timeout")
+
+
 class FirestoreStore:
     """The production store: Firestore (native mode), shared by every instance."""
 
@@ -92,21 +92,13 @@ class FirestoreStore:
         timeout: float = DEFAULT_TIMEOUT,
         max_attempts: int = 5,
     ) -> None:
-        if database != DEFAULT_DATABASE and not _DATABASE_ID.match(database):
-            raise ConfigError(
-                "RETRAIN_STATE",
-                f"{database!r} is not a Firestore database id (4-63 lower-case letters, "
-                "digits and hyphens) or (default)")
-        if retention is not None and retention.total_seconds() <= 0:
-            raise ConfigError(
-                "RETRAIN_STATE",
-                "firestore:// option retention must be positive (write retention=none to keep "
-                "documents forever)")
-        self.database = database
-        self.project = project
-        self.retention = retention
-        self.timeout = timeout
+        settings = FirestoreSettings(database, project, retention, timeout)  # checks them
+        self.database = settings.database
+        self.project = settings.project
+        self.retention = settings.retention
+        self.timeout = settings.timeout
         self.max_attempts = max_attempts
+        self.outbox_switch = OutboxSwitch()
         self.executed_queries: list[Any] | None = None
         """Set to a list to collect every query (StructuredQuery protobuf) the store runs."""
         self._client: Any = None
@@ -118,32 +110,8 @@ class FirestoreStore:
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> FirestoreStore:
         """The store a `firestore://[database][?retention=400d&timeout=10s]` URL names."""
-        environ = os.environ if environ is None else environ
-        parts = urlsplit(url)
-        if parts.scheme != "firestore":
-            raise ConfigError("RETRAIN_STATE", f"{url!r} is not a firestore:// URL")
-        if parts.path not in ("", "/") or parts.fragment:
-            raise ConfigError(
-                "RETRAIN_STATE", f"{url!r}: write firestore://DATABASE (no path after it)")
-        options = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(options) - set(_URL_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                "RETRAIN_STATE",
-                f"unknown option {unknown[0]!r} in {url!r} (known: {', '.join(_URL_OPTIONS)})")
-        retention: timedelta | None = DEFAULT_RETENTION
-        timeout = DEFAULT_TIMEOUT
-        if "retention" in options:
-            text = options["retention"][-1]
-            retention = None if text.lower() == "none" else _duration(text, "retention")
-        if "timeout" in options:
-            timeout = _duration(options["timeout"][-1], "timeout").total_seconds()
-        return cls(
-            database=parts.netloc or DEFAULT_DATABASE,
-            project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
-            retention=retention,
-            timeout=timeout,
-        )
+        settings = FirestoreSettings.from_url(url, os.environ if environ is None else environ)
+        return cls(settings.database, settings.project, settings.retention, settings.timeout)
 
     def __repr__(self) -> str:
         kept = format_duration(self.retention) if self.retention else "forever"
@@ -428,7 +396,7 @@ class FirestoreStore:
         ] + [
             _Write("set", f"{OUTBOX}/{_doc_id(d.decision_id)}",
                    {"decision_id": d.decision_id, "at": float(d.at), "body": dumps(d.to_json())})
-            for d in decisions if is_told(d)
+            for d in self.outbox_switch.told(decisions)
         ]
 
     def record_decisions(self, decisions: Sequence[Decision]) -> None:

@@ -15,7 +15,6 @@ from triggers.state.protocol import (
     RunRecord,
     StoredPoint,
     dumps,
-    is_told,
 )
 
 POINT_COLUMNS = ", ".join(f.name for f in fields(StoredPoint))
@@ -24,7 +23,9 @@ RUN_COLUMNS = (
     "ended_at checked_at resource_name outcome message"
 ).split()
 
-def insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) -> None:
+def insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision],
+                     told: Sequence[Decision]) -> None:
+    """Each decision, and the `told` ones in the outbox too."""
     conn.executemany(
         "INSERT OR REPLACE INTO decisions (decision_id, model, kind, at, reason, policy,"
         " event_time, statistic, limit_value, run_id, trigger_id, message_id, details)"
@@ -50,7 +51,7 @@ def insert_decisions(conn: sqlite3.Connection, decisions: Sequence[Decision]) ->
     )
     conn.executemany(
         "INSERT OR REPLACE INTO outbox (decision_id, at, body) VALUES (?, ?, ?)",
-        [(d.decision_id, d.at, dumps(d.to_json())) for d in decisions if is_told(d)])
+        [(d.decision_id, d.at, dumps(d.to_json())) for d in told])
 
 def point_of_row(row: sqlite3.Row) -> StoredPoint:
     return StoredPoint(*row)  # POINT_COLUMNS are StoredPoint's fields, in order

@@ -20,13 +20,14 @@ from urllib.parse import parse_qs
 
 from pipeline_client.errors import ConfigError, TransientError
 from thresholds.durations import parse_duration
-from triggers.state.guards import Guards, check_guards, guard_window
+from triggers.guards import Guards, check_guards, guard_window
 from triggers.state.protocol import (
     IN_FLIGHT,
     Claim,
     Decision,
     IncidentRecord,
     ModelState,
+    OutboxSwitch,
     RejectedEvent,
     RunRecord,
     RunUpdate,
@@ -82,6 +83,7 @@ class SQLiteStore:
         self.path = str(path)
         self.busy_timeout = busy_timeout
         self.retention = retention
+        self.outbox_switch = OutboxSwitch()
         self._local = threading.local()
         self._memory_lock = threading.RLock()
         self._shared: sqlite3.Connection | None = None
@@ -184,7 +186,7 @@ class SQLiteStore:
     def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
                        ignored_metrics: int = 0) -> None:
         with self._tx() as conn:
-            insert_decisions(conn, decisions)
+            insert_decisions(conn, decisions, self.outbox_switch.told(decisions))
             conn.execute(
                 "INSERT OR IGNORE INTO processed (message_id, at, ignored_metrics)"
                 " VALUES (?, ?, ?)", (message_id, at, ignored_metrics or None)
@@ -324,7 +326,7 @@ class SQLiteStore:
     # decisions
     def record_decisions(self, decisions: Sequence[Decision]) -> None:
         with self._tx() as conn:
-            insert_decisions(conn, decisions)
+            insert_decisions(conn, decisions, self.outbox_switch.told(decisions))
 
     def decisions(self, model: str | None = None, limit: int = 50) -> list[Decision]:
         if model is None:

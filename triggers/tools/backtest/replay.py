@@ -11,10 +11,9 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunStatus
-from thresholds.base import Point, Policy
+from thresholds.base import Policy
 from triggers.config import ModelConfig, ServiceConfig
 from triggers.events import MetricEvent
-from triggers.series import is_champion_version
 from triggers.service import RetrainService
 from triggers.state.memory import MemoryStore
 from triggers.state.protocol import Decision, ModelState, StoredPoint
@@ -128,31 +127,16 @@ class _Recovery:
     replaced: str | None = None
 
 
-class _Track:
-    """One (slice, metric) of a model as its policies see it: the champion's points since its
-    history started (oldest first), and the latest event time recorded, of any version."""
-
-    __slots__ = ("policies", "count_based", "lookback", "points", "times", "last_end")
-
-    def __init__(self, policies: Sequence[Policy]) -> None:
-        self.count_based = tuple(p for p in policies if p.lookback is None)
-        self.lookback = tuple(p for p in policies if p.lookback is not None)
-        self.policies = tuple(policies)
-        self.points: list[Point] = []
-        self.times: list[float] = []
-        self.last_end: float | None = None
-
-
 class Replay:
     """One backtest: a `RetrainService` on a `MemoryStore`, a simulated clock and launcher.
 
     Every event goes to `RetrainService.handle_event` (the live path after parsing) except
     those on which no policy fires: for these the replay records the points and asks each
-    policy itself, with the same `Policy.fires`/`evaluate` on the same champion series the
-    service would read (`_series`: its version, its history start, a lookback policy's
-    window back from the newest point). Any fired verdict goes to the service, which
-    decides, claims, guards, launches and records. Runs go to a `SimulatedLauncher`; the
-    service learns of their end as of a real run's, asking the launcher at the next event.
+    policy itself (`Policy.fires`) on the window the service would judge, read through the
+    service's own `ChampionSeries` (its version, its history start, each policy's window).
+    Any fired verdict goes to the service, which decides, claims, guards, launches and
+    records. Runs go to a `SimulatedLauncher`; the service learns of their end as of a real
+    run's, asking the launcher at the next event.
     """
 
     def __init__(self, config: ServiceConfig, settings: BacktestSettings | None = None) -> None:
@@ -169,7 +153,7 @@ class Replay:
         self.fast_events = 0
         self.first_time: float | None = None
         self.last_time: float | None = None
-        self._tracks: dict[str, dict[tuple[str, str], _Track]] = {}
+        self._policies: dict[tuple[str, str, str], tuple[Policy, ...]] = {}
         self._states: dict[str, ModelState] = {}
         self.champions: dict[str, set[str]] = {}
         """Every version that was a model's champion during the replay."""
@@ -212,65 +196,47 @@ class Replay:
             self.fast_events += 1
             return
         result = self.service.handle_event(model, event, f"line-{line}")
-        if self._absorb(model, result.decisions):
-            return  # a new champion: every track was read again from the store
-        state = self._state(model.name)
-        tracks = self._model_tracks(model)
-        for metric in event.metrics:
-            track = tracks.get((event.slice, metric))
-            if track is None:
-                self._track(model, event.slice, metric)  # read from the store, point included
-                continue
-            if track.last_end is not None and now <= track.last_end:
-                self._rebuild(model.name, event.slice, metric, track, state)  # a correction
-                continue
-            track.last_end = now
-            if (is_champion_version(state, event.model_version)
-                    and (state.history_start is None or now > state.history_start)):
-                track.points.append(Point(now, event.metrics[metric], event.examples))
-                track.times.append(now)
+        self._absorb(model, result.decisions)
 
     def _fast(self, model: ModelConfig, event: MetricEvent, now: float, line: int) -> bool:
         """Record the event and return True when, as the service would judge it, no policy
-        fires on it; False (nothing recorded) when the service must handle it."""
+        fires on it; False when the service must handle it (it records the points again:
+        the same key replaces them with themselves)."""
         state = self._states.get(model.name) or self._state(model.name)
         version = event.model_version
         if version is not None and version != state.champion_version:
             return False  # a first champion to adopt, or a version the service ignores
         if state.history_start is not None and now <= state.history_start:
             return False
-        tracks = self._tracks.get(model.name) or self._model_tracks(model)
-        slice_, examples = event.slice, event.examples
-        chosen: list[tuple[_Track, str, float]] = []
-        for metric, value in event.metrics.items():
-            track = tracks.get((slice_, metric)) or self._track(model, slice_, metric)
-            last_end = track.last_end
-            if last_end is not None and now <= last_end:
+        store, slice_, name = self.store, event.slice, model.name
+        metrics = event.metrics  # all of them, as the backtest always kept them
+        for metric in metrics:
+            latest = store.points(name, slice_, metric, limit=1)
+            if latest and now <= latest[0].window_end:
                 return False  # a late point or a correction: the service re-evaluates
-            chosen.append((track, metric, value))
-        fired = False
-        for track, _, value in chosen:
-            track.points.append(Point(now, value, examples))
-            track.times.append(now)
-        try:
-            for track, _, _ in chosen:
-                if track.policies and _any_fires(track):
-                    fired = True
-                    break
-        except (ArithmeticError, ValueError):  # the service logs it and judges without
-            fired = True
-        if fired:
-            for track, _, _ in chosen:
-                track.points.pop()
-                track.times.pop()
-            return False
-        window_start = event.window_start.timestamp() if event.window_start else None
         message_id = f"line-{line}"
-        for track, metric, value in chosen:
-            self.store.record_point_row((model.name, slice_, metric, now, value, examples,
-                                         version, message_id, now, window_start))
-            track.last_end = now
+        window_start = event.window_start.timestamp() if event.window_start else None
+        series = self.service.series
+        series.record([StoredPoint(name, slice_, metric, now, float(value), event.examples,
+                                   version, message_id, now, window_start)
+                       for metric, value in metrics.items()])
+        try:
+            for metric in metrics:
+                for policy in self._policies_on(model, slice_, metric):
+                    window, _ = series.window(name, policy, state, now)
+                    if policy.fires(series.as_points(name, policy, window)):
+                        return False
+        except (ArithmeticError, ValueError):  # the service logs it and judges without
+            return False
         return True
+
+    def _policies_on(self, model: ModelConfig, slice_: str, metric: str) -> tuple[Policy, ...]:
+        key = (model.name, slice_, metric)
+        policies = self._policies.get(key)
+        if policies is None:
+            policies = self._policies[key] = tuple(
+                p for p in model.policies if p.metric == metric and p.spec.slice == slice_)
+        return policies
 
     def _state(self, model: str) -> ModelState:
         state = self._states.get(model)
@@ -278,23 +244,9 @@ class Replay:
             state = self._states[model] = self.store.model_state(model)
         return state
 
-    def _model_tracks(self, model: ModelConfig) -> dict[tuple[str, str], _Track]:
-        tracks = self._tracks.get(model.name)
-        if tracks is None:
-            tracks = self._tracks[model.name] = {}
-        return tracks
-
-    def _track(self, model: ModelConfig, slice_: str, metric: str) -> _Track:
-        """A new track of the model's policies on (slice, metric), read from the store."""
-        track = _Track([p for p in model.policies
-                        if p.metric == metric and p.spec.slice == slice_])
-        self._rebuild(model.name, slice_, metric, track, self._state(model.name))
-        self._model_tracks(model)[(slice_, metric)] = track
-        return track
-
     def _absorb(self, model: ModelConfig, decisions: Sequence[Decision]) -> bool:
-        """Note promotions (to simulate recovery) and follow a new champion's history;
-        True when the champion changed (every track of the model read again)."""
+        """Note promotions (to simulate recovery) and follow the model's state (a new
+        champion's history); True when the state changed."""
         recovery = self.settings.recovery or {}
         for decision in decisions:
             if decision.kind == "promoted" and decision.run_id in self.launcher.runs:
@@ -314,20 +266,7 @@ class Replay:
         self._states[model.name] = state
         if state.champion_version is not None:
             self.champions.setdefault(model.name, set()).add(state.champion_version)
-        for (slice_, metric), track in self._model_tracks(model).items():
-            self._rebuild(model.name, slice_, metric, track, state)
         return True
-
-    def _rebuild(
-        self, model: str, slice_: str, metric: str, track: _Track, state: ModelState
-    ) -> None:
-        """The track again from the store (after a new champion, or a corrected point)."""
-        stored = self.store.points(model, slice_, metric, since=state.history_start)
-        kept = [p for p in stored if is_champion_version(state, p.model_version)]
-        track.points = [Point(p.window_end, p.value, p.examples) for p in kept]
-        track.times = [p.window_end for p in kept]
-        latest = self.store.points(model, slice_, metric, limit=1)
-        track.last_end = latest[0].window_end if latest else None
 
     def _recovered(self, event: MetricEvent, now: float,
                    recoveries: Sequence[_Recovery]) -> MetricEvent:
@@ -370,16 +309,4 @@ class Replay:
         """Whether the value of `metric` at `time_` was replaced by the recovery value."""
         return any(metric in r.values and time_ >= r.after
                    for r in self.recoveries.get(model, ()))
-
-
-def _any_fires(track: _Track) -> bool:
-    """Whether any policy of `track` fires on its points as the service would read them."""
-    points = track.points
-    for policy in track.count_based:
-        if policy.fires(points):
-            return True
-    for policy in track.lookback:  # the policy walks back its own window from the end
-        if policy.fires(points):
-            return True
-    return False
 

@@ -4,7 +4,7 @@ templates, registry, Firestore, Pub/Sub; each failure names what is wrong and it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class DoctorSettings:
     metrics_dead_letter: str = "model-metrics-dead-letter"
     outcome_topic: str = "retrain-outcomes"
     outcome_dead_letter: str = "retrain-outcomes-dead-letter"
+    evaluation_dead_letter: str = "retrain-evaluations-dead-letter"
     decisions_topic: str | None = None
     evaluation_bucket: str | None = None  # None: <project>-retrain-evaluations, as deploy/
     vertex_endpoint: str | None = None
@@ -405,14 +406,15 @@ def check_registry(ctx: Context) -> None:
 
 def check_topics(ctx: Context) -> None:
     """The topics exist; each event topic has its Eventarc subscription with a dead-letter
-    policy to its dead-letter topic."""
+    policy to its dead-letter topic; so has the evaluation files' trigger (a Cloud Storage
+    trigger: its subscription is on a topic Eventarc made, found through the trigger)."""
     s = ctx.settings
     pairs = ((s.metrics_topic, s.metrics_dead_letter, "on-metric-event", "on_metric_event"),
              (s.outcome_topic, s.outcome_dead_letter, "on-run-outcome", "on_run_outcome"))
     existing: set[str] = set()
     told = [s.decisions_topic] if s.decisions_topic else []  # RETRAIN_DECISIONS_TOPIC
     for topic in _unique([s.metrics_topic, s.metrics_dead_letter, s.outcome_topic,
-                          s.outcome_dead_letter, *told]):
+                          s.outcome_dead_letter, s.evaluation_dead_letter, *told]):
         path = s.topic_path(topic)
         try:
             ctx.apis.call("GET", "pubsub", f"/v1/{path}")
@@ -446,22 +448,91 @@ def check_topics(ctx: Context) -> None:
                 f"(or run deploy/gcloud/deploy.sh with PROJECT={ctx.p})")
             continue
         ctx.report.ok("pubsub", check, ", ".join(sub["name"].rsplit("/", 1)[-1] for sub in subs))
-        want = s.topic_path(dead_letter)
-        for sub in subs:
-            short = sub["name"].rsplit("/", 1)[-1]
-            got = (sub.get("deadLetterPolicy") or {}).get("deadLetterTopic")
-            label = f"{short}: dead letters to {dead_letter}"
-            if got == want:
-                ctx.report.ok("pubsub", label)
-            else:
-                ctx.report.fail(
-                    "pubsub", label,
-                    f"subscription {short} " + (f"dead-letters to {got}" if got else
-                                                "has no dead-letter policy")
-                    + f": a message that always fails is retried forever instead of moving to "
-                    f"{dead_letter}",
-                    f"gcloud pubsub subscriptions update {short} --dead-letter-topic={want} "
-                    f"--max-delivery-attempts=10 --project={ctx.p}")
+        _check_dead_letters(ctx, subs, dead_letter)
+    _check_evaluation_trigger(ctx)
+
+
+EVALUATION_FUNCTION = "on-evaluation-file"
+"""The function deploy/ triggers on the evaluations bucket's finalized objects."""
+
+
+def _check_evaluation_trigger(ctx: Context) -> None:
+    """The Eventarc trigger of on-evaluation-file, and its transport subscription's
+    dead-letter policy (a file that always fails would otherwise be retried for a week)."""
+    s = ctx.settings
+    check = f"{EVALUATION_FUNCTION}: Eventarc trigger"
+    try:
+        triggers = _eventarc_triggers(ctx)
+    except GoogleApiError as exc:
+        ctx.report.fail("pubsub", check, f"Eventarc answered {exc}", "see the message")
+        return
+    ours = [t for t in triggers if _destination_function(t) == EVALUATION_FUNCTION]
+    if not ours:
+        ctx.report.fail(
+            "pubsub", check, f"no Eventarc trigger in {s.location} sends to "
+            f"{EVALUATION_FUNCTION}: evaluation files are not read",
+            f"PROJECT={ctx.p} REGION={s.location} bash deploy/gcloud/deploy.sh")
+        return
+    subs = []
+    for trigger in ours:
+        name = ((trigger.get("transport") or {}).get("pubsub") or {}).get("subscription")
+        if not name:
+            ctx.report.fail("pubsub", check, f"trigger {trigger['name']} has no Pub/Sub "
+                            "subscription (yet?)", "wait a minute and run doctor again")
+            continue
+        try:
+            subs.append(ctx.apis.call("GET", "pubsub", f"/v1/{name}"))
+        except GoogleApiError as exc:
+            ctx.report.fail("pubsub", check, f"subscription {name}: Pub/Sub answered {exc}",
+                            "see the message")
+    if subs:
+        ctx.report.ok("pubsub", check, ", ".join(t["name"].rsplit("/", 1)[-1] for t in ours))
+        _check_dead_letters(ctx, subs, s.evaluation_dead_letter)
+
+
+def _eventarc_triggers(ctx: Context) -> list[dict[str, Any]]:
+    """Every Eventarc trigger in the project's region (all pages)."""
+    s = ctx.settings
+    path = f"/v1/projects/{s.project}/locations/{s.location}/triggers"
+    found: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = ctx.apis.call("GET", "eventarc", path,
+                             params={"pageToken": token} if token else None)
+        found += page.get("triggers") or []
+        token = page.get("nextPageToken")
+        if not token:
+            return found
+
+
+def _destination_function(trigger: Mapping[str, Any]) -> str | None:
+    """The function (or the Cloud Run service of a 2nd gen one) a trigger sends to."""
+    destination = trigger.get("destination") or {}
+    if destination.get("cloudFunction"):
+        return str(destination["cloudFunction"]).rsplit("/", 1)[-1]
+    service = (destination.get("cloudRun") or {}).get("service")
+    return str(service) if service else None
+
+
+def _check_dead_letters(ctx: Context, subs: Iterable[Mapping[str, Any]],
+                        dead_letter: str) -> None:
+    """Each subscription's dead-letter policy names `dead_letter`."""
+    want = ctx.settings.topic_path(dead_letter)
+    for sub in subs:
+        short = sub["name"].rsplit("/", 1)[-1]
+        got = (sub.get("deadLetterPolicy") or {}).get("deadLetterTopic")
+        label = f"{short}: dead letters to {dead_letter}"
+        if got == want:
+            ctx.report.ok("pubsub", label)
+        else:
+            ctx.report.fail(
+                "pubsub", label,
+                f"subscription {short} " + (f"dead-letters to {got}" if got else
+                                            "has no dead-letter policy")
+                + f": a message that always fails is retried forever instead of moving to "
+                f"{dead_letter}",
+                f"gcloud pubsub subscriptions update {short} --dead-letter-topic={want} "
+                f"--max-delivery-attempts=10 --project={ctx.p}")
 
 
 def _unique(items: Iterable[str]) -> list[str]:

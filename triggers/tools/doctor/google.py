@@ -40,6 +40,7 @@ ENDPOINT_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "pubsub": (("PUBSUB_EMULATOR_HOST", "RETRAIN_PUBSUB_ENDPOINT"), "https://pubsub.googleapis.com"),
     "pubsub_iam": (("RETRAIN_PUBSUB_ENDPOINT",), "https://pubsub.googleapis.com"),
     "firestore_admin": (("RETRAIN_FIRESTORE_ENDPOINT",), "https://firestore.googleapis.com"),
+    "eventarc": (("RETRAIN_EVENTARC_ENDPOINT",), "https://eventarc.googleapis.com"),
     "firestore": (("FIRESTORE_EMULATOR_HOST", "RETRAIN_FIRESTORE_ENDPOINT"),
                   "https://firestore.googleapis.com"),
 }

@@ -1,7 +1,8 @@
 """Guards against too many runs: one in flight, cooldown, budget per sliding window.
 
-The settings (`Guards`, from the policy file) and `check_guards`, a pure function of a
-model's recent runs that every store calls inside its claim transaction.
+The settings (`Guards`, from the policy file) and `check_guards`, a pure rule of the decision
+core over a model's recent runs, which every store applies inside its claim transaction (so
+it sits beneath the stores in the layer order and imports none of them).
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from thresholds.durations import format_duration, parse_duration
-from triggers.state.protocol import IN_FLIGHT, RunRecord
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,19 @@ class Guards:
         )
 
 
+class GuardedRun(Protocol):
+    """What the guards read of a run (a store's `RunRecord`)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def in_flight(self) -> bool: ...
+
+
 def _duration(value: Any, default: timedelta) -> timedelta:
     return default if value is None else parse_duration(value)
 
@@ -52,7 +65,7 @@ def guard_window(guards: Guards) -> float:
     return max(guards.cooldown, guards.max_runs_per).total_seconds()
 
 
-def check_guards(runs: Iterable[RunRecord], guards: Guards, now: float, force: bool) -> str | None:
+def check_guards(runs: Iterable[GuardedRun], guards: Guards, now: float, force: bool) -> str | None:
     """Why a new run of this model is blocked now, or None when it may launch.
 
     `runs` must hold every in-flight run of the model and every run created within
@@ -60,7 +73,7 @@ def check_guards(runs: Iterable[RunRecord], guards: Guards, now: float, force: b
     never a run in flight.
     """
     runs = list(runs)
-    in_flight = [r for r in runs if r.state in IN_FLIGHT]
+    in_flight = [r for r in runs if r.in_flight]
     if in_flight and (guards.skip_if_running or force):
         run = in_flight[0]
         return f"run {run.run_id} is still in flight ({run.state}); policies are disarmed"
