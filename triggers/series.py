@@ -161,6 +161,21 @@ class _Kept:
         self.touched = math.inf
 
 
+def _latest_points(kept: _Kept, policy: Policy, state: ModelState,
+                   as_of: float | None) -> list[StoredPoint] | None:
+    """What `ChampionSeries._window` answers for a rule that counts the latest points (no
+    lookback, no first points), judged as of the newest point, when every kept point counts
+    and is usable: the last `evaluation_points + 1` kept, sliced at once (the common case of
+    a warm instance, and of every in-order backtest step). None: take the general way."""
+    spec, champion, times = policy.spec, state.champion_version, kept.times
+    if (spec.baseline is not None or spec.cost is not None or spec.min_examples
+            or not times or (as_of is not None and as_of != times[-1])
+            or not (champion is None or kept.versions <= {champion, None})):
+        return None
+    answer = kept.answer(state.history_start, None, spec.evaluation_points + 1, False)
+    return answer or None
+
+
 def _plain(p: StoredPoint) -> Point:
     return Point(p.window_end, p.value, p.examples)
 
@@ -298,6 +313,10 @@ class ChampionSeries:
         """
         with self._lock:
             kept = self._checked((model, policy.spec.slice, policy.metric))
+            if kept is not None and policy.lookback is None:
+                latest = _latest_points(kept, policy, state, as_of)
+                if latest is not None:
+                    return latest, latest[0].window_end
             return self._window(model, policy, state, as_of, kept)
 
     def _window(
@@ -325,12 +344,16 @@ class ChampionSeries:
         def usable(p: StoredPoint) -> bool:
             return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
 
+        # every point read counts and is usable: no need to count the usable ones
+        all_usable = not spec.min_examples and (
+            champion is None or kept is not None and kept.versions <= {champion, None})
+
         def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
             """At least `wanted` usable points at the near end (or all there are)."""
             limit = wanted
             while True:
                 raw = read(limit=limit, oldest=oldest, **bounds)
-                if len(raw) < limit or sum(map(usable, raw)) >= wanted:
+                if len(raw) < limit or all_usable or sum(map(usable, raw)) >= wanted:
                     return counted(raw)
                 limit *= 4
 
