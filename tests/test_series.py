@@ -198,3 +198,32 @@ def test_a_warm_event_reads_its_series_mark_only_around_its_own_write(
     mark_writes = [s for s in statements if "INSERT INTO series_marks" in s]
     assert len(mark_writes) == 1 and "RETURNING" in mark_writes[0], statements
     assert h.store.is_processed("warm-30")
+
+
+LATEST_POLICY = WARM_POLICY.replace(",\n         min_examples: 500}", "}")
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_warm_instance_slicing_the_latest_points_decides_as_one_reading_them_afresh(
+        make_harness: Callable[..., Harness], tmp_path: Path, seed: int) -> None:
+    """An M-of-N rule without min_examples is answered from one slice of the kept points
+    (`_latest_points`); with points of another version, late points and corrections in the
+    stream, its decisions are those of an instance that reads every window from the store."""
+    from triggers.series import ChampionSeries
+
+    assert LATEST_POLICY != WARM_POLICY
+    warm = make_harness(LATEST_POLICY, db=tmp_path / "warm.db")
+    fresh = make_harness(LATEST_POLICY, db=tmp_path / "fresh.db")
+    fresh.service.series = ChampionSeries(fresh.store, keep=False)
+    rng = random.Random(seed)
+    for n, (hour, value, extra) in enumerate(_stream(seed)):
+        version = "8" if rng.random() < 0.05 else "7"  # a challenger's evaluation, now and then
+        for h in (warm, fresh):
+            h.clock.now = warm.clock.now
+            h.send(_hourly(warm, hour, value, model_version=version, **extra),
+                   message_id=f"m-{n}")
+        warm.clock.advance(minutes=7)
+    assert _decisions(warm) == _decisions(fresh)
+    kinds = {d[1] for d in _decisions(warm) if d[2] == "accuracy-floor"}
+    assert {"fired", "ok"} <= kinds or {"suppressed", "ok"} <= kinds
+    assert warm.service.series.keep and not fresh.service.series.keep
