@@ -8,14 +8,14 @@ it sits beneath the stores in the layer order and imports none of them).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
 from thresholds.durations import format_duration, parse_duration
+from thresholds.records import record
 
 
-@dataclass(frozen=True)
+@record
 class Guards:
     """Resolved guards of one model."""
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from thresholds.records import record
 from triggers.errors import ConfigError
 from triggers.logs import log_event
 from triggers.state.protocol import Decision, StateStore
@@ -114,7 +115,7 @@ def message_of(decision: Decision) -> tuple[bytes, dict[str, str]]:
                   "decision_id": decision.decision_id}
 
 
-@dataclass(frozen=True)
+@record
 class DrainReport:
     """What one drain did: decisions published, and those left for the next one."""
 

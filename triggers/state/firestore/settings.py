@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 from pipeline_client.errors import ConfigError
 from thresholds.durations import parse_duration
+from thresholds.records import record
 from triggers.state.firestore.documents import DEFAULT_RETENTION
 
 DEFAULT_DATABASE = "(default)"
@@ -20,7 +20,7 @@ _DATABASE_ID = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
 URL_OPTIONS = ("retention", "timeout")
 
 
-@dataclass(frozen=True)
+@record
 class FirestoreSettings:
     """The store's database (of `project`; None: google.auth's), how long documents are kept
     (None: forever) and the timeout of one call, in seconds."""
