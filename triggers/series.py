@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
@@ -45,6 +45,50 @@ def is_champion_version(state: ModelState, model_version: str | None) -> bool:
     that names no version always does, and every point does while there is no champion)."""
     return (state.champion_version is None or model_version is None
             or model_version == state.champion_version)
+
+
+EARLIER_SCAN = 4096
+"""At most this many points before a champion's history are read for the earlier champions'
+first points (the `cost` policy's fresh level); champions before them do not count."""
+
+
+def earlier_champion_heads(
+    read: Callable[[int], list[StoredPoint]], champion: str | None, wanted: int, count: int,
+    usable: Callable[[StoredPoint], bool],
+) -> list[StoredPoint]:
+    """The first `wanted` usable points of each of the latest `count` earlier champions,
+    oldest first. `read(limit)` gives the latest `limit` points before the current champion's
+    history, oldest first. An earlier champion is a version other than `champion` with at
+    least `wanted` usable points in a row; shorter runs of other versions between a
+    champion's points (a challenger's evaluations) are passed over, and a version seen again
+    later (a rollback) keeps its first points. The oldest run of a read that stopped at its
+    limit may be cut, so it counts only once the scan reaches the series' start."""
+    if count <= 0 or champion is None:
+        return []
+    limit = max(64, 4 * count * wanted)
+    while True:
+        raw = read(limit)
+        runs: list[tuple[str | None, list[StoredPoint]]] = []
+        for point in raw:
+            version = point.model_version
+            if runs and (version is None or version == runs[-1][0]):
+                runs[-1][1].append(point)
+            else:
+                runs.append((version, [point]))
+        reached_start = len(raw) < limit
+        if not reached_start and runs:
+            runs.pop(0)
+        heads: dict[str, list[StoredPoint]] = {}
+        for version, points in runs:
+            if version is None or version == champion or version in heads:
+                continue
+            first = [p for p in points if usable(p)][:wanted]
+            if len(first) == wanted:
+                heads[version] = first
+        if len(heads) >= count or reached_start or limit >= EARLIER_SCAN:
+            latest = list(heads.values())[-count:]
+            return [p for first in latest for p in first]
+        limit = min(4 * limit, EARLIER_SCAN)
 
 
 class _Kept:
@@ -264,16 +308,26 @@ class ChampionSeries:
             kept = self._kept[key] = _Kept(mark)
         return kept
 
-    def as_points(self, model: str, policy: Policy,
-                  stored: Sequence[StoredPoint]) -> list[Point]:
-        """The policy's `Point`s of `stored` (built once per kept point)."""
+    def as_points(self, model: str, policy: Policy, stored: Sequence[StoredPoint],
+                  champion: str | None = None) -> list[Point]:
+        """The policy's `Point`s of `stored` (built once per kept point); for a `cost`
+        policy, the leading points of versions other than `champion` (the earlier champions'
+        first points that `window` read) tagged as theirs."""
+        earlier = 0
+        if policy.spec.cost is not None and champion is not None:
+            while (earlier < len(stored) and stored[earlier].model_version is not None
+                   and stored[earlier].model_version != champion):
+                earlier += 1
+        tagged = [Point(p.window_end, p.value, p.examples, p.model_version)
+                  for p in stored[:earlier]]
+        rest = stored[earlier:] if earlier else stored
         kept = self._kept.get((model, policy.spec.slice, policy.metric)) if self.keep else None
         if kept is None:
-            return [Point(p.window_end, p.value, p.examples) for p in stored]
-        run = kept.run_of(stored)
-        if run is not None:
-            return run
-        return [kept.plain_of(p) for p in stored]
+            return tagged + [Point(p.window_end, p.value, p.examples) for p in rest]
+        run = kept.run_of(rest)
+        if run is None:
+            run = [kept.plain_of(p) for p in rest]
+        return tagged + run if tagged else run
 
     def window(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
@@ -313,6 +367,9 @@ class ChampionSeries:
 
         def usable(p: StoredPoint) -> bool:
             return counts(p) and (p.examples is None or p.examples >= spec.min_examples)
+
+        def usable_any(p: StoredPoint) -> bool:
+            return p.examples is None or p.examples >= spec.min_examples
 
         def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
             """At least `wanted` usable points at the near end (or all there are)."""
@@ -360,8 +417,12 @@ class ChampionSeries:
         head: list[StoredPoint] = []
         if spec.baseline is not None:
             head = fetch(spec.baseline.reference_points, oldest=True, since=start)
-        elif spec.cost is not None:  # the champion's first points: its fresh level
+        elif spec.cost is not None:  # the champions' first points: the fresh level
             head = fetch(spec.cost.reference_points, oldest=True, since=start)
+            if start is not None:
+                head = earlier_champion_heads(
+                    lambda limit: read(until=start, limit=limit), champion,
+                    spec.cost.reference_points, spec.cost.champions - 1, usable_any) + head
         contiguous = before[0].window_end if before else as_of
         if not head and not after:  # already sorted, one point per time
             return before, contiguous

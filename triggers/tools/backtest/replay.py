@@ -14,7 +14,7 @@ from pipeline_client.launching.protocol import LaunchRequest, LaunchResult, RunS
 from thresholds.base import Point, Policy
 from triggers.config import ModelConfig, ServiceConfig
 from triggers.events import MetricEvent
-from triggers.series import is_champion_version
+from triggers.series import earlier_champion_heads, is_champion_version
 from triggers.service import RetrainService
 from triggers.state.memory import MemoryStore
 from triggers.state.protocol import Decision, ModelState, StoredPoint
@@ -132,7 +132,8 @@ class _Track:
     """One (slice, metric) of a model as its policies see it: the champion's points since its
     history started (oldest first), and the latest event time recorded, of any version."""
 
-    __slots__ = ("policies", "count_based", "lookback", "points", "times", "last_end")
+    __slots__ = ("policies", "count_based", "lookback", "points", "times", "last_end",
+                 "earlier")
 
     def __init__(self, policies: Sequence[Policy]) -> None:
         self.count_based = tuple(p for p in policies if p.lookback is None)
@@ -141,6 +142,9 @@ class _Track:
         self.points: list[Point] = []
         self.times: list[float] = []
         self.last_end: float | None = None
+        self.earlier: dict[Policy, list[Point]] = {}
+        """Per `cost` policy, the earlier champions' first points it reads before the
+        champion's (`earlier_champion_heads`, as the service's series reads them)."""
 
 
 class Replay:
@@ -328,6 +332,24 @@ class Replay:
         track.times = [p.window_end for p in kept]
         latest = self.store.points(model, slice_, metric, limit=1)
         track.last_end = latest[0].window_end if latest else None
+        track.earlier = {}
+        start = state.history_start
+        for policy in track.lookback:
+            rule = policy.spec.cost
+            if rule is None or start is None:
+                continue
+
+            def read(limit: int, start: float = start) -> list[StoredPoint]:
+                return self.store.points(model, slice_, metric, until=start, limit=limit)
+
+            def usable(p: StoredPoint, least: int = policy.spec.min_examples) -> bool:
+                return p.examples is None or p.examples >= least
+
+            heads = earlier_champion_heads(read, state.champion_version, rule.reference_points,
+                                           rule.champions - 1, usable)
+            if heads:
+                track.earlier[policy] = [Point(p.window_end, p.value, p.examples,
+                                               p.model_version) for p in heads]
 
     def _recovered(self, event: MetricEvent, now: float,
                    recoveries: Sequence[_Recovery]) -> MetricEvent:
@@ -378,8 +400,9 @@ def _any_fires(track: _Track) -> bool:
     for policy in track.count_based:
         if policy.fires(points):
             return True
+    earlier = track.earlier
     for policy in track.lookback:  # the policy walks back its own window from the end
-        if policy.fires(points):
+        if policy.fires(earlier[policy] + points if policy in earlier else points):
             return True
     return False
 
