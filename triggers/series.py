@@ -59,35 +59,28 @@ def earlier_champion_heads(
     """The first `wanted` usable points of each of the latest `count` earlier champions,
     oldest first. `read(limit)` gives the latest `limit` points before the current champion's
     history, oldest first. An earlier champion is a version other than `champion` with at
-    least `wanted` usable points in a row; shorter runs of other versions between a
-    champion's points (a challenger's evaluations) are passed over, and a version seen again
-    later (a rollback) keeps its first points. The oldest run of a read that stopped at its
-    limit may be cut, so it counts only once the scan reaches the series' start."""
+    least `wanted` usable points there, ordered by its first point (a challenger's few
+    evaluations count for nothing; a version back again, by a rollback, keeps its first
+    points). The version of a read's oldest point may have earlier points than the read:
+    it counts only once a read reaches the series' start (limits ×4, up to EARLIER_SCAN)."""
     if count <= 0 or champion is None:
         return []
     limit = max(64, 4 * count * wanted)
     while True:
         raw = read(limit)
-        runs: list[tuple[str | None, list[StoredPoint]]] = []
+        reached_start = len(raw) < limit
+        cut = raw[0].model_version if raw and not reached_start else None
+        heads: dict[str, list[StoredPoint]] = {}
         for point in raw:
             version = point.model_version
-            if runs and (version is None or version == runs[-1][0]):
-                runs[-1][1].append(point)
-            else:
-                runs.append((version, [point]))
-        reached_start = len(raw) < limit
-        if not reached_start and runs:
-            runs.pop(0)
-        heads: dict[str, list[StoredPoint]] = {}
-        for version, points in runs:
-            if version is None or version == champion or version in heads:
+            if version is None or version == champion or version == cut:
                 continue
-            first = [p for p in points if usable(p)][:wanted]
-            if len(first) == wanted:
-                heads[version] = first
-        if len(heads) >= count or reached_start or limit >= EARLIER_SCAN:
-            latest = list(heads.values())[-count:]
-            return [p for first in latest for p in first]
+            first = heads.setdefault(version, [])
+            if len(first) < wanted and usable(point):
+                first.append(point)
+        complete = [first for first in heads.values() if len(first) == wanted]
+        if len(complete) >= count or reached_start or limit >= EARLIER_SCAN:
+            return [p for first in complete[-count:] for p in first]
         limit = min(4 * limit, EARLIER_SCAN)
 
 
