@@ -5,23 +5,25 @@ same money as a run, at a stated confidence. Pure arithmetic on the champion's s
 
 A champion's fresh level is the mean of its first `reference_points` usable points (how it
 scored when it was fresh). The expected fresh level F — what a model retrained now is expected
-to score — is the median of the fresh levels of the latest `champions` champions, the current
-one included: the series puts the earlier champions' first points (`Point.earlier_champion`)
-before the current one's. After an abrupt drift a retrained model may have seen little of the
-new data: its own first points are already low, and only the earlier champions' levels show
-what a run can still buy. The median keeps one odd champion from moving F; a lasting change
-of what any model can score moves it once most of those champions have seen it. The
-champion's path over the next
-`horizon` days is the robust (Theil–Sen) line fitted over `lookback`, from its value now.
-The projected loss is
+to score — is the upper quartile of the fresh levels of the latest `champions` champions, the
+current one included: the series puts the earlier champions' first points
+(`Point.earlier_champion`) before the current one's. After an abrupt drift a run promotes a
+model that saw little of the new data: its own first points are already low, and only the
+earlier champions' levels show what another run can still buy. Of five champions the upper
+quartile is the second best: one or two such partly fresh champions do not drag it down, and
+one lucky start does not set it. A lasting change of what any model can score moves it once
+four of the five champions have seen it (up to three runs that buy nothing).
+
+The champion's path over the next `horizon` days is the robust (Theil–Sen) line fitted over
+`lookback` (its own points only), from its value now. The projected loss is
 
     loss = loss_per_unit_day × ∫₀ᴴ max(0, F − path(d)) dd      (direction-aware)
 
 and its bound at `confidence` uses the line's slope bound and its level shifted by z standard
-errors (of the residuals' robust spread, for the level and for F — F's from all the first
-points its levels average), both in the champion's
-favour. The policy fires when that bound exceeds `retrain_cost`: the run pays for itself with
-probability of about `confidence`, or more.
+errors (of the residuals' robust spread, for the level and for F, as if F were the mean of
+all the first points its levels average), both in the champion's favour. The policy fires
+when that bound exceeds `retrain_cost`: the run pays for itself with probability of about
+`confidence`, or more.
 
 The default horizon is (√2 − 1) × the champion's age (from its first point to its latest):
 for a model whose metric decays linearly by b per day, `loss over that horizon > retrain_cost`
@@ -33,7 +35,6 @@ drop of δ fires as soon as loss_per_unit_day × δ × horizon exceeds one run.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -126,7 +127,7 @@ class CostPolicy(Policy[CostWindow]):
             return self.verdict("insufficient_data", problem, limit=rule.retrain_cost,
                                 points=len(window))
         own = math.fsum(p.value for p in reference) / len(reference)
-        fresh = statistics.median([level for level, _ in earlier] + [own])
+        fresh = _upper_quartile([level for level, _ in earlier] + [own])
         fresh_points = len(reference) + sum(count for _, count in earlier)
         fit = theil_sen(window, 2.0 * rule.confidence - 1.0)
         age = (window[-1].time - reference[0].time) / DAY
@@ -170,9 +171,19 @@ def _fresh_source(earlier: list[tuple[float, int]], own: float) -> str:
     """Where the expected fresh level comes from, for the verdict's reason."""
     if not earlier:
         return "the champion's first points"
-    return (f"the median of the latest {len(earlier) + 1} champions' first points, this "
-            f"one's {own:.4g}")
+    return (f"the upper quartile of the latest {len(earlier) + 1} champions' first points, "
+            f"this one's {own:.4g}")
 
 
 def _days(days: float) -> str:
     return f"{days:.3g} day" + ("" if days == 1 else "s")
+
+
+def _upper_quartile(values: list[float]) -> float:
+    """The 75th percentile of `values`, interpolated between order statistics (of 5: the
+    second best; of 2: three quarters of the way from the lower to the higher)."""
+    ordered = sorted(values)
+    position = 0.75 * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])

@@ -89,8 +89,8 @@ class CostSpec(Checked):
         description="the first points of a champion whose mean is its fresh level")] = 3
     champions: Annotated[int, Check(
         ge=1, le=100,
-        description="the expected fresh level is the median of the fresh levels of the latest "
-        "`champions` champions, the current one included (1: the current one's alone)")] = 5
+        description="the expected fresh level is the upper quartile of the fresh levels of the "
+        "latest `champions` champions, the current one included (1: the current one's alone)")] = 5
     confidence: Confidence = 0.8
 
 
