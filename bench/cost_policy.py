@@ -1,6 +1,7 @@
 """The cost policy against the best fixed schedule in hindsight and never retraining, on
-counterfactual matrices of seeded synthetic drift (gradual, abrupt, recurring; river-style
-concepts, generated with numpy) and on the demo's committed matrix. Prints the table.
+counterfactual matrices of seeded synthetic drift (gradual, abrupt, recurring): numpy concept
+models, then logistic regressions on river's drift generators (Hyperplane, SEA; river is a
+bench-only dependency in requirements-dev.txt), and on the demo's committed matrix.
 
 Run: PYTHONPATH=. python -m bench.cost_policy
 """
@@ -69,6 +70,62 @@ def synthetic(kind: str, seed: int = 11) -> ModelMatrix:
     return matrix
 
 
+RIVER_PER_DAY = 1000
+"""Examples a day in the river matrices (a day's accuracy then has a sd of about 0.01)."""
+
+
+def river_stream(kind: str, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) for 7 + DAYS days of RIVER_PER_DAY examples from river's drift generators:
+    gradual, a rotating Hyperplane (sigma 0: it keeps turning one way); abrupt, SEA whose
+    concept (threshold variant) switches on days 60, 150, 230, 300; recurring, SEA switching
+    between variants 0 and 2 every 45 days. SEA with 10 % label noise, as published."""
+    from river.datasets import synth
+
+    total = (DAYS + 7) * RIVER_PER_DAY
+    if kind == "gradual":
+        rows = list(synth.Hyperplane(seed=seed, n_features=10, n_drift_features=2,
+                                     mag_change=3e-5, noise_percentage=0.05,
+                                     sigma=0.0).take(total))
+    else:
+        if kind == "abrupt":
+            switches, variants = [60, 150, 230, 300], [0, 1, 2, 3, 0]
+        elif kind == "recurring":
+            switches = list(range(45, DAYS, 45))
+            variants = [0 if i % 2 == 0 else 2 for i in range(len(switches) + 1)]
+        else:
+            raise ValueError(kind)
+        bounds = [0] + [7 + d for d in switches] + [DAYS + 7]
+        rows = []
+        for index, variant in enumerate(variants):
+            days = bounds[index + 1] - bounds[index]
+            rows += list(synth.SEA(variant=variant, seed=seed + index,
+                                   noise=0.1).take(days * RIVER_PER_DAY))
+    names = sorted(rows[0][0])
+    x = np.array([[features[n] for n in names] for features, _ in rows], dtype=float)
+    y = np.array([int(label) for _, label in rows])
+    return x, y
+
+
+def river_matrix(kind: str, seed: int = 11) -> ModelMatrix:
+    """A logistic regression trained through each day (on the 7 days before it) and its
+    accuracy on every later day's examples, on a stream of river's generators."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = river_stream(kind, seed)
+    per = RIVER_PER_DAY
+    matrix = ModelMatrix("m")
+    matrix.trained = [T0 + t * DAY for t in range(DAYS)]
+    matrix.windows = [Window(T0 + (w + 1) * DAY, T0 + w * DAY, "overall") for w in range(DAYS)]
+    for t in range(DAYS):  # data day d + 7 is matrix day d; model t learns days t−7 … t−1
+        fit = LogisticRegression(max_iter=1000).fit(x[t * per:(t + 7) * per],
+                                                    y[t * per:(t + 7) * per])
+        scores = x[(t + 7) * per:] @ fit.coef_[0] + fit.intercept_[0]
+        right = ((scores > 0).astype(int) == y[(t + 7) * per:]).reshape(DAYS - t, per)
+        for w, accuracy in zip(range(t, DAYS), right.mean(axis=1), strict=True):
+            matrix.scores[(T0 + t * DAY, T0 + (w + 1) * DAY)] = {"accuracy": float(accuracy)}
+    return matrix
+
+
 def row(name: str, matrix: ModelMatrix, config: ServiceConfig, costs: Costs,
         rule: str) -> tuple[str, str]:
     started = time.perf_counter()
@@ -100,6 +157,16 @@ def main() -> None:
     for kind, rule in (("gradual", "within 10 %"), ("abrupt", "below"),
                        ("recurring", "reported")):
         print(row(f"{kind} ({DAYS} days)", synthetic(kind), config, costs, rule)[0])
+    try:
+        import river  # noqa: F401  (a bench-only dependency: requirements-dev.txt)
+    except ImportError:
+        print("| river matrices | skipped: `pip install -r requirements-dev.txt` (river) |")
+    else:
+        for kind, rule in (("gradual", "within 10 %"), ("abrupt", "below"),
+                           ("recurring", "reported")):
+            label = {"gradual": "Hyperplane", "abrupt": "SEA", "recurring": "SEA"}[kind]
+            print(row(f"river {label}, {kind} ({DAYS} days)", river_matrix(kind), config,
+                      costs, rule)[0])
     demo = ServiceConfig.from_yaml(
         (ROOT / "examples" / "cost-policies.yaml").read_text(encoding="utf-8"),
         ROOT / "examples")

@@ -185,3 +185,124 @@ def test_the_service_reads_the_champions_first_points_beyond_the_lookback(
     assert fired[:1] == [math.ceil(5 / AUTO_HORIZON_FRACTION)] == [13]
     policy = build_policy(h.service.config.models["fraud-detector"].policies[0].spec)
     assert first_fire(policy, daily(values)) == 13  # the same as the policy on the whole series
+
+
+def champions(levels: dict[str, float], days: int = 3) -> list[Point]:
+    """Earlier champions' first points (tagged, as the series puts them), each its level for
+    `days` days, oldest champion first, ending before T0."""
+    points: list[Point] = []
+    start = T0 - (len(levels) * days + 10) * DAY
+    for version, level in levels.items():
+        points += [Point(start + i * DAY, level, None, version) for i in range(days)]
+        start += days * DAY
+    return points
+
+
+def test_earlier_champions_set_the_fresh_level_by_their_upper_quartile() -> None:
+    # After an abrupt drift a half-retrained champion starts (and stays) at 0.90 while the
+    # three champions before it started at 0.95: the fresh level is the upper quartile of
+    # 0.90 0.95 0.95 0.95 = 0.95. Flat, noise-free: slope 0, level 0.90, no spread, so the
+    # bound is 1000 × 0.05 × h·τ > 100 ⟺ τ > 2/h = 4.83: fires first at day 5.
+    # Its own first points alone (`champions: 1`, the old fresh level) show no gap: never.
+    earlier = champions({"v1": 0.95, "v2": 0.95, "v3": 0.95})
+    own = daily([0.90] * 20)
+    policy = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3)
+    assert first_fire(policy, earlier + own) == len(earlier) + 5  # its day 5
+    assert math.ceil(2 / AUTO_HORIZON_FRACTION) == 5
+    verdict = policy.evaluate(earlier + own[:6])
+    assert verdict.details["fresh_level"] == pytest.approx(0.95)
+    assert verdict.details["own_fresh_level"] == pytest.approx(0.90)
+    assert verdict.details["champions"] == 4
+    assert verdict.details["loss_bound"] == pytest.approx(1000 * 0.05 * AUTO_HORIZON_FRACTION * 5)
+    assert "fresh level 0.95: the upper quartile of the latest 4 champions' first points, " \
+        "this one's 0.9" in verdict.reason
+    alone = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3, champions=1)
+    assert not any(alone.evaluate(earlier + own[:k]).fired for k in range(3, 21))
+    assert alone.evaluate(earlier + own).details["fresh_level"] == pytest.approx(0.90)
+
+
+def test_the_upper_quartile_of_the_latest_champions_only() -> None:
+    # Of five levels the upper quartile is the second best: two partly fresh champions (0.85,
+    # 0.88) and one lucky start (0.99) leave it at the usual 0.95 (gap 0.05 to the own 0.90;
+    # fires at day 5 as above); `champions: 3` reads only the 2 latest earlier ones.
+    own = daily([0.90] * 20)
+    policy = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3)
+    mixed = champions({"v0": 0.70, "v1": 0.99, "v2": 0.95, "v3": 0.85, "v4": 0.88})
+    assert policy.evaluate(mixed + own).details["fresh_level"] == pytest.approx(0.95)
+    assert first_fire(policy, mixed + own) == len(mixed) + 5
+    # 3 levels 0.85 0.88 0.90: position 1.5 → 0.89, below the champion: no gap, never fires
+    three = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3, champions=3)
+    assert three.evaluate(mixed + own).details["fresh_level"] == pytest.approx(0.89)
+    assert first_fire(three, mixed + own) is None
+    # 2 levels 0.99 and 0.90: three quarters of the way up, 0.9675
+    two = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3, champions=2)
+    assert two.evaluate(champions({"v1": 0.99}) + own).details["fresh_level"] \
+        == pytest.approx(0.9675)
+    # an earlier champion with fewer usable first points than `reference_points` is no level
+    few = [Point(T0 - 9 * DAY, 0.99, None, "v9"), Point(T0 - 8 * DAY, 0.99, None, "v9")]
+    assert policy.evaluate(few + own).details["champions"] == 1
+
+
+def test_a_lasting_drop_of_every_model_stops_firing_once_four_of_five_saw_it() -> None:
+    # What any model scores falls from 0.95 to 0.90 for good: retrained champions start at
+    # 0.90. With 3 earlier 0.95s among the five, the upper quartile stays 0.95 (fires); once
+    # four of the five started at 0.90 it is 0.90 and the champion's flat 0.90 costs nothing.
+    own = daily([0.90] * 20)
+    policy = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3)
+    seen_by_three = champions({"v1": 0.95, "v2": 0.95, "v3": 0.90, "v4": 0.90})
+    assert first_fire(policy, seen_by_three + own) == len(seen_by_three) + 5
+    seen_by_four = champions({"v1": 0.95, "v2": 0.90, "v3": 0.90, "v4": 0.90})
+    assert first_fire(policy, seen_by_four + own) is None
+    assert policy.evaluate(seen_by_four + own).details["fresh_level"] == pytest.approx(0.90)
+
+
+def test_the_window_holds_the_current_champions_points_only() -> None:
+    # The earlier champions' points lie within the 2-week lookback of the new champion's
+    # third point: they set the fresh level but are not fitted (else a 0.95 → 0.90 "decline"
+    # and min_points met at once); the champion needs its own 3 points.
+    earlier = [Point(T0 - (5 - i) * DAY, 0.95, None, "v1") for i in range(3)]
+    own = daily([0.90] * 3)
+    policy = cost_policy(retrain_cost=100, loss_per_unit_day=1000, min_points=3)
+    assert policy.evaluate(earlier + own[:2]).status == "insufficient_data"
+    verdict = policy.evaluate(earlier + own)
+    assert verdict.details["points"] == 3 and verdict.details["slope"] == 0.0
+    assert verdict.details["fresh_level"] == pytest.approx(0.9375)  # 0.90 + ¾ × 0.05
+
+
+def test_earlier_champion_heads_read_back_from_the_history_start() -> None:
+    # Versions by day: a 0–4, b 5–9 with a challenger c's evaluation on day 7, d 10–11 (only
+    # 2 points: no level), a again 12–14 (a rollback: a keeps its first points), then the
+    # champion e. Each version's first 3 usable points (day 1 has too few examples).
+    from triggers.series import earlier_champion_heads
+    from triggers.state.protocol import StoredPoint
+
+    versions = ["a"] * 5 + ["b", "b", "c", "b", "b"] + ["d", "d"] + ["a"] * 3 + ["e"] * 2
+    stored = [StoredPoint("m", "overall", "accuracy", T0 + day * DAY, day / 100,
+                          10 if day == 1 else 1000, version)
+              for day, version in enumerate(versions)]
+    start = T0 + 14.5 * DAY
+    reads: list[int] = []
+
+    def read(limit: int) -> list[StoredPoint]:
+        reads.append(limit)
+        before = [p for p in stored if p.window_end <= start]
+        return before[-limit:]
+
+    def usable(p: StoredPoint) -> bool:
+        return p.examples is None or p.examples >= 100
+
+    def days(heads: list[StoredPoint]) -> list[int]:
+        return [round((p.window_end - T0) / DAY) for p in heads]
+
+    assert days(earlier_champion_heads(read, "e", 3, 4, usable)) == [0, 2, 3, 5, 6, 8]
+    assert reads == [64]  # the whole series in one read
+    assert days(earlier_champion_heads(read, "e", 3, 1, usable)) == [5, 6, 8]
+    assert earlier_champion_heads(read, "e", 3, 0, usable) == []
+    assert earlier_champion_heads(read, None, 3, 4, usable) == []
+    # A read that stops at its limit may cut its oldest run: that one is not counted until a
+    # longer read reaches the start (limits 4·count·reference at least 64, then ×4).
+    stored[:0] = [StoredPoint("m", "overall", "accuracy", T0 - (100 - i) * DAY, 0.5, None, "z")
+                  for i in range(100)]
+    reads.clear()
+    heads = earlier_champion_heads(read, "e", 3, 3, usable)
+    assert days(heads) == [-100, -99, -98, 0, 2, 3, 5, 6, 8] and reads == [64, 256]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,3 +209,83 @@ def test_costs_come_from_the_cost_policy_or_the_options(tmp_path: Path) -> None:
     matrices = read_matrix(write_matrix(tmp_path / "m.csv"))
     with pytest.raises(BacktestInputError, match="no cost policy: set --retrain-cost"):
         counterfactual(config(tmp_path), matrices, 21600.0)
+
+
+def abrupt_matrix(path: Path, days: int = 60, switch: int = 25) -> Path:
+    """Daily models, each trained on the 7 days before its `trained_through`; the concept
+    moves by 0.12 on day `switch`. A model scores 0.95 − |concept − the mean concept it
+    learned| (plus seeded noise): one trained across the switch is only partly fresh."""
+    rng = np.random.default_rng(5)
+
+    def concept(d: float) -> float:
+        return 0.12 if d >= switch else 0.0
+
+    lines = ["model,trained_through,window_start,window_end,accuracy"]
+    for trained in range(days):
+        learned = (np.mean([concept(d) for d in range(max(trained - 7, 0), trained)])
+                   if trained else 0.0)
+        for w in range(trained + 1, days + 1):
+            value = 0.95 - abs(concept(w - 1) - learned) + rng.normal(0, 0.003)
+            lines.append(f"m,{day(trained)},{day(w - 1)},{day(w)},{value:.5f}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+ABRUPT_POLICIES = """
+models:
+  m:
+    pipeline: {template: %s, pipeline_root: gs://b/r}
+    policies:
+      - {name: worth-a-run, metric: accuracy, direction: higher_is_better,
+         cost: {retrain_cost: 500, loss_per_unit_day: 20000}}
+    guards: {cooldown: 1h}
+"""
+
+
+def live_launches(cfg: ServiceConfig, matrix: Any, db: Path) -> list[tuple[str, str, str]]:
+    """The live path fed each window's metrics of whichever model its own state has in
+    production (JSON deliveries, SQLite), runs ended by the matrix launcher."""
+    clock = Clock()
+    launcher = MatrixLauncher(clock, 6 * 3600.0, matrix)
+    store = SQLiteStore(db)
+    service = RetrainService(cfg, store, launcher, clock=clock)
+    model = cfg.models["m"]
+    by_version = {matrix.version(t): t for t in matrix.trained}
+    for index, window in enumerate(matrix.windows):
+        clock.now = window.end
+        service.refresh_runs(model, clock.now)
+        champion = store.model_state("m").champion_version
+        trained = by_version.get(champion or "", matrix.trained[0])
+        payload = {"model": "m", "model_version": matrix.version(trained),
+                   "metrics": dict(matrix.scores[(trained, window.end)]),
+                   "window_end": day((window.end - D0.timestamp()) / 86400),
+                   "window_start": day((window.start - D0.timestamp()) / 86400)}
+        service.handle_delivery(Delivery(f"w{index}", json.dumps(payload).encode(), "pubsub"))
+    live = sorted((run.created_at, run.policy, launcher.runs[run.run_id].champion_version)
+                  for run in store.runs("m", limit=1000))
+    store.close()
+    return [(day((t - D0.timestamp()) / 86400), p, str(v)) for t, p, v in live]
+
+
+def test_after_an_abrupt_drift_a_partly_fresh_champion_is_retrained_again(
+    tmp_path: Path,
+) -> None:
+    # The concept moves on day 25. The first run after it promotes a model trained mostly on
+    # the old concept (its own first points already low); the earlier champions' first
+    # points (about 0.95) still show the gap, so the policy retrains again until a model
+    # trained on the new concept only (trained through day 32 or later) is in production.
+    # With the champion's own first points as the fresh level, the first such model stayed.
+    cfg = config(tmp_path, ABRUPT_POLICIES)
+    (matrix,) = read_matrix(abrupt_matrix(tmp_path / "a.csv")).values()
+    report = counterfactual(cfg, {"m": matrix}, 6 * 3600.0)
+    after = [r for r in report.runs if r["launched"] > day(25)]
+    assert len(after) >= 2
+    assert after[-1]["promoted"] >= matrix.version(D0.timestamp() + 32 * 86400)
+    assert after[-1]["launched"] < day(40)
+    # and the live service, reading the earlier champions' first points from SQLite before
+    # the champion's history, launches the same runs promoting the same models
+    replayed = [(r["launched"], r["policy"], r["promoted"]) for r in report.runs]
+    assert live_launches(cfg, matrix, tmp_path / "live.db") == replayed
+    (policy,) = report.models[0].policies
+    fixed = min(report.models[0].baselines, key=lambda o: o.total_cost)
+    assert policy.total_cost < fixed.total_cost

@@ -31,11 +31,16 @@ else:
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One metric value at its event time (`time`: window_end as seconds since the epoch)."""
+    """One metric value at its event time (`time`: window_end as seconds since the epoch).
+
+    `earlier_champion` is set only on an earlier champion's first points, which the series
+    puts before the current champion's for the `cost` policy's fresh level (None: the current
+    champion's point)."""
 
     time: float
     value: float
     examples: int | None = None
+    earlier_champion: str | None = None
 
 
 @record

@@ -87,7 +87,11 @@ class CostSpec(Checked):
     min_points: Annotated[int, Check(ge=3, le=100_000)] = 4
     reference_points: Annotated[int, Check(
         ge=1, le=1000,
-        description="the champion's first points whose mean is the expected fresh level")] = 3
+        description="the first points of a champion whose mean is its fresh level")] = 3
+    champions: Annotated[int, Check(
+        ge=1, le=100,
+        description="the expected fresh level is the upper quartile of the fresh levels of the "
+        "latest `champions` champions, the current one included (1: the current one's alone)")] = 5
     confidence: Confidence = 0.8
 
 

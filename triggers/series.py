@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Protocol, runtime_checkable
@@ -49,6 +49,43 @@ def is_champion_version(state: ModelState, model_version: str | None) -> bool:
     that names no version always does, and every point does while there is no champion)."""
     return (state.champion_version is None or model_version is None
             or model_version == state.champion_version)
+
+
+EARLIER_SCAN = 4096
+"""At most this many points before a champion's history are read for the earlier champions'
+first points (the `cost` policy's fresh level); champions before them do not count."""
+
+
+def earlier_champion_heads(
+    read: Callable[[int], list[StoredPoint]], champion: str | None, wanted: int, count: int,
+    usable: Callable[[StoredPoint], bool],
+) -> list[StoredPoint]:
+    """The first `wanted` usable points of each of the latest `count` earlier champions,
+    oldest first. `read(limit)` gives the latest `limit` points before the current champion's
+    history, oldest first. An earlier champion is a version other than `champion` with at
+    least `wanted` usable points there, ordered by its first point (a challenger's few
+    evaluations count for nothing; a version back again, by a rollback, keeps its first
+    points). The version of a read's oldest point may have earlier points than the read:
+    it counts only once a read reaches the series' start (limits ×4, up to EARLIER_SCAN)."""
+    if count <= 0 or champion is None:
+        return []
+    limit = max(64, 4 * count * wanted)
+    while True:
+        raw = read(limit)
+        reached_start = len(raw) < limit
+        cut = raw[0].model_version if raw and not reached_start else None
+        heads: dict[str, list[StoredPoint]] = {}
+        for point in raw:
+            version = point.model_version
+            if version is None or version == champion or version == cut:
+                continue
+            first = heads.setdefault(version, [])
+            if len(first) < wanted and usable(point):
+                first.append(point)
+        complete = [first for first in heads.values() if len(first) == wanted]
+        if len(complete) >= count or reached_start or limit >= EARLIER_SCAN:
+            return [p for first in complete[-count:] for p in first]
+        limit = min(4 * limit, EARLIER_SCAN)
 
 
 class _Kept:
@@ -290,16 +327,26 @@ class ChampionSeries:
             kept = self._kept[key] = _Kept(mark)
         return kept
 
-    def as_points(self, model: str, policy: Policy,
-                  stored: Sequence[StoredPoint]) -> list[Point]:
-        """The policy's `Point`s of `stored` (built once per kept point)."""
+    def as_points(self, model: str, policy: Policy, stored: Sequence[StoredPoint],
+                  champion: str | None = None) -> list[Point]:
+        """The policy's `Point`s of `stored` (built once per kept point); for a `cost`
+        policy, the leading points of versions other than `champion` (the earlier champions'
+        first points that `window` read) tagged as theirs."""
+        earlier = 0
+        if policy.spec.cost is not None and champion is not None:
+            while (earlier < len(stored) and stored[earlier].model_version is not None
+                   and stored[earlier].model_version != champion):
+                earlier += 1
+        tagged = [Point(p.window_end, p.value, p.examples, p.model_version)
+                  for p in stored[:earlier]]
+        rest = stored[earlier:] if earlier else stored
         kept = self._kept.get((model, policy.spec.slice, policy.metric)) if self.keep else None
         if kept is None:
-            return [Point(p.window_end, p.value, p.examples) for p in stored]
-        run = kept.run_of(stored)
-        if run is not None:
-            return run
-        return [kept.plain_of(p) for p in stored]
+            return tagged + [Point(p.window_end, p.value, p.examples) for p in rest]
+        run = kept.run_of(rest)
+        if run is None:
+            run = [kept.plain_of(p) for p in rest]
+        return tagged + run if tagged else run
 
     def window(
         self, model: str, policy: Policy, state: ModelState, as_of: float | None = None
@@ -348,6 +395,9 @@ class ChampionSeries:
         all_usable = not spec.min_examples and (
             champion is None or kept is not None and kept.versions <= {champion, None})
 
+        def usable_any(p: StoredPoint) -> bool:
+            return p.examples is None or p.examples >= spec.min_examples
+
         def fetch(wanted: int, oldest: bool = False, **bounds: float | None) -> list[StoredPoint]:
             """At least `wanted` usable points at the near end (or all there are)."""
             limit = wanted
@@ -394,8 +444,12 @@ class ChampionSeries:
         head: list[StoredPoint] = []
         if spec.baseline is not None:
             head = fetch(spec.baseline.reference_points, oldest=True, since=start)
-        elif spec.cost is not None:  # the champion's first points: its fresh level
+        elif spec.cost is not None:  # the champions' first points: the fresh level
             head = fetch(spec.cost.reference_points, oldest=True, since=start)
+            if start is not None:
+                head = earlier_champion_heads(
+                    lambda limit: read(until=start, limit=limit), champion,
+                    spec.cost.reference_points, spec.cost.champions - 1, usable_any) + head
         contiguous = before[0].window_end if before else as_of
         if not head and not after:  # already sorted, one point per time
             return before, contiguous

@@ -236,7 +236,7 @@ class RetrainService:
                 prefix = (series if series and series[-1].window_end <= as_of
                           else [p for p in series if p.window_end <= as_of])
                 verdict = self._evaluate_as_of(policy, prefix, model.lateness, now, contiguous,
-                                               model.name)
+                                               model.name, state.champion_version)
                 if verdict.fired:
                     fired_at.setdefault(as_of, []).append((policy, verdict))
                 else:
@@ -262,7 +262,7 @@ class RetrainService:
         """The policy's verdict as of the champion's latest point."""
         series, contiguous = self._series(model.name, policy, state)
         return self._evaluate_as_of(policy, series, model.lateness, now, contiguous,
-                                    model.name)
+                                    model.name, state.champion_version)
 
     def _evaluate_as_of(
         self,
@@ -272,6 +272,7 @@ class RetrainService:
         now: float,
         contiguous: float,
         model: str = "",
+        champion: str | None = None,
     ) -> Verdict:
         """The policy's verdict on `prefix`, unless a window it needs is still expected.
 
@@ -289,7 +290,7 @@ class RetrainService:
                 f"missing (waiting up to {format_duration(lateness)} after the next one)",
                 details={"missing_window_end": iso(gap)})
         try:
-            return policy.evaluate(self.series.as_points(model, policy, prefix))
+            return policy.evaluate(self.series.as_points(model, policy, prefix, champion))
         except (ArithmeticError, ValueError) as exc:  # e.g. values near float's limits
             log_event(logger, logging.ERROR, f"{policy.name} could not be evaluated: {exc}",
                       labels={"policy": policy.name})

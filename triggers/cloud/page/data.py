@@ -175,7 +175,8 @@ def gather_model(service: RetrainService, name: str, start: str | None = None,
         view: Outlook | None = None
         if spec.kind != "alert":
             window, _ = service.series.window(name, policy, state)
-            view = outlook(policy, service.series.as_points(name, policy, window),
+            view = outlook(policy, service.series.as_points(name, policy, window,
+                                                            state.champion_version),
                            state.history_start)
         policies.append(PolicyView(policy.name, spec.kind, spec.slice, spec.metric,
                                    describe_rule(spec.to_dict()), view))

@@ -247,8 +247,9 @@ def _cost(policy: Policy, points: Sequence[Point], verdict: Verdict) -> Outlook:
     if verdict.fired:
         text = f"firing: {verdict.reason}"
     guides: tuple[Guide, ...] = ()
-    if isinstance(fresh, float) and points:
-        t0, t1 = _span(points)
+    own = [p for p in points if p.earlier_champion is None]  # not the earlier champions'
+    if isinstance(fresh, float) and own:
+        t0, t1 = _span(own)
         guides = (Guide(policy.name, "reference", f"{policy.name}: fresh level {fresh:.4g}",
                         t0, fresh, t1, fresh),)
     return Outlook(verdict, text, guides)

@@ -224,7 +224,8 @@ class Replay:
             for metric in metrics:
                 for policy in self._policies_on(model, slice_, metric):
                     window, _ = series.window(name, policy, state, now)
-                    if policy.fires(series.as_points(name, policy, window)):
+                    if policy.fires(series.as_points(name, policy, window,
+                                                     state.champion_version)):
                         return False
         except (ArithmeticError, ValueError):  # the service logs it and judges without
             return False
