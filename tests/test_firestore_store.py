@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -733,16 +734,15 @@ def _transaction_of(call: RecordedCall) -> bytes:
     return bytes(kind.deserialize(call.request).transaction) if kind is not None else b""
 
 
-@pytest.mark.skip(reason="lock priority across retries is switched off: with it, a Firestore "
-                  "storm on the emulator saw two runs of one model overlap (see claim.py)")
 def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
     firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Concurrent claims of one model conflict on its document: the emulator aborts some.
     Observed on the wire (a recording gRPC proxy in front of the emulator): every retry's
-    BeginTransaction carries `options.read_write.retry_transaction` = the id of the attempt
-    that was aborted (as the SDK's own retry does), so a retried claim is not starved by
-    newer transactions; a first attempt carries none."""
+    BeginTransaction carries `options.read_write.retry_transaction` = the id of the claim's
+    FIRST attempt (as the SDK's own retry does: `_Transactional.retry_id`), so a retried
+    claim keeps the place it took when it began; a first attempt carries none; and still
+    exactly one claim wins."""
     from google.cloud.firestore_v1.types import firestore as messages
 
     loose = Guards(cooldown=timedelta(0), max_runs=100, max_runs_per=timedelta(days=1))
@@ -769,6 +769,7 @@ def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
                     thread.start()
                 for thread in threads:
                     thread.join(timeout=60)
+                assert len(statuses) == len(stores), "a claim failed"
                 assert statuses.count("claimed") == 1, statuses  # one in flight at a time
                 aborted = {_transaction_of(c) for c in recorder.calls
                            if c.code == grpc.StatusCode.ABORTED}
@@ -783,11 +784,14 @@ def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
                          .transaction))
                   for c in recorder.of("BeginTransaction")]
     assert aborted and b"" not in aborted, "the emulator aborted no claim: nothing retried"
-    issued = {given for _, given in begins}
-    retried = [asked for asked, _ in begins if asked]
-    assert aborted <= issued
-    missing = aborted - set(retried)
-    assert not missing, (f"{len(missing)} aborted claim transaction(s) were retried without "
-                         f"retry_transaction naming them; BeginTransaction requests: {begins}")
-    assert set(retried) <= aborted, "retry_transaction named a transaction that was not aborted"
-    assert len(retried) == len(set(retried))  # each aborted attempt is retried once
+    assert aborted <= {given for _, given in begins}
+    first_attempts = {given for asked, given in begins if not asked}
+    claim_of = {given: asked or given for asked, given in begins}  # attempt -> first attempt
+    named = Counter(asked for asked, _ in begins if asked)
+    assert set(named) <= first_attempts, (
+        f"retry_transaction named a retry, not a claim's first attempt: {begins}")
+    assert set(named) <= aborted, "retry_transaction named a first attempt that was not aborted"
+    # each aborted attempt (first or retry) is followed by one retry naming its first attempt
+    assert named == Counter(claim_of[a] for a in aborted), (
+        f"aborted attempts and the retries naming their claim's first attempt differ; "
+        f"BeginTransaction requests: {begins}")
