@@ -723,6 +723,65 @@ def test_the_private_name_check_names_what_is_missing_and_the_version() -> None:
     assert f"google-cloud-firestore {version}" in second
 
 
+def test_claims_retried_with_lock_priority_never_put_two_runs_of_a_model_in_flight(
+    firestore_env: FirestoreEmulator,
+) -> None:
+    """Four instances claim runs of one model for a while; a winner ends its run soon after
+    (as an outcome would). Retries carry `retry_transaction`, so a retry waits ahead of newer
+    claims, but each attempt still reads and checks afresh in its own transaction: a claim
+    that wins while another run is in flight is a broken invariant. The in-flight marker is
+    cleared BEFORE the run's end is written, so a correct store can never meet a set one."""
+    from triggers.state.protocol import IN_FLIGHT
+
+    loose = Guards(cooldown=timedelta(0), max_runs=10**6, max_runs_per=timedelta(days=1))
+    stores = [FirestoreStore(project=firestore_env.project) for _ in range(4)]
+    lock = threading.Lock()
+    in_flight: list[str] = []
+    overlaps: list[tuple[str, str]] = []
+    outcomes: Counter[str] = Counter()
+    stop = time.monotonic() + 12
+
+    def work(index: int, store: FirestoreStore) -> None:
+        count = 0
+        while time.monotonic() < stop:
+            count += 1
+            run_id = f"m-w{index}-{count}"
+            record = RunRecord(run_id, "m", "p", "trig", "launching", "why", time.time(),
+                               {"run_id": run_id}, claimed_by=f"msg-{run_id}")
+            try:
+                status = store.claim_run(record, loose, time.time(), False).status
+            except TransientError:
+                status = "transient"  # contention that did not clear: redelivered in life
+            with lock:
+                outcomes[status] += 1
+                if status == "claimed":
+                    overlaps.extend((held, run_id) for held in in_flight)
+                    in_flight.append(run_id)
+            if status != "claimed":
+                continue
+            time.sleep(0.05)
+            with lock:
+                in_flight.remove(run_id)
+            for _ in range(20):
+                with contextlib.suppress(TransientError):
+                    store.update_run(run_id, IN_FLIGHT, RunUpdate(state="succeeded",
+                                                                  ended_at=time.time()))
+                    break
+
+    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(stores)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for store in stores:
+            store.close()
+    assert overlaps == [], (f"{len(overlaps)} claims won while another run was in flight, "
+                            f"first {overlaps[:3]}; {dict(outcomes)}")
+    assert outcomes["claimed"] >= 2, f"too few claims to tell anything: {dict(outcomes)}"
+
+
 def _transaction_of(call: RecordedCall) -> bytes:
     """The transaction id a recorded Firestore request ran in (b"" for none)."""
     from google.cloud.firestore_v1.types import firestore as messages
