@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -722,6 +723,65 @@ def test_the_private_name_check_names_what_is_missing_and_the_version() -> None:
     assert f"google-cloud-firestore {version}" in second
 
 
+def test_claims_retried_with_lock_priority_never_put_two_runs_of_a_model_in_flight(
+    firestore_env: FirestoreEmulator,
+) -> None:
+    """Four instances claim runs of one model for a while; a winner ends its run soon after
+    (as an outcome would). Retries carry `retry_transaction`, so a retry waits ahead of newer
+    claims, but each attempt still reads and checks afresh in its own transaction: a claim
+    that wins while another run is in flight is a broken invariant. The in-flight marker is
+    cleared BEFORE the run's end is written, so a correct store can never meet a set one."""
+    from triggers.state.protocol import IN_FLIGHT
+
+    loose = Guards(cooldown=timedelta(0), max_runs=10**6, max_runs_per=timedelta(days=1))
+    stores = [FirestoreStore(project=firestore_env.project) for _ in range(4)]
+    lock = threading.Lock()
+    in_flight: list[str] = []
+    overlaps: list[tuple[str, str]] = []
+    outcomes: Counter[str] = Counter()
+    stop = time.monotonic() + 12
+
+    def work(index: int, store: FirestoreStore) -> None:
+        count = 0
+        while time.monotonic() < stop:
+            count += 1
+            run_id = f"m-w{index}-{count}"
+            record = RunRecord(run_id, "m", "p", "trig", "launching", "why", time.time(),
+                               {"run_id": run_id}, claimed_by=f"msg-{run_id}")
+            try:
+                status = store.claim_run(record, loose, time.time(), False).status
+            except TransientError:
+                status = "transient"  # contention that did not clear: redelivered in life
+            with lock:
+                outcomes[status] += 1
+                if status == "claimed":
+                    overlaps.extend((held, run_id) for held in in_flight)
+                    in_flight.append(run_id)
+            if status != "claimed":
+                continue
+            time.sleep(0.05)
+            with lock:
+                in_flight.remove(run_id)
+            for _ in range(20):
+                with contextlib.suppress(TransientError):
+                    store.update_run(run_id, IN_FLIGHT, RunUpdate(state="succeeded",
+                                                                  ended_at=time.time()))
+                    break
+
+    threads = [threading.Thread(target=work, args=(i, s)) for i, s in enumerate(stores)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for store in stores:
+            store.close()
+    assert overlaps == [], (f"{len(overlaps)} claims won while another run was in flight, "
+                            f"first {overlaps[:3]}; {dict(outcomes)}")
+    assert outcomes["claimed"] >= 2, f"too few claims to tell anything: {dict(outcomes)}"
+
+
 def _transaction_of(call: RecordedCall) -> bytes:
     """The transaction id a recorded Firestore request ran in (b"" for none)."""
     from google.cloud.firestore_v1.types import firestore as messages
@@ -733,16 +793,15 @@ def _transaction_of(call: RecordedCall) -> bytes:
     return bytes(kind.deserialize(call.request).transaction) if kind is not None else b""
 
 
-@pytest.mark.skip(reason="lock priority across retries is switched off: with it, a Firestore "
-                  "storm on the emulator saw two runs of one model overlap (see claim.py)")
 def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
     firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Concurrent claims of one model conflict on its document: the emulator aborts some.
     Observed on the wire (a recording gRPC proxy in front of the emulator): every retry's
-    BeginTransaction carries `options.read_write.retry_transaction` = the id of the attempt
-    that was aborted (as the SDK's own retry does), so a retried claim is not starved by
-    newer transactions; a first attempt carries none."""
+    BeginTransaction carries `options.read_write.retry_transaction` = the id of the claim's
+    FIRST attempt (as the SDK's own retry does: `_Transactional.retry_id`), so a retried
+    claim keeps the place it took when it began; a first attempt carries none; and still
+    exactly one claim wins."""
     from google.cloud.firestore_v1.types import firestore as messages
 
     loose = Guards(cooldown=timedelta(0), max_runs=100, max_runs_per=timedelta(days=1))
@@ -769,6 +828,7 @@ def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
                     thread.start()
                 for thread in threads:
                     thread.join(timeout=60)
+                assert len(statuses) == len(stores), "a claim failed"
                 assert statuses.count("claimed") == 1, statuses  # one in flight at a time
                 aborted = {_transaction_of(c) for c in recorder.calls
                            if c.code == grpc.StatusCode.ABORTED}
@@ -783,11 +843,14 @@ def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
                          .transaction))
                   for c in recorder.of("BeginTransaction")]
     assert aborted and b"" not in aborted, "the emulator aborted no claim: nothing retried"
-    issued = {given for _, given in begins}
-    retried = [asked for asked, _ in begins if asked]
-    assert aborted <= issued
-    missing = aborted - set(retried)
-    assert not missing, (f"{len(missing)} aborted claim transaction(s) were retried without "
-                         f"retry_transaction naming them; BeginTransaction requests: {begins}")
-    assert set(retried) <= aborted, "retry_transaction named a transaction that was not aborted"
-    assert len(retried) == len(set(retried))  # each aborted attempt is retried once
+    assert aborted <= {given for _, given in begins}
+    first_attempts = {given for asked, given in begins if not asked}
+    claim_of = {given: asked or given for asked, given in begins}  # attempt -> first attempt
+    named = Counter(asked for asked, _ in begins if asked)
+    assert set(named) <= first_attempts, (
+        f"retry_transaction named a retry, not a claim's first attempt: {begins}")
+    assert set(named) <= aborted, "retry_transaction named a first attempt that was not aborted"
+    # each aborted attempt (first or retry) is followed by one retry naming its first attempt
+    assert named == Counter(claim_of[a] for a in aborted), (
+        f"aborted attempts and the retries naming their claim's first attempt differ; "
+        f"BeginTransaction requests: {begins}")

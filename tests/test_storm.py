@@ -69,6 +69,7 @@ def test_storm_on_sqlite_through_serve(tmp_path: Path, vertex: FakeVertexServer)
     check = check_store(SQLiteStore(tmp_path / "state.db"), plan,
                         [model_name(i) for i in range(models)], vertex_jobs=vertex.jobs)
     print(figures(plan, report, check))
+    assert finisher.failures == []
     assert check.problems == []
     assert check_launcher_timeline(vertex.jobs) == []
     assert check.points == len(plan.valid) and check.lost == 0 and check.duplicates == 0
@@ -147,6 +148,7 @@ def test_storm_on_firestore_two_workers(
     check = check_store(store, plan, [model_name(i) for i in range(models)],
                         vertex_jobs=vertex.jobs)
     print(figures(plan, report, check))
+    assert finisher.failures == []  # an outcome delivery answered 5xx for its whole deadline
     assert check.problems == []
     assert check_launcher_timeline(vertex.jobs) == []
     assert check.lost == 0 and check.duplicates == 0 and check.rejected == plan.malformed

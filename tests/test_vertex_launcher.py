@@ -397,6 +397,23 @@ def test_get_status_of_a_failed_run_carries_the_error(
     assert (status.state, status.message) == ("failed", "train step OOM")
 
 
+def test_a_job_that_ended_keeps_its_end_time_when_marked_again(
+    vertex: FakeVertexServer, launcher: VertexLauncher
+) -> None:
+    """The fake's own clock is what the storms' launcher timeline is checked against: a job
+    ends once (Vertex never ends a job twice), so a harness that marks it ended again (a
+    RunFinisher retrying an outcome push) must not move its endTime past later jobs."""
+    launcher.submit(make_request())
+    vertex.set_state("fraud-detector-accuracy-floor-1a2b", "SUCCEEDED")
+    ended = vertex.jobs["fraud-detector-accuracy-floor-1a2b"]["endTime"]
+    time.sleep(0.01)
+    vertex.set_state("fraud-detector-accuracy-floor-1a2b", "SUCCEEDED")
+
+    job = vertex.jobs["fraud-detector-accuracy-floor-1a2b"]
+    assert job["endTime"] == ended and job["updateTime"] > ended
+    assert launcher.get_status("fraud-detector-accuracy-floor-1a2b").state == "succeeded"
+
+
 def test_get_status_of_a_missing_job_is_unknown(launcher: VertexLauncher) -> None:
     status = launcher.get_status("never-submitted")
     assert status.state == "unknown"

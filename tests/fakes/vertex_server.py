@@ -387,9 +387,12 @@ class FakeVertexServer(_LocalServer):
             raise ValueError(f"unknown pipeline state {state}")
         with self._lock:
             job = self.jobs[run_id]
+            ended = job["state"] in _TERMINAL_STATES
             job["state"] = state
             job["updateTime"] = _now()
-            if state in _TERMINAL_STATES:
+            if state in _TERMINAL_STATES and not ended:
+                # a job ends once: marking an ended job again keeps its end time (a harness
+                # that re-marked one made a later job look created while it ran)
                 job["endTime"] = job["updateTime"]
                 self._finish_tasks(run_id, state, job["updateTime"])
             if error_message is not None:

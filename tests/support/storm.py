@@ -315,11 +315,13 @@ class RunFinisher:
     """Plays the pipelines: every job the fake Vertex created is marked succeeded after `after`
     seconds and its outcome ("rejected": the challenger lost) pushed to /pubsub/outcomes."""
 
-    def __init__(self, base: str, vertex: Any, after: float = 0.2) -> None:
-        self.client = PushClient(base, threads=2, deadline=120)
+    def __init__(self, base: str, vertex: Any, after: float = 0.2, deadline: float = 120) -> None:
+        self.client = PushClient(base, threads=2, deadline=deadline)
         self.vertex = vertex
         self.after = after
         self.finished: set[str] = set()
+        self.failures: list[str] = []
+        """Outcome pushes never acknowledged within `deadline` (each retried next round)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -341,7 +343,7 @@ class RunFinisher:
                 if everything or time.time() - created.timestamp() >= self.after:
                     due.append((run_id, job))
         for run_id, job in due:
-            self.vertex.set_state(run_id, "SUCCEEDED")
+            self.vertex.set_state(run_id, "SUCCEEDED")  # an ended job keeps its endTime
             labels = job.get("labels", {})
             body = outcome_body(labels.get("model", ""), run_id, labels.get("trigger-id", ""))
             self.client.push(OUTCOMES_PATH, [body])
@@ -349,8 +351,13 @@ class RunFinisher:
         return len(due)
 
     def _loop(self) -> None:
+        """Until stopped; an outcome push that was never acknowledged is recorded (the test
+        asserts there are none) and tried again, instead of ending the loop unseen."""
         while not self._stop.wait(0.05):
-            self.finish_due()
+            try:
+                self.finish_due()
+            except AssertionError as exc:
+                self.failures.append(str(exc))
 
 
 @dataclass

@@ -174,8 +174,9 @@ def _transaction_class() -> Any:
             return bool(self._write_pbs)
 
         def begin_bounded(self, retry_transaction: bytes | None = None) -> bytes:
-            """BeginTransaction; `retry_transaction` (the id of the attempt that was aborted)
-            keeps the retry's priority for the locks it waits on. Returns the new id."""
+            """BeginTransaction; `retry_transaction` (the id of the operation's first
+            attempt, as `_Transactional.retry_id` in the SDK) keeps the operation's priority
+            for the locks it waits on. Returns the new id."""
             client = self._client
             request: dict[str, Any] = {"database": client._database_string}
             if retry_transaction is not None:

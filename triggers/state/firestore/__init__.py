@@ -37,9 +37,11 @@ backend also locks query ranges. Two instances handling breaching events at once
 A plain read answers first what needs no write (the run exists, a guard blocks), so the
 breaching events that follow a launch cost no transaction; a transaction aborted by contention
 is retried after a random pause (the emulator aborts every party of a write-write race after
-~2 s, and immediate retries would collide again in lockstep), and the retry's BeginTransaction
-names the aborted one (`retry_transaction`, as the SDK's own retry does) so it keeps its
-priority for the locks (the SDK internals this takes are isolated in `state.firestore_sdk`).
+~2 s, and immediate retries would collide again in lockstep), and every retry's
+BeginTransaction names the claim's first attempt (`retry_transaction`, as the SDK's own retry
+does) so the claim keeps the priority for the locks it had when it began (the SDK internals
+this takes are isolated in `state.firestore_sdk`). Lock priority decides who waits, never
+what a claim sees: each attempt reads afresh inside its own transaction.
 A run the model's run queries already hold (another delivery of the same message claimed it
 between our reads) is resumed, never reported as blocked by itself.
 

@@ -123,23 +123,26 @@ def transact(store: FirestoreStore, attempt: Callable[[Any], _T], operation: str
     result and the commit's write results. Every RPC (begin, reads, commit, rollback) is
     bounded by `timeout` with the store's short retries. Contention (Aborted, or a create
     that met a document created meanwhile) runs it again after a random pause, up to
-    `max_attempts` times; any other commit error is a TransientError (whether it applied
-    is unknown: the redelivery re-reads and finds the claim if it did)."""
+    `max_attempts` times, in a transaction that names the first attempt as the one it
+    retries; any other commit error is a TransientError (whether it applied is unknown: the
+    redelivery re-reads and finds the claim if it did)."""
     from google.api_core import exceptions
 
     client = store.client
     contention: BaseException | None = None
+    first_attempt: bytes | None = None
     for round_ in range(store.max_attempts):
         if round_:
             time.sleep(random.uniform(0.0, min(1.0, 0.1 * 2**round_)))
         transaction = firestore_sdk.bounded_transaction(
             client, store._retry(), store._retry(commit=True), store.timeout)
         with _Errors(operation):
-            # Not passed on: naming the aborted attempt (`retry_transaction`, to keep its
-            # place in the lock queue) let two claims of one model both commit on the
-            # emulator under a storm (a run created while another ran). Until that is
-            # understood every attempt begins afresh, as before.
-            transaction.begin_bounded(None)
+            # Every retry names the FIRST attempt (`retry_transaction`), as the SDK's own
+            # retry does (`_Transactional.retry_id`): the operation keeps the place in the
+            # lock queue it took when it began, however often it lost since.
+            began = transaction.begin_bounded(first_attempt)
+        if first_attempt is None:
+            first_attempt = began
         try:
             result = attempt(transaction)
         except BaseException as exc:
