@@ -112,6 +112,12 @@ def test_a_store_that_is_down_still_answers_5xx_so_pubsub_redelivers(
         assert_echoes_nothing(response)
         again = requests.post(urls["on_metric_event"], json=CLOUDEVENT, timeout=30)
         assert again.status_code == 200
+    # the function's log says why it answered 503 (the store's own words, no request data)
+    logged = [json.loads(line) for line in
+              (tmp_path / "on_metric_event.log").read_text().splitlines()
+              if line.startswith("{") and "transient failure" in line]
+    assert logged and all("SQLite store" in entry.get("reason", "") for entry in logged)
+    assert SECRET not in (tmp_path / "on_metric_event.log").read_text()
 
 
 # ---------------------------------------------------------------- finding 4: bounded bodies

@@ -95,8 +95,10 @@ def _crash(error: Exception) -> Any:
     from cloudevents.exceptions import GenericException
 
     if isinstance(error, TransientError):
+        # the reason is our own text about a dependency (store, launcher), never a request's
+        # header or body: it says why deliveries are answered 503
         log_event(logger, logging.WARNING, "transient failure; the caller should retry",
-                  error=type(error).__name__)
+                  error=type(error).__name__, reason=str(error)[:500])
         return json_response({"error": "temporarily unavailable; retry", "field": None,
                               "retry": True}, 503, {"Retry-After": "5"})
     if isinstance(error, (GenericException, RecursionError, UnicodeDecodeError)):
