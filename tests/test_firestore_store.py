@@ -854,3 +854,40 @@ def test_a_claim_retried_after_an_abort_keeps_its_place_in_the_lock_queue(
     assert named == Counter(claim_of[a] for a in aborted), (
         f"aborted attempts and the retries naming their claim's first attempt differ; "
         f"BeginTransaction requests: {begins}")
+
+
+def test_one_instance_claims_a_model_one_thread_at_a_time_so_none_is_aborted(
+    firestore_env: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads of one instance claiming one model at once would lock each other out (the
+    emulator aborts one of two transactions on the model's documents, as Firestore does):
+    they queue in the store instead. Observed on the wire: no ABORTED; one claim wins in the
+    one transaction begun, and the others, queued behind it, see its run in their first read
+    and begin none."""
+    loose = Guards(cooldown=timedelta(0), max_runs=100, max_runs_per=timedelta(days=1))
+    with GrpcRecorder(firestore_env.host) as recorder:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", recorder.host)
+        store = FirestoreStore(project=firestore_env.project)
+        threads_count = 6
+        barrier = threading.Barrier(threads_count)
+        statuses: list[str] = []
+
+        def claim(i: int) -> None:
+            record = RunRecord(f"queue-run-{i}", "queue-model", "p", "trig", "launching", "why",
+                               NOW, {"run_id": f"queue-run-{i}"}, claimed_by="msg")
+            barrier.wait()
+            statuses.append(store.claim_run(record, loose, NOW, False).status)
+
+        try:
+            threads = [threading.Thread(target=claim, args=(i,)) for i in range(threads_count)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+        finally:
+            store.close()
+        aborted = [c for c in recorder.calls if c.code == grpc.StatusCode.ABORTED]
+        begins = recorder.of("BeginTransaction")
+    assert sorted(statuses) == ["blocked"] * (threads_count - 1) + ["claimed"], statuses
+    assert aborted == [], f"{len(aborted)} aborted calls: the instance's claims collided"
+    assert len(begins) == 1

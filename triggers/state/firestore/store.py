@@ -105,6 +105,8 @@ class FirestoreStore:
         self._retries: dict[bool, Any] = {}
         self._client_lock = threading.Lock()
         self._local = threading.local()
+        self._claim_locks: dict[str, threading.Lock] = {}
+        """One per model: this instance's threads claim a model one at a time (see claim_run)."""
         _STORES.add(self)
 
     @classmethod
@@ -157,6 +159,7 @@ class FirestoreStore:
         """After a fork: the parent's gRPC channel must never be used by the child."""
         self._client = None
         self._local = threading.local()
+        self._claim_locks = {}  # (a parent's thread may have held one at the fork)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -457,8 +460,13 @@ class FirestoreStore:
     # ------------------------------------------------------------------ runs
     def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim:
         """Guards checked against the model's runs and the run written: one transaction (see
-        `claim.claim_run`)."""
-        return claim.claim_run(self, run, guards, now, force)
+        `claim.claim_run`). This instance's threads claim one model one at a time: their
+        transactions would only lock each other out (Firestore aborts one of two that touch
+        the model's documents), so they queue here and each reads what the previous wrote."""
+        with self._client_lock:
+            lock = self._claim_locks.setdefault(run.model, threading.Lock())
+        with lock:
+            return claim.claim_run(self, run, guards, now, force)
 
     def update_run(
         self, run_id: str, from_states: frozenset[str], update: RunUpdate
