@@ -8,7 +8,6 @@ Nothing here imports pydantic: its hooks (`__get_pydantic_core_schema__`) import
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
@@ -18,20 +17,29 @@ from thresholds.records import materialize
 _BOUNDS = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern")
 
 
-@dataclass(frozen=True)
 class Check:
-    """The constraints of one field (pydantic's names and messages), and its description."""
+    """The constraints of one field (pydantic's names and messages), and its description.
 
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    pattern: str | None = None
-    finite: bool = False
-    """No NaN, no infinity."""
-    description: str | None = None
+    A plain class, not a dataclass: the policy specs build a few at import (cold start),
+    and nothing compares them."""
+
+    __slots__ = (*_BOUNDS, "finite", "description")
+
+    def __init__(self, *, gt: float | None = None, ge: float | None = None,
+                 lt: float | None = None, le: float | None = None,
+                 min_length: int | None = None, max_length: int | None = None,
+                 pattern: str | None = None, finite: bool = False,
+                 description: str | None = None) -> None:
+        self.gt, self.ge, self.lt, self.le = gt, ge, lt, le
+        self.min_length, self.max_length, self.pattern = min_length, max_length, pattern
+        self.finite = finite
+        """No NaN, no infinity."""
+        self.description = description
+
+    def __repr__(self) -> str:
+        set_ = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__
+                         if getattr(self, name) not in (None, False))
+        return f"Check({set_})"
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
         schema = handler(source)
@@ -53,7 +61,6 @@ class Check:
         return json_schema
 
 
-@dataclass(frozen=True)
 class _DurationText:
     """A timedelta written as in a policy file: '90s', '30m', '24h', '7d', '2w', or seconds."""
 

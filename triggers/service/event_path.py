@@ -81,10 +81,11 @@ class RetrainService:
         can (`atomic`); a launch is submitted after it, and the message is finished last.
         A Cloud Monitoring incident notification goes to `triggers.incidents` instead.
         """
-        from triggers import incidents
+        if b'"incident"' in delivery.payload:  # (the incidents module loads only for these)
+            from triggers import incidents
 
-        if incidents.looks_like_incident(delivery.payload):
-            return incidents.handle_incident(self, delivery, caller)
+            if incidents.looks_like_incident(delivery.payload):
+                return incidents.handle_incident(self, delivery, caller)
         try:
             event = parse_event(delivery.payload)
             model = self.config.models.get(event.model)
