@@ -412,12 +412,12 @@ def _anonymous() -> Any:
 
 
 def test_paths_are_deterministic_and_valid_document_ids() -> None:
-    from triggers.state.firestore import _doc_id, _key, _point_path
+    from triggers.state.firestore import doc_id_of, key_of, point_path
 
-    assert _key("fraud/detector") == _key("fraud/detector") != _key("fraud-detector")
-    assert "/" not in _key("a/b") and not _key("__x__").startswith("__")
-    assert _doc_id("rt-m-p-0123") == "rt-m-p-0123" and _doc_id("a/b") == _key("a/b")
-    path = _point_path("m", "overall", "accuracy", 1_700_000_000.0)
+    assert key_of("fraud/detector") == key_of("fraud/detector") != key_of("fraud-detector")
+    assert "/" not in key_of("a/b") and not key_of("__x__").startswith("__")
+    assert doc_id_of("rt-m-p-0123") == "rt-m-p-0123" and doc_id_of("a/b") == key_of("a/b")
+    path = point_path("m", "overall", "accuracy", 1_700_000_000.0)
     assert path.endswith("/retrain_points/2023-11-14T22:13:20Z")
     assert path.count("/") == 5
 

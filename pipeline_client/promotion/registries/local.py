@@ -16,21 +16,21 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pipeline_client.promotion.registries.protocol import (
-    _VERSION_ID,
     CHAMPION,
     PREVIOUS,
+    VERSION_ID,
+    Aliases,
     InvalidModelNameError,
     InvalidRegistrationError,
     ModelVersion,
     NoPreviousVersionError,
     RegistryError,
     VersionNotFoundError,
-    _Aliases,
-    _check_expected,
-    _checked_metadata,
-    _checked_metrics,
-    _promoted,
-    _rolled_back,
+    check_expected,
+    promoted_aliases,
+    rolled_back_aliases,
+    valid_metadata,
+    valid_metrics,
     validate_model_name,
 )
 
@@ -118,8 +118,8 @@ class LocalModelRegistry:
         source = _local_artifact(model, artifact)
         record: dict[str, Any] = {
             "model": model,
-            "metrics": _checked_metrics(model, metrics),
-            "metadata": _checked_metadata(model, metadata),
+            "metrics": valid_metrics(model, metrics),
+            "metadata": valid_metadata(model, metadata),
             "source": str(source),
         }
         staging_root = model_dir / ".staging"
@@ -154,8 +154,8 @@ class LocalModelRegistry:
             raise VersionNotFoundError(model, "no such version to promote", version)
         with self._locked(model_dir):
             aliases = self._read_aliases(model, model_dir)
-            _check_expected(model, version, aliases.champion, expected_champion)
-            changed = _promoted(aliases, version)
+            check_expected(model, version, aliases.champion, expected_champion)
+            changed = promoted_aliases(aliases, version)
             if changed is not None:
                 self._write_aliases(model_dir, changed)
             promoted = self._load(model, model_dir, version, changed or aliases)
@@ -167,7 +167,7 @@ class LocalModelRegistry:
         if not model_dir.is_dir():
             raise NoPreviousVersionError(model, "there is no champion to roll back")
         with self._locked(model_dir):
-            changed = _rolled_back(model, self._read_aliases(model, model_dir))
+            changed = rolled_back_aliases(model, self._read_aliases(model, model_dir))
             self._write_aliases(model_dir, changed)
             champion = self._load(model, model_dir, changed.champion, changed)
         assert champion is not None
@@ -196,19 +196,19 @@ class LocalModelRegistry:
             names = os.listdir(model_dir / "versions")
         except FileNotFoundError:
             return []
-        return sorted((n for n in names if _VERSION_ID.fullmatch(n)), key=int)
+        return sorted((n for n in names if VERSION_ID.fullmatch(n)), key=int)
 
     @staticmethod
     def _has_version(model_dir: Path, version: str) -> bool:
         return (
-            bool(_VERSION_ID.fullmatch(version))
+            bool(VERSION_ID.fullmatch(version))
             and (model_dir / "versions" / version / VERSION_FILE).is_file()
         )
 
     def _load(
-        self, model: str, model_dir: Path, version: str | None, aliases: _Aliases
+        self, model: str, model_dir: Path, version: str | None, aliases: Aliases
     ) -> ModelVersion | None:
-        if version is None or not _VERSION_ID.fullmatch(version):
+        if version is None or not VERSION_ID.fullmatch(version):
             return None
         version_dir = model_dir / "versions" / version
         try:
@@ -227,16 +227,16 @@ class LocalModelRegistry:
             metadata={str(k): str(v) for k, v in record.get("metadata", {}).items()},
         )
 
-    def _read_aliases(self, model: str, model_dir: Path) -> _Aliases:
+    def _read_aliases(self, model: str, model_dir: Path) -> Aliases:
         try:
             data = json.loads((model_dir / ALIASES_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return _Aliases()
+            return Aliases()
         except ValueError as exc:
             raise RegistryError(model, f"{ALIASES_FILE} is corrupt: {exc}") from exc
-        return _Aliases(champion=data.get(CHAMPION), previous=data.get(PREVIOUS))
+        return Aliases(champion=data.get(CHAMPION), previous=data.get(PREVIOUS))
 
-    def _write_aliases(self, model_dir: Path, aliases: _Aliases) -> None:
+    def _write_aliases(self, model_dir: Path, aliases: Aliases) -> None:
         """Replaces aliases.json atomically and durably; the caller holds the model's lock."""
         payload = {CHAMPION: aliases.champion, PREVIOUS: aliases.previous, "updated": self._clock()}
         for stale in model_dir.glob(".aliases.*.tmp"):  # left by a writer that died (lock held)

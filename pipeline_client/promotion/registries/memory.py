@@ -10,14 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline_client.promotion.registries.protocol import (
+    Aliases,
     ModelVersion,
     VersionNotFoundError,
-    _Aliases,
-    _check_expected,
-    _checked_metadata,
-    _checked_metrics,
-    _promoted,
-    _rolled_back,
+    check_expected,
+    promoted_aliases,
+    rolled_back_aliases,
+    valid_metadata,
+    valid_metrics,
     validate_model_name,
 )
 
@@ -30,7 +30,7 @@ class InMemoryRegistry:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._versions: dict[str, dict[str, ModelVersion]] = {}
-        self._aliases: dict[str, _Aliases] = {}
+        self._aliases: dict[str, Aliases] = {}
         self._lock = threading.Lock()
 
     def register(
@@ -41,8 +41,8 @@ class InMemoryRegistry:
         metadata: Mapping[str, str] | None = None,
     ) -> ModelVersion:
         validate_model_name(model)
-        checked_metrics = _checked_metrics(model, metrics)
-        checked_metadata = _checked_metadata(model, metadata)
+        checked_metrics = valid_metrics(model, metrics)
+        checked_metadata = valid_metadata(model, metadata)
         with self._lock:
             versions = self._versions.setdefault(model, {})
             version = ModelVersion(
@@ -64,13 +64,13 @@ class InMemoryRegistry:
     def champion(self, model: str) -> ModelVersion | None:
         validate_model_name(model)
         with self._lock:
-            holder = self._aliases.get(model, _Aliases()).champion
+            holder = self._aliases.get(model, Aliases()).champion
             return self._with_aliases(model, holder) if holder else None
 
     def previous(self, model: str) -> ModelVersion | None:
         validate_model_name(model)
         with self._lock:
-            holder = self._aliases.get(model, _Aliases()).previous
+            holder = self._aliases.get(model, Aliases()).previous
             return self._with_aliases(model, holder) if holder else None
 
     def versions(self, model: str) -> list[ModelVersion]:
@@ -86,9 +86,9 @@ class InMemoryRegistry:
         with self._lock:
             if version not in self._versions.get(model, {}):
                 raise VersionNotFoundError(model, "no such version to promote", version)
-            aliases = self._aliases.get(model, _Aliases())
-            _check_expected(model, version, aliases.champion, expected_champion)
-            changed = _promoted(aliases, version)
+            aliases = self._aliases.get(model, Aliases())
+            check_expected(model, version, aliases.champion, expected_champion)
+            changed = promoted_aliases(aliases, version)
             if changed is not None:
                 self._aliases[model] = changed
             promoted = self._with_aliases(model, version)
@@ -98,7 +98,7 @@ class InMemoryRegistry:
     def rollback(self, model: str) -> ModelVersion:
         validate_model_name(model)
         with self._lock:
-            changed = _rolled_back(model, self._aliases.get(model, _Aliases()))
+            changed = rolled_back_aliases(model, self._aliases.get(model, Aliases()))
             self._aliases[model] = changed
             assert changed.champion is not None
             champion = self._with_aliases(model, changed.champion)
@@ -109,7 +109,7 @@ class InMemoryRegistry:
         stored = self._versions.get(model, {}).get(version)
         if stored is None:
             return None
-        return replace(stored, aliases=self._aliases.get(model, _Aliases()).of(version))
+        return replace(stored, aliases=self._aliases.get(model, Aliases()).of(version))
 
 
 # --- local file system -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pipeline_client.errors import RetrainError, TransientError
 CHAMPION = "champion"
 PREVIOUS = "previous"
 MAX_MODEL_NAME_LENGTH = 128
-_VERSION_ID = re.compile(r"[1-9][0-9]{0,17}")
+VERSION_ID = re.compile(r"[1-9][0-9]{0,17}")
 
 # --- data --------------------------------------------------------------------------------------
 
@@ -52,7 +52,7 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
-class _Aliases:
+class Aliases:
     """Which version holds `champion` and which holds `previous` (None: no version)."""
 
     champion: str | None = None
@@ -169,7 +169,7 @@ def validate_model_name(model: object) -> str:
     return model
 
 
-def _checked_metrics(model: str, metrics: Mapping[str, float]) -> dict[str, float]:
+def valid_metrics(model: str, metrics: Mapping[str, float]) -> dict[str, float]:
     checked: dict[str, float] = {}
     for name, value in metrics.items():
         if not isinstance(name, str) or not name:
@@ -182,7 +182,7 @@ def _checked_metrics(model: str, metrics: Mapping[str, float]) -> dict[str, floa
     return checked
 
 
-def _checked_metadata(model: str, metadata: Mapping[str, str] | None) -> dict[str, str]:
+def valid_metadata(model: str, metadata: Mapping[str, str] | None) -> dict[str, str]:
     checked: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -191,17 +191,17 @@ def _checked_metadata(model: str, metadata: Mapping[str, str] | None) -> dict[st
     return checked
 
 
-def _promoted(aliases: _Aliases, version: str) -> _Aliases | None:
+def promoted_aliases(aliases: Aliases, version: str) -> Aliases | None:
     """The aliases after promoting `version`; None when it is the champion already."""
     if aliases.champion == version:
         return None
     if aliases.champion is not None:
-        return _Aliases(champion=version, previous=aliases.champion)
+        return Aliases(champion=version, previous=aliases.champion)
     previous = aliases.previous if aliases.previous != version else None
-    return _Aliases(champion=version, previous=previous)
+    return Aliases(champion=version, previous=previous)
 
 
-def _check_expected(
+def check_expected(
     model: str, version: str, current: str | None, expected: str | None
 ) -> None:
     """Refuse a promotion against a champion other than the one the challenger was compared
@@ -214,7 +214,7 @@ def _check_expected(
             f"version {version} was compared with; evaluate again", version)
 
 
-def _rolled_back(model: str, aliases: _Aliases) -> _Aliases:
+def rolled_back_aliases(model: str, aliases: Aliases) -> Aliases:
     """The aliases after a rollback: champion and previous swapped."""
     if aliases.champion is None:
         raise NoPreviousVersionError(model, "there is no champion to roll back")
@@ -222,4 +222,4 @@ def _rolled_back(model: str, aliases: _Aliases) -> _Aliases:
         raise NoPreviousVersionError(
             model, f"champion {aliases.champion} has no previous version to roll back to"
         )
-    return _Aliases(champion=aliases.previous, previous=aliases.champion)
+    return Aliases(champion=aliases.previous, previous=aliases.champion)

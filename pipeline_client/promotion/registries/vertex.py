@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline_client.google_api import LazyRestClient, vertex_endpoint
 from pipeline_client.promotion.registries.protocol import (
-    _VERSION_ID,
     CHAMPION,
     PREVIOUS,
+    VERSION_ID,
     InvalidRegistrationError,
     ModelVersion,
     NoPreviousVersionError,
     RegistryError,
     RegistryUnavailableError,
     VersionNotFoundError,
-    _check_expected,
-    _checked_metadata,
-    _checked_metrics,
+    check_expected,
+    valid_metadata,
+    valid_metrics,
     validate_model_name,
 )
 
@@ -141,7 +141,7 @@ class VertexModelRegistry:
 
     def get(self, model: str, version: str) -> ModelVersion | None:
         resource = self._resolve(model)
-        if resource is None or not _VERSION_ID.fullmatch(version):
+        if resource is None or not VERSION_ID.fullmatch(version):
             return None
         found = self._call(model, version, "get_model", name=f"{resource}@{version}")
         return None if found is None else self._to_version(model, found)
@@ -186,8 +186,8 @@ class VertexModelRegistry:
             raise InvalidRegistrationError(
                 model, f"Vertex AI needs a gs:// artifact URI, got {artifact_uri!r}"
             )
-        checked_metrics = _checked_metrics(model, metrics)
-        checked_metadata = _checked_metadata(model, metadata)
+        checked_metrics = valid_metrics(model, metrics)
+        checked_metadata = valid_metadata(model, metadata)
         description = json.dumps(
             {"metrics": checked_metrics, "metadata": checked_metadata}, sort_keys=True
         )
@@ -222,7 +222,7 @@ class VertexModelRegistry:
         if target.is_champion:
             return target
         current = self.champion(model)
-        _check_expected(model, version, current.version if current else None,
+        check_expected(model, version, current.version if current else None,
                         expected_champion)
         if current is not None:
             self._merge(model, current.version, [PREVIOUS])  # first: see the class docstring

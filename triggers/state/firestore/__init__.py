@@ -105,9 +105,9 @@ from triggers.state.firestore.documents import (
     REJECTED,
     RUNS,
     SERIES,
-    _doc_id,
-    _key,
-    _point_path,
+    doc_id_of,
+    key_of,
+    point_path,
 )
 from triggers.state.firestore.settings import DEFAULT_DATABASE, DEFAULT_TIMEOUT
 from triggers.state.firestore.store import MAX_BATCH_WRITES, FirestoreStore
@@ -132,7 +132,7 @@ __all__ = [
     "SERIES",
     "FirestoreStore",
     "UnitTooLargeError",
-    "_doc_id",
-    "_key",
-    "_point_path",
+    "doc_id_of",
+    "key_of",
+    "point_path",
 ]

@@ -13,16 +13,16 @@ from pipeline_client.errors import TransientError
 from triggers.guards import Guards, check_guards, guard_window
 from triggers.state import firestore_sdk
 from triggers.state.firestore.documents import (
-    _DESC,
+    DESC,
     RUNS,
-    _champion_fields,
-    _field,
-    _model_path,
-    _run,
-    _run_doc,
-    _run_path,
+    champion_fields,
+    doc_of_run,
+    model_doc_path,
+    run_of_doc,
+    run_path,
+    where_field,
 )
-from triggers.state.firestore.unit import _aborted, _Errors
+from triggers.state.firestore.unit import Errors, is_aborted
 from triggers.state.protocol import Claim, RunRecord
 
 if TYPE_CHECKING:
@@ -44,14 +44,14 @@ def claim_run(
     if not; see the package docstring).
     """
     client = store.client
-    run_ref = client.document(_run_path(run.run_id))
-    model_path = _model_path(run.model)
+    run_ref = client.document(run_path(run.run_id))
+    model_path = model_doc_path(run.model)
     model_ref = client.document(model_path)
     in_flight = store._in_flight_query(run.model)
     recent = (client.collection(RUNS)
-              .where(filter=_field("model", "==", run.model))
-              .where(filter=_field("created_at", ">", float(now - guard_window(guards))))
-              .order_by("created_at", direction=_DESC))
+              .where(filter=where_field("model", "==", run.model))
+              .where(filter=where_field("created_at", ">", float(now - guard_window(guards))))
+              .order_by("created_at", direction=DESC))
     unit = store._scope()
     read = unit.read.get(model_path) if unit is not None else None
     # a champion this unit adopts or changes: committed with the claim, never after it
@@ -62,13 +62,13 @@ def claim_run(
     # commits this unit's own pending change) the state the unit read
     allowed = [evaluated]
     if pending is not None and read is not None:
-        allowed.append(_champion_fields(read[0]))
+        allowed.append(champion_fields(read[0]))
     claim_fields = {"model": run.model, "claim_last_run": run.run_id,
                     "claim_last_at": float(now)}
 
     def judge(transaction: Any) -> Claim:
         """The answer as of these reads ("claimed" meaning: it may be claimed)."""
-        with _Errors("claim_run"):
+        with Errors("claim_run"):
             reader = transaction if transaction is not None else client
             snapshots = {s.reference.path: s for s in reader.get_all(
                 [run_ref, model_ref], retry=store._retry(), timeout=store.timeout)}
@@ -83,8 +83,8 @@ def claim_run(
                 "retry the message to evaluate it on the new state")
         existing = snapshots[run_ref.path]
         if existing.exists:
-            return _existing_claim(_run(existing.to_dict()))
-        runs = {doc["run_id"]: _run(doc) for query in (in_flight, recent)
+            return _existing_claim(run_of_doc(existing.to_dict()))
+        runs = {doc["run_id"]: run_of_doc(doc) for query in (in_flight, recent)
                 for doc in store._query(query, "claim_run", transaction)}
         mine = runs.get(run.run_id)
         if mine is not None:  # claimed by another delivery between our reads
@@ -97,7 +97,7 @@ def claim_run(
     def attempt(transaction: Any) -> Claim:
         claim = judge(transaction)
         if claim.status == "claimed":
-            transaction.create(run_ref, _run_doc(run))
+            transaction.create(run_ref, doc_of_run(run))
             model_data = {**(pending.data if pending is not None else {}), **claim_fields}
             transaction.set(model_ref, model_data, merge=True)
         return claim
@@ -136,7 +136,7 @@ def transact(store: FirestoreStore, attempt: Callable[[Any], _T], operation: str
             time.sleep(random.uniform(0.0, min(1.0, 0.1 * 2**round_)))
         transaction = firestore_sdk.bounded_transaction(
             client, store._retry(), store._retry(commit=True), store.timeout)
-        with _Errors(operation):
+        with Errors(operation):
             # Every retry names the FIRST attempt (`retry_transaction`), as the SDK's own
             # retry does (`_Transactional.retry_id`): the operation keeps the place in the
             # lock queue it took when it began, however often it lost since.
@@ -147,7 +147,7 @@ def transact(store: FirestoreStore, attempt: Callable[[Any], _T], operation: str
             result = attempt(transaction)
         except BaseException as exc:
             transaction.rollback_quietly()
-            if not _aborted(exc):
+            if not is_aborted(exc):
                 raise
             contention = exc
             continue
@@ -177,7 +177,7 @@ def _evaluated_state(run: RunRecord,
     used (as read, with the unit's own change), else the champion the run's request was
     built for; nothing to check for a request that names none (a run built elsewhere)."""
     if seen is not None:
-        return _champion_fields(seen[0])
+        return champion_fields(seen[0])
     parameters = run.request.get("parameters")
     if isinstance(parameters, Mapping) and "champion_version" in parameters:
         return {"champion_version": parameters["champion_version"] or None}

@@ -38,71 +38,71 @@ _CHANGEABLE_RUN_FIELDS = frozenset(_RUN_FIELDS) - {"run_id"}
 _CHAMPION_FIELDS = ("champion_version", "history_start")
 
 
-def _champion_fields(data: Mapping[str, Any] | None) -> dict[str, Any]:
+def champion_fields(data: Mapping[str, Any] | None) -> dict[str, Any]:
     return {key: (data or {}).get(key) for key in _CHAMPION_FIELDS}
 
-_ASC = "ASCENDING"
-_DESC = "DESCENDING"
+ASC = "ASCENDING"
+DESC = "DESCENDING"
 
 
-def _field(path: str, op: str, value: Any) -> Any:
+def where_field(path: str, op: str, value: Any) -> Any:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     return FieldFilter(path, op, value)
 
 
 # ---------------------------------------------------------------------- ids and paths
-def _key(text: str) -> str:
+def key_of(text: str) -> str:
     """A document id for any text: readable prefix, sha256 suffix (no '/', never '__x__')."""
     prefix = ids.slug(text, 40)
     digest = ids.digest(text, length=20)
     return f"{prefix}-{digest}" if prefix else digest
 
 
-def _doc_id(text: str) -> str:
-    """`text` itself when it is a plain id (run and decision ids are), else `_key(text)`."""
-    return text if _SAFE_ID.match(text) else _key(text)
+def doc_id_of(text: str) -> str:
+    """`text` itself when it is a plain id (run and decision ids are), else `key_of(text)`."""
+    return text if _SAFE_ID.match(text) else key_of(text)
 
 
-def _model_path(model: str) -> str:
-    return f"{MODELS}/{_key(model)}"
+def model_doc_path(model: str) -> str:
+    return f"{MODELS}/{key_of(model)}"
 
 
-def _series_path(model: str, slice_: str, metric: str) -> str:
-    return f"{_model_path(model)}/{SERIES}/{_key(ids.digest(slice_, metric, length=32))}"
+def series_path(model: str, slice_: str, metric: str) -> str:
+    return f"{model_doc_path(model)}/{SERIES}/{key_of(ids.digest(slice_, metric, length=32))}"
 
 
-def _point_path(model: str, slice_: str, metric: str, window_end: float) -> str:
-    return f"{_series_path(model, slice_, metric)}/{POINTS}/{iso(window_end)}"
+def point_path(model: str, slice_: str, metric: str, window_end: float) -> str:
+    return f"{series_path(model, slice_, metric)}/{POINTS}/{iso(window_end)}"
 
 
-def _run_path(run_id: str) -> str:
-    return f"{RUNS}/{_doc_id(run_id)}"
+def run_path(run_id: str) -> str:
+    return f"{RUNS}/{doc_id_of(run_id)}"
 
 
-def _processed_path(message_id: str) -> str:
+def processed_path(message_id: str) -> str:
     return f"{PROCESSED}/{ids.digest(message_id, length=40)}"
 
 
-def _rejected_path(message_id: str) -> str:
+def rejected_path(message_id: str) -> str:
     return f"{REJECTED}/{ids.digest(message_id, length=40)}"
 
 
 # ---------------------------------------------------------------------- records ⇄ documents
-def _float(value: float | None) -> float | None:
+def float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _point_doc(p: StoredPoint) -> dict[str, Any]:
+def doc_of_point(p: StoredPoint) -> dict[str, Any]:
     return {
         "model": p.model, "slice": p.slice, "metric": p.metric,
         "window_end": float(p.window_end), "value": float(p.value), "examples": p.examples,
         "model_version": p.model_version, "message_id": p.message_id,
-        "recorded_at": float(p.recorded_at), "window_start": _float(p.window_start),
+        "recorded_at": float(p.recorded_at), "window_start": float_or_none(p.window_start),
     }
 
 
-def _point(doc: Mapping[str, Any]) -> StoredPoint:
+def point_of_doc(doc: Mapping[str, Any]) -> StoredPoint:
     return StoredPoint(
         model=doc["model"], slice=doc["slice"], metric=doc["metric"],
         window_end=doc["window_end"], value=doc["value"], examples=doc.get("examples"),
@@ -111,16 +111,17 @@ def _point(doc: Mapping[str, Any]) -> StoredPoint:
     )
 
 
-def _decision_doc(d: Decision) -> dict[str, Any]:
+def doc_of_decision(d: Decision) -> dict[str, Any]:
     return {
         "decision_id": d.decision_id, "model": d.model, "kind": d.kind, "at": float(d.at),
-        "reason": d.reason, "policy": d.policy, "event_time": _float(d.event_time),
-        "statistic": _float(d.statistic), "limit": _float(d.limit), "run_id": d.run_id,
-        "trigger_id": d.trigger_id, "message_id": d.message_id, "details": dumps(d.details),
+        "reason": d.reason, "policy": d.policy, "event_time": float_or_none(d.event_time),
+        "statistic": float_or_none(d.statistic), "limit": float_or_none(d.limit),
+        "run_id": d.run_id, "trigger_id": d.trigger_id, "message_id": d.message_id,
+        "details": dumps(d.details),
     }
 
 
-def _decision(doc: Mapping[str, Any]) -> Decision:
+def decision_of_doc(doc: Mapping[str, Any]) -> Decision:
     return Decision(
         decision_id=doc["decision_id"], model=doc["model"], kind=doc["kind"], at=doc["at"],
         reason=doc["reason"], policy=doc.get("policy"), event_time=doc.get("event_time"),
@@ -130,14 +131,14 @@ def _decision(doc: Mapping[str, Any]) -> Decision:
     )
 
 
-def _run_values(changes: Mapping[str, Any]) -> dict[str, Any]:
+def run_values(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Run fields as stored: JSON text for `request`/`outcome`, floats for times."""
     values: dict[str, Any] = {}
     for key, value in changes.items():
         if key in ("request", "outcome"):
             values[key] = dumps(dict(value)) if value is not None else None
         elif key in ("created_at", "launched_at", "ended_at", "checked_at"):
-            values[key] = _float(value)
+            values[key] = float_or_none(value)
         elif key == "forced":
             values[key] = bool(value)
         else:
@@ -145,12 +146,12 @@ def _run_values(changes: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _run_doc(run: RunRecord) -> dict[str, Any]:
+def doc_of_run(run: RunRecord) -> dict[str, Any]:
     return {"run_id": run.run_id,
-            **_run_values({name: getattr(run, name) for name in _CHANGEABLE_RUN_FIELDS})}
+            **run_values({name: getattr(run, name) for name in _CHANGEABLE_RUN_FIELDS})}
 
 
-def _run(doc: Mapping[str, Any]) -> RunRecord:
+def run_of_doc(doc: Mapping[str, Any]) -> RunRecord:
     outcome = doc.get("outcome")
     return RunRecord(
         run_id=doc["run_id"], model=doc["model"], policy=doc["policy"],

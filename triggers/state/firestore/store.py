@@ -20,10 +20,10 @@ from triggers.guards import Guards
 from triggers.state import firestore_sdk
 from triggers.state.firestore import claim
 from triggers.state.firestore.documents import (
-    _ASC,
-    _DESC,
+    ASC,
     DECISIONS,
     DEFAULT_RETENTION,
+    DESC,
     INCIDENTS,
     MODELS,
     OUTBOX,
@@ -32,23 +32,23 @@ from triggers.state.firestore.documents import (
     PROCESSED_MIN_RETENTION,
     REJECTED,
     RUNS,
-    _champion_fields,
-    _decision,
-    _decision_doc,
-    _doc_id,
-    _field,
-    _float,
-    _key,
-    _model_path,
-    _point,
-    _point_doc,
-    _point_path,
-    _processed_path,
-    _rejected_path,
-    _run,
-    _run_path,
-    _run_values,
-    _series_path,
+    champion_fields,
+    decision_of_doc,
+    doc_id_of,
+    doc_of_decision,
+    doc_of_point,
+    float_or_none,
+    key_of,
+    model_doc_path,
+    point_of_doc,
+    point_path,
+    processed_path,
+    rejected_path,
+    run_of_doc,
+    run_path,
+    run_values,
+    series_path,
+    where_field,
 )
 from triggers.state.firestore.settings import (
     DEFAULT_DATABASE,
@@ -56,13 +56,13 @@ from triggers.state.firestore.settings import (
     FirestoreSettings,
 )
 from triggers.state.firestore.unit import (
+    Atomic,
+    Conflict,
+    Errors,
+    Exists,
+    UnitOfWork,
     UnitTooLargeError,
-    _Atomic,
-    _Conflict,
-    _Errors,
-    _Exists,
-    _UnitOfWork,
-    _Write,
+    Write,
 )
 from triggers.state.protocol import (
     IN_FLIGHT,
@@ -166,16 +166,16 @@ class FirestoreStore:
         if client is not None:
             client.close()
 
-    def _scope(self) -> _UnitOfWork | None:
-        unit: _UnitOfWork | None = getattr(self._local, "unit", None)
+    def _scope(self) -> UnitOfWork | None:
+        unit: UnitOfWork | None = getattr(self._local, "unit", None)
         return unit
 
-    def atomic(self) -> _Atomic:
+    def atomic(self) -> Atomic:
         """A unit of work: finishing writes inside are committed in one batch at the end (see
         the package docstring for what that does and does not cover)."""
-        return _Atomic(self)
+        return Atomic(self)
 
-    def _write(self, writes: Sequence[_Write], operation: str) -> None:
+    def _write(self, writes: Sequence[Write], operation: str) -> None:
         """Buffer `writes` in the open unit of work, or commit them now (one batch)."""
         unit = self._scope()
         if unit is not None:
@@ -184,7 +184,7 @@ class FirestoreStore:
             return
         try:
             self._commit(writes, operation)
-        except _Exists as exists:
+        except Exists as exists:
             if not self._finished_elsewhere(writes):
                 raise TransientError(
                     f"Firestore {operation}: a document it creates exists already ({exists}); "
@@ -192,14 +192,14 @@ class FirestoreStore:
             # a concurrent delivery created the processed marker first: its batch stands
             self._keep_decisions(writes)
 
-    def _keep_decisions(self, writes: Sequence[_Write]) -> None:
+    def _keep_decisions(self, writes: Sequence[Write]) -> None:
         """The audit entries of a delivery whose message a concurrent delivery finished first:
         each delivery's decisions are kept (as SQLite keeps both), so a run this one launched
         is never explained only by the other's "suppressed"."""
         decisions = [w for w in writes if w.path.startswith(DECISIONS + "/")]
-        self._commit(decisions, "finish_message")  # sets: no _Exists or _Conflict
+        self._commit(decisions, "finish_message")  # sets: no Exists or Conflict
 
-    def _finished_elsewhere(self, writes: Sequence[_Write]) -> bool:
+    def _finished_elsewhere(self, writes: Sequence[Write]) -> bool:
         """After AlreadyExists: whether the batch's processed marker exists now (a concurrent
         delivery of the message finished it) — the one conflict that means "done"."""
         markers = [w.path for w in writes
@@ -207,7 +207,7 @@ class FirestoreStore:
         return bool(markers) and all(
             self._get(path, "finish_message")[0] is not None for path in markers)
 
-    def _rebased(self, writes: Sequence[_Write], unit: _UnitOfWork) -> list[_Write] | None:
+    def _rebased(self, writes: Sequence[Write], unit: UnitOfWork) -> list[Write] | None:
         """After a unit's commit failed, its conditional champion writes checked against the
         model document as committed now: one the document already matches (another instance
         adopted the same version, same history) is dropped; one whose document changed only
@@ -221,23 +221,23 @@ class FirestoreStore:
                 read = unit.read.get(write.path, (None, None))[0]
                 if current is None:
                     return None
-                if _champion_fields(current) == _champion_fields(write.data):
+                if champion_fields(current) == champion_fields(write.data):
                     changed = True
                     continue
-                if _champion_fields(current) != _champion_fields(read):
+                if champion_fields(current) != champion_fields(read):
                     return None
                 if update_time != write.update_time:
-                    write = _Write("update", write.path, write.data, update_time, True)
+                    write = Write("update", write.path, write.data, update_time, True)
                     changed = True
             rebased.append(write)
         return rebased if changed else None
 
-    def _commit(self, writes: Sequence[_Write], operation: str, split: bool = False) -> None:
+    def _commit(self, writes: Sequence[Write], operation: str, split: bool = False) -> None:
         """Commit `writes` in one batch (atomic). Only with `split` (independent, idempotent
         writes: points) are more than 500 committed in several batches; otherwise that many
         raise UnitTooLargeError.
 
-        Raises _Exists (a `create` met an existing document), _Conflict (a document changed
+        Raises Exists (a `create` met an existing document), Conflict (a document changed
         since it was read) or TransientError.
         """
         if not writes:
@@ -262,7 +262,7 @@ class FirestoreStore:
                 else:
                     option = client.write_option(last_update_time=write.update_time)
                     batch.update(ref, write.data, option=option)
-            with _Errors(operation, commit=True):
+            with Errors(operation, commit=True):
                 batch.commit(retry=self._retry(commit=True), timeout=self.timeout)
 
     def _retry(self, commit: bool = False) -> Any:
@@ -287,7 +287,7 @@ class FirestoreStore:
         unit = self._scope()
         if unit is not None and path in unit.overlay:
             return unit.overlay[path]
-        with _Errors(operation):
+        with Errors(operation):
             snapshot = self.client.document(path).get(retry=self._retry(), timeout=self.timeout)
         if not snapshot.exists:
             return None, None
@@ -296,7 +296,7 @@ class FirestoreStore:
     def _query(self, query: Any, operation: str, transaction: Any = None) -> list[dict[str, Any]]:
         if self.executed_queries is not None:
             self.executed_queries.append(firestore_sdk.query_protobuf(query))
-        with _Errors(operation):
+        with Errors(operation):
             stream = query.stream(transaction=transaction, retry=self._retry(),
                                   timeout=self.timeout)
             return [snapshot.to_dict() for snapshot in stream]
@@ -309,30 +309,30 @@ class FirestoreStore:
 
     # ------------------------------------------------------------------ processed messages
     def is_processed(self, message_id: str) -> bool:
-        data, _ = self._get(_processed_path(message_id), "is_processed")
+        data, _ = self._get(processed_path(message_id), "is_processed")
         return data is not None
 
     def finish_message(self, message_id: str, at: float, decisions: Sequence[Decision],
                        ignored_metrics: int = 0) -> None:
         ignored = {"ignored_metrics": ignored_metrics} if ignored_metrics else {}
-        marker = _Write("create", _processed_path(message_id),
+        marker = Write("create", processed_path(message_id),
                         {"message_id": message_id, "at": float(at), **ignored,
                          **self._expire_at(at, PROCESSED_MIN_RETENTION)},
                         finishing=True)
         self._write([*self._decision_writes(decisions), marker], "finish_message")
 
     def ignored_metrics(self, message_id: str) -> int | None:
-        data, _ = self._get(_processed_path(message_id), "ignored_metrics")
+        data, _ = self._get(processed_path(message_id), "ignored_metrics")
         return None if data is None else int(data.get("ignored_metrics") or 0)
 
     # ------------------------------------------------------------------ points
     def record_points(self, points: Sequence[StoredPoint]) -> None:
         """Written through at once, even inside `atomic()` (see the package docstring)."""
-        writes = [_Write("set", _point_path(p.model, p.slice, p.metric, p.window_end),
-                         {**_point_doc(p), **self._expire_at(p.recorded_at)}) for p in points]
+        writes = [Write("set", point_path(p.model, p.slice, p.metric, p.window_end),
+                         {**doc_of_point(p), **self._expire_at(p.recorded_at)}) for p in points]
         try:
             self._commit(writes, "record_points", split=True)
-        except (_Exists, _Conflict) as exc:  # pragma: no cover - sets never do
+        except (Exists, Conflict) as exc:  # pragma: no cover - sets never do
             raise TransientError(f"Firestore record_points: {exc}") from exc
 
     def points(
@@ -348,56 +348,56 @@ class FirestoreStore:
     ) -> list[StoredPoint]:
         if limit is not None and limit <= 0:
             return []
-        query = self.client.collection(f"{_series_path(model, slice_, metric)}/{POINTS}")
+        query = self.client.collection(f"{series_path(model, slice_, metric)}/{POINTS}")
         if since is not None:
-            query = query.where(filter=_field("window_end", ">", float(since)))
+            query = query.where(filter=where_field("window_end", ">", float(since)))
         if until is not None:
-            query = query.where(filter=_field("window_end", "<=", float(until)))
-        query = query.order_by("window_end", direction=_ASC if oldest else _DESC)
+            query = query.where(filter=where_field("window_end", "<=", float(until)))
+        query = query.order_by("window_end", direction=ASC if oldest else DESC)
         if limit is not None:
             query = query.limit(limit)
-        found = [_point(doc) for doc in self._query(query, "points")]
+        found = [point_of_doc(doc) for doc in self._query(query, "points")]
         return found if oldest else found[::-1]
 
     def latest_points(self, model: str, limit: int) -> list[StoredPoint]:
         if limit <= 0:
             return []
         query = (self.client.collection_group(POINTS)
-                 .where(filter=_field("model", "==", model))
-                 .order_by("window_end", direction=_DESC)
-                 .order_by("metric", direction=_ASC)
+                 .where(filter=where_field("model", "==", model))
+                 .order_by("window_end", direction=DESC)
+                 .order_by("metric", direction=ASC)
                  .limit(limit))
-        return [_point(doc) for doc in self._query(query, "latest_points")]
+        return [point_of_doc(doc) for doc in self._query(query, "latest_points")]
 
     # ------------------------------------------------------------------ rejected events
     def record_rejected(self, event: RejectedEvent) -> None:
         data = {f.name: getattr(event, f.name) for f in fields(RejectedEvent)}
         data["at"] = float(event.at)
-        write = _Write("create", _rejected_path(event.message_id),
+        write = Write("create", rejected_path(event.message_id),
                        {**data, **self._expire_at(event.at)})
         try:
             self._commit([write], "record_rejected")
-        except _Exists:
+        except Exists:
             pass  # rejected before: the first record stands
 
     def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
         if limit <= 0:
             return []
-        query = self.client.collection(REJECTED).order_by("at", direction=_DESC).limit(limit)
+        query = self.client.collection(REJECTED).order_by("at", direction=DESC).limit(limit)
         return [RejectedEvent(doc["message_id"], doc["at"], doc["source"], doc["field"],
                               doc["reason"], doc["payload"], doc.get("model"))
                 for doc in self._query(query, "rejected_events")]
 
     # ------------------------------------------------------------------ decisions
-    def _decision_writes(self, decisions: Sequence[Decision]) -> list[_Write]:
+    def _decision_writes(self, decisions: Sequence[Decision]) -> list[Write]:
         """Each decision, and (in the same batch) its outbox entry if it is told."""
         written = time.time_ns()
         return [
-            _Write("set", f"{DECISIONS}/{_doc_id(d.decision_id)}",
-                   {**_decision_doc(d), "written_ns": written + i, **self._expire_at(d.at)})
+            Write("set", f"{DECISIONS}/{doc_id_of(d.decision_id)}",
+                   {**doc_of_decision(d), "written_ns": written + i, **self._expire_at(d.at)})
             for i, d in enumerate(decisions)
         ] + [
-            _Write("set", f"{OUTBOX}/{_doc_id(d.decision_id)}",
+            Write("set", f"{OUTBOX}/{doc_id_of(d.decision_id)}",
                    {"decision_id": d.decision_id, "at": float(d.at), "body": dumps(d.to_json())})
             for d in self.outbox_switch.told(decisions)
         ]
@@ -410,17 +410,17 @@ class FirestoreStore:
             return []
         query = self.client.collection(DECISIONS)
         if model is not None:
-            query = query.where(filter=_field("model", "==", model))
-        query = (query.order_by("at", direction=_DESC)
-                 .order_by("written_ns", direction=_DESC).limit(limit))
-        return [_decision(doc) for doc in self._query(query, "decisions")]
+            query = query.where(filter=where_field("model", "==", model))
+        query = (query.order_by("at", direction=DESC)
+                 .order_by("written_ns", direction=DESC).limit(limit))
+        return [decision_of_doc(doc) for doc in self._query(query, "decisions")]
 
     # ------------------------------------------------------------------ models
     def model_state(self, model: str) -> ModelState:
         """Inside `atomic()` the first read is remembered (with the document's update time):
         later reads in the unit return it, a champion change in the unit is written on
         condition that the document is still as read, and a claim checks it."""
-        path = _model_path(model)
+        path = model_doc_path(model)
         unit = self._scope()
         fresh = unit is not None and path not in unit.overlay
         data, update_time = self._get(path, "model_state")
@@ -440,22 +440,22 @@ class FirestoreStore:
         an update conditioned on its update time — so two first champions, or an adoption
         and a promotion, cannot overwrite each other (the loser's unit → TransientError)."""
         data = {"model": state.model, "champion_version": state.champion_version,
-                "history_start": _float(state.history_start),
-                "updated_at": _float(state.updated_at)}
-        path = _model_path(state.model)
+                "history_start": float_or_none(state.history_start),
+                "updated_at": float_or_none(state.updated_at)}
+        path = model_doc_path(state.model)
         unit = self._scope()
         if unit is None:
-            self._write([_Write("merge", path, data, finishing=True)], "set_model_state")
+            self._write([Write("merge", path, data, finishing=True)], "set_model_state")
             return
         current, update_time = unit.overlay.get(path, (None, None))
         unit.overlay[path] = ({**(current or {}), **data}, update_time)
         read = unit.read.get(path)
         if read is None:
-            unit.add(_Write("merge", path, data, finishing=True))
+            unit.add(Write("merge", path, data, finishing=True))
         elif read[0] is None:
-            unit.add(_Write("create", path, data, finishing=True))
+            unit.add(Write("create", path, data, finishing=True))
         else:
-            unit.add(_Write("update", path, data, update_time=read[1], finishing=True))
+            unit.add(Write("update", path, data, update_time=read[1], finishing=True))
 
     # ------------------------------------------------------------------ runs
     def claim_run(self, run: RunRecord, guards: Guards, now: float, force: bool) -> Claim:
@@ -474,52 +474,52 @@ class FirestoreStore:
         """Change a run if it is in one of `from_states` (a compare-and-set on the document's
         update time; inside `atomic()` it is committed with the unit)."""
         changes = update.changes()
-        values = _run_values(changes)
-        path = _run_path(run_id)
+        values = run_values(changes)
+        path = run_path(run_id)
         for _ in range(self.max_attempts):
             data, update_time = self._get(path, "update_run")
             if data is None or data["state"] not in from_states:
                 return None
             updated = {**data, **values}
-            write = _Write("update", path, values, update_time=update_time, finishing=True)
+            write = Write("update", path, values, update_time=update_time, finishing=True)
             unit = self._scope()
             if unit is not None:
                 unit.add(write)
                 unit.overlay[path] = (updated, update_time)
-                return _run(updated)
+                return run_of_doc(updated)
             try:
                 self._commit([write], "update_run")
-            except _Conflict:
+            except Conflict:
                 current, _ = self._get(path, "update_run")
                 if current is not None and all(current.get(k) == v for k, v in values.items()):
-                    return _run(current)  # a retried commit that had applied: it is ours
+                    return run_of_doc(current)  # a retried commit that had applied: it is ours
                 continue  # changed since we read it: check the states again
-            return _run(updated)
+            return run_of_doc(updated)
         raise TransientError(
             f"Firestore update_run {run_id}: the run kept changing ({self.max_attempts} tries)")
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        data, _ = self._get(_run_path(run_id), "get_run")
-        return _run(data) if data is not None else None
+        data, _ = self._get(run_path(run_id), "get_run")
+        return run_of_doc(data) if data is not None else None
 
     def runs(self, model: str | None = None, limit: int = 50) -> list[RunRecord]:
         if limit <= 0:
             return []
         query = self.client.collection(RUNS)
         if model is not None:
-            query = query.where(filter=_field("model", "==", model))
-        query = query.order_by("created_at", direction=_DESC).limit(limit)
-        return [_run(doc) for doc in self._query(query, "runs")]
+            query = query.where(filter=where_field("model", "==", model))
+        query = query.order_by("created_at", direction=DESC).limit(limit)
+        return [run_of_doc(doc) for doc in self._query(query, "runs")]
 
     def in_flight_runs(self, model: str | None = None) -> list[RunRecord]:
-        found = [_run(doc) for doc in self._query(self._in_flight_query(model), "in_flight")]
+        found = [run_of_doc(doc) for doc in self._query(self._in_flight_query(model), "in_flight")]
         return sorted(found, key=lambda r: (r.created_at, r.run_id))
 
     # ------------------------------------------------------------------ decisions outbox
     def outbox(self, limit: int = 100) -> list[Decision]:
         if limit <= 0:
             return []
-        query = self.client.collection(OUTBOX).order_by("at", direction=_ASC).limit(limit)
+        query = self.client.collection(OUTBOX).order_by("at", direction=ASC).limit(limit)
         return [Decision.from_json(json.loads(doc["body"]))
                 for doc in self._query(query, "outbox")]
 
@@ -528,34 +528,34 @@ class FirestoreStore:
         for start in range(0, len(decision_ids), MAX_BATCH_WRITES):
             batch = client.batch()
             for decision_id in decision_ids[start : start + MAX_BATCH_WRITES]:
-                batch.delete(client.document(f"{OUTBOX}/{_doc_id(decision_id)}"))
-            with _Errors("clear_outbox", commit=True):
+                batch.delete(client.document(f"{OUTBOX}/{doc_id_of(decision_id)}"))
+            with Errors("clear_outbox", commit=True):
                 batch.commit(retry=self._retry(commit=True), timeout=self.timeout)
 
     # ------------------------------------------------------------------ incidents
     def record_incident(self, incident: IncidentRecord) -> None:
         """Compare-and-set on the incident's document (a closed one is never reopened)."""
-        path = f"{INCIDENTS}/{_key(incident.model + '|' + incident.incident_id)}"
+        path = f"{INCIDENTS}/{key_of(incident.model + '|' + incident.incident_id)}"
         data = {f.name: getattr(incident, f.name) for f in fields(IncidentRecord)}
         for _ in range(5):
             current, update_time = self._get(path, "record_incident")
             try:
                 if current is None:
-                    self._commit([_Write("create", path, data)], "record_incident")
+                    self._commit([Write("create", path, data)], "record_incident")
                 else:
                     merged = {**data, "open": bool(current.get("open")) and incident.open,
                               "at": max(float(current.get("at") or 0.0), incident.at)}
-                    self._commit([_Write("update", path, merged, update_time)],
+                    self._commit([Write("update", path, merged, update_time)],
                                  "record_incident")
                 return
-            except (_Exists, _Conflict):
+            except (Exists, Conflict):
                 continue  # changed meanwhile: read it again
         raise TransientError("Firestore record_incident: the incident kept changing; retry")
 
     def open_incidents(self, model: str) -> list[IncidentRecord]:
         query = (self.client.collection(INCIDENTS)
-                 .where(filter=_field("model", "==", model))
-                 .where(filter=_field("open", "==", True)))
+                 .where(filter=where_field("model", "==", model))
+                 .where(filter=where_field("open", "==", True)))
         found = [IncidentRecord(doc["model"], doc["incident_id"], bool(doc["open"]),
                                 doc.get("policy_name", ""), doc.get("condition_name", ""),
                                 doc.get("summary", ""), float(doc.get("at") or 0.0))
@@ -565,8 +565,8 @@ class FirestoreStore:
     def _in_flight_query(self, model: str | None) -> Any:
         query = self.client.collection(RUNS)
         if model is not None:
-            query = query.where(filter=_field("model", "==", model))
-        return query.where(filter=_field("state", "in", sorted(IN_FLIGHT)))
+            query = query.where(filter=where_field("model", "==", model))
+        return query.where(filter=where_field("state", "in", sorted(IN_FLIGHT)))
 
 _STORES: weakref.WeakSet[FirestoreStore] = weakref.WeakSet()
 

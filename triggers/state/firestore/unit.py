@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------- unit of work
 @dataclass
-class _Write:
+class Write:
     """One buffered write; `finishing` writes go in the last batch of a commit."""
 
     kind: Literal["set", "merge", "create", "update"]
@@ -27,17 +27,17 @@ class _Write:
     finishing: bool = False
 
 
-class _UnitOfWork:
+class UnitOfWork:
     """The writes of one `atomic()` block (per thread), the documents they leave (`overlay`)
     and the model documents as first read in it (`read`: data or None, update time)."""
 
     def __init__(self) -> None:
         self.depth = 0
-        self.writes: dict[str, _Write] = {}
+        self.writes: dict[str, Write] = {}
         self.overlay: dict[str, tuple[dict[str, Any] | None, Any]] = {}
         self.read: dict[str, tuple[dict[str, Any] | None, Any]] = {}
 
-    def add(self, write: _Write) -> None:
+    def add(self, write: Write) -> None:
         """Later writes of one document replace earlier ones; writes of the same kind merge
         (the first one's precondition stays); a second create of one processed marker is the
         same create (the first stands)."""
@@ -46,23 +46,23 @@ class _UnitOfWork:
         if old is not None and old.kind == write.kind and write.kind != "set":
             if write.kind == "create" and marker:
                 return
-            write = _Write(write.kind, write.path, {**old.data, **write.data}, old.update_time,
+            write = Write(write.kind, write.path, {**old.data, **write.data}, old.update_time,
                            old.finishing or write.finishing)
         if write.kind == "create" and marker:
             self.overlay[write.path] = (write.data, None)
         self.writes[write.path] = write
 
 
-class _Atomic:
+class Atomic:
     """`FirestoreStore.atomic()`: nested blocks join the outermost (a class: it is hot)."""
 
     def __init__(self, store: FirestoreStore) -> None:
         self.store = store
 
-    def __enter__(self) -> _UnitOfWork:
+    def __enter__(self) -> UnitOfWork:
         unit = self.store._scope()
         if unit is None:
-            unit = _UnitOfWork()
+            unit = UnitOfWork()
             self.store._local.unit = unit
         unit.depth += 1
         return unit
@@ -82,14 +82,14 @@ class _Atomic:
             try:
                 self.store._commit(writes, "atomic")
                 return
-            except _Exists as exists:
+            except Exists as exists:
                 if self.store._finished_elsewhere(writes):
                     # a concurrent delivery of the message finished it: its unit stands
                     self.store._keep_decisions(writes)
                     return
                 error: Exception = exists
                 why = "a document this unit of work creates was created meanwhile"
-            except _Conflict as conflict:
+            except Conflict as conflict:
                 error = conflict
                 why = ("a document this unit of work read (a run, or the model's champion "
                        "state) changed before it committed")
@@ -104,15 +104,15 @@ class UnitTooLargeError(RuntimeError):
     far beyond what one message should decide): never split, never half-applied."""
 
 
-class _Exists(Exception):
+class Exists(Exception):
     """A `create` met an existing document (processed marker, rejected event, model)."""
 
 
-class _Conflict(Exception):
+class Conflict(Exception):
     """A conditional update met a document changed since it was read."""
 
 
-def _aborted(exc: BaseException) -> bool:
+def is_aborted(exc: BaseException) -> bool:
     """True when `exc` (or what caused it) is Firestore aborting a transaction for contention."""
     from google.api_core import exceptions
 
@@ -126,7 +126,7 @@ def _aborted(exc: BaseException) -> bool:
     return False
 
 
-class _Errors:
+class Errors:
     """Maps google-cloud errors to the store's: transient ones to TransientError (a class:
     it is hot; the SDK's exception classes are imported only once an error happens)."""
 
@@ -139,15 +139,15 @@ class _Errors:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc is None or isinstance(exc, (TransientError, ConfigError, _Exists, _Conflict)):
+        if exc is None or isinstance(exc, (TransientError, ConfigError, Exists, Conflict)):
             return
         from google.api_core import exceptions
         from google.auth import exceptions as auth_exceptions
 
         if self.commit and isinstance(exc, exceptions.AlreadyExists):
-            raise _Exists(str(exc)) from exc
+            raise Exists(str(exc)) from exc
         if self.commit and isinstance(exc, exceptions.FailedPrecondition):
-            raise _Conflict(str(exc)) from exc
+            raise Conflict(str(exc)) from exc
         transient = (
             exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.Aborted,
             exceptions.InternalServerError, exceptions.ResourceExhausted, exceptions.Unknown,
