@@ -139,3 +139,30 @@ def test_threads_building_the_first_instances_at_once_all_get_the_dataclass() ->
     assert not errors
     assert sorted(s.n for s in built) == list(range(8))
     assert len(set(built)) == 8 and Shared(3) in set(built)
+
+
+def test_a_record_unpickled_before_any_is_built_compares_as_a_dataclass(tmp_path: Any) -> None:
+    """pickle (and copy) make instances without __init__: in a process where the class was
+    never used, two equal records unpickled must still be equal, and print as dataclasses
+    (a worker of the backtest's sweep receives its results so)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from triggers.state.protocol import RunRecord
+
+    run = RunRecord("r-1", "m", "p", "t", "launching", "why", 1.0, {"run_id": "r-1"})
+    data = pickle.dumps((run, RunRecord("r-1", "m", "p", "t", "launching", "why", 1.0,
+                                        {"run_id": "r-1"})))
+    (tmp_path / "runs.pickle").write_bytes(data)
+    code = ("import pickle, sys, dataclasses\n"
+            "from triggers.state.protocol import RunRecord\n"
+            "assert not dataclasses.is_dataclass(RunRecord)  # never used in this process\n"
+            f"a, b = pickle.loads(open({str(tmp_path / 'runs.pickle')!r}, 'rb').read())\n"
+            "print(a == b, a is b, repr(a).startswith('RunRecord(run_id='), hash(a.run_id) > -1)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, env={"PYTHONPATH": str(ROOT),
+                                                       "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False", "True", "True"]

@@ -31,8 +31,16 @@ def record(cls: C) -> C:
         materialize(cls)
         cls.__dict__["__init__"](self, *args, **kwargs)  # the dataclass's, from now on
 
+    def __setstate__(self: Any, state: Any) -> None:
+        # an instance made without __init__ (unpickled, copied) makes the class a dataclass
+        # too: its __eq__ and __repr__ must be the dataclass's as soon as an instance exists
+        materialize(cls)
+        self.__dict__.update(state)
+
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __setstate__.__qualname__ = f"{cls.__qualname__}.__setstate__"
     setattr(cls, "__init__", __init__)  # noqa: B010 - (mypy: a method assigned to a class)
+    setattr(cls, "__setstate__", __setstate__)  # noqa: B010
     setattr(cls, _PENDING, True)  # noqa: B010
     return cls
 
@@ -48,6 +56,7 @@ def materialize(cls: type) -> type:
         for base in reversed(cls.__mro__[1:]):
             materialize(base)
         delattr(cls, "__init__")
+        delattr(cls, "__setstate__")
         delattr(cls, _PENDING)
         dataclasses.dataclass(frozen=True, eq=False)(cls)
         _compare_by_fields(cls)
