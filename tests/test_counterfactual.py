@@ -147,26 +147,8 @@ def test_the_live_service_decides_as_the_replay(tmp_path: Path) -> None:
     replayed = [(r["launched"], r["policy"], r["promoted"]) for r in report.runs]
     assert len(replayed) >= 3 and {p for _, p, _ in replayed} <= {"worth-a-run", "floor"}
 
-    clock = Clock()
-    launcher = MatrixLauncher(clock, 6 * 3600.0, matrix)
-    store = SQLiteStore(tmp_path / "live.db")
-    service = RetrainService(cfg, store, launcher, clock=clock)
-    model = cfg.models["m"]
-    by_version = {matrix.version(t): t for t in matrix.trained}
-    for index, window in enumerate(matrix.windows):
-        clock.now = window.end
-        service.refresh_runs(model, clock.now)
-        champion = store.model_state("m").champion_version
-        trained = by_version.get(champion or "", matrix.trained[0])
-        payload = {"model": "m", "model_version": matrix.version(trained),
-                   "metrics": dict(matrix.scores[(trained, window.end)]),
-                   "window_end": day((window.end - D0.timestamp()) / 86400),
-                   "window_start": day((window.start - D0.timestamp()) / 86400)}
-        service.handle_delivery(Delivery(f"w{index}", json.dumps(payload).encode(), "pubsub"))
-    live = sorted((run.created_at, run.policy, launcher.runs[run.run_id].champion_version)
-                  for run in store.runs("m", limit=1000))
-    assert [(day((t - D0.timestamp()) / 86400), p, v) for t, p, v in live] == replayed
-    store.close()
+    assert live_launches(cfg, matrix, tmp_path / "live.db") == [
+        (launched, policy, str(promoted)) for launched, policy, promoted in replayed]
 
 
 def test_command_writes_the_report_and_the_plot(tmp_path: Path) -> None:
