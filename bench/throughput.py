@@ -72,12 +72,12 @@ models:
 (with the default warm-up of 800 events each model's window holds ~340 points)."""
 
 
-def batch_shift(total: int, now: datetime | None = None) -> timedelta:
+def batch_shift(total: int) -> timedelta:
     """How far back a batch of `total` events moves so that its last window ended an hour
     ago (a window that has not ended yet is refused). One shift for the whole batch: events
     moved by different amounts would leave gaps between their windows."""
     last = T0 + timedelta(days=1 + (total // 2) / 24)
-    return max(last - ((now or datetime.now(UTC)) - timedelta(hours=1)), timedelta(0))
+    return max(last - (datetime.now(UTC) - timedelta(hours=1)), timedelta(0))
 
 
 def _in_the_past(event: dict[str, Any], shift: timedelta) -> dict[str, Any]:

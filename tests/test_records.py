@@ -167,3 +167,20 @@ def test_a_record_unpickled_before_any_is_built_compares_as_a_dataclass(tmp_path
                                                        "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False", "True", "True"]
+
+
+def test_a_record_keeps_its_own_eq_and_refuses_its_own_init() -> None:
+    @record
+    class ById:
+        key: str
+        note: str = ""
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, ById) and other.key == self.key
+
+        __hash__ = None  # type: ignore[assignment]
+
+    assert ById("a", "x") == ById("a", "y")  # its own __eq__, as dataclass(eq=True) keeps it
+    with pytest.raises(TypeError, match="defines __init__"):
+        record(type("Odd", (), {"__annotations__": {"x": "int"},
+                                "__init__": lambda self, x: None}))

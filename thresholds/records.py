@@ -26,6 +26,10 @@ _PENDING = "__record_pending__"
 @dataclass_transform(frozen_default=True)
 def record(cls: C) -> C:
     """`@dataclasses.dataclass(frozen=True)`, done on first use (see the module)."""
+    taken = [name for name in ("__init__", "__setstate__") if name in cls.__dict__]
+    if taken:  # (the placeholders would replace them)
+        raise TypeError(f"@record {cls.__qualname__} defines {', '.join(taken)}: use a "
+                        "__post_init__, or @dataclasses.dataclass(frozen=True)")
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         materialize(cls)
@@ -72,6 +76,7 @@ def _compare_by_fields(cls: type) -> None:
                    if (f.compare if f.hash is None else f.hash))
     values = _tuple_getter(names)
     hash_values = values if hashed == names else _tuple_getter(hashed)
+    own = cls.__dict__  # a class's own __eq__ or __hash__ stays, as with dataclass(eq=True)
 
     def __eq__(self: Any, other: object) -> bool:
         if other.__class__ is self.__class__:
@@ -83,8 +88,10 @@ def _compare_by_fields(cls: type) -> None:
 
     __eq__.__qualname__ = f"{cls.__qualname__}.__eq__"
     __hash__.__qualname__ = f"{cls.__qualname__}.__hash__"
-    setattr(cls, "__eq__", __eq__)  # noqa: B010
-    setattr(cls, "__hash__", __hash__)  # noqa: B010
+    if "__eq__" not in own:
+        setattr(cls, "__eq__", __eq__)  # noqa: B010
+        if "__hash__" not in own:
+            setattr(cls, "__hash__", __hash__)  # noqa: B010
 
 
 def _tuple_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
