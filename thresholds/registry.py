@@ -9,23 +9,23 @@ from importlib import import_module
 from thresholds.base import Policy
 from thresholds.spec import POLICY_KINDS, PolicyKind, PolicySpec
 
-_MODULES: Mapping[PolicyKind, str] = {kind: f"thresholds.{kind}" for kind in POLICY_KINDS}
-"""Each kind's module: `thresholds.<kind>`, whose `<Kind>Policy` implements it."""
-
 
 class _PolicyClasses(Mapping[PolicyKind, type[Policy]]):
-    """kind → policy class, read-only, importing the kind's module on first use."""
+    """kind → policy class, read-only, importing the kind's module on first use: the class
+    `<Kind>Policy` of `thresholds.<kind>`."""
 
     def __getitem__(self, kind: PolicyKind) -> type[Policy]:
-        module = import_module(_MODULES[kind])
+        if kind not in POLICY_KINDS:
+            raise KeyError(kind)
+        module = import_module(f"thresholds.{kind}")
         cls: type[Policy] = getattr(module, f"{kind.capitalize()}Policy")
         return cls
 
     def __iter__(self) -> Iterator[PolicyKind]:
-        return iter(_MODULES)
+        return iter(POLICY_KINDS)
 
     def __len__(self) -> int:
-        return len(_MODULES)
+        return len(POLICY_KINDS)
 
 
 POLICY_CLASSES: Mapping[PolicyKind, type[Policy]] = _PolicyClasses()
